@@ -217,8 +217,10 @@ class ArtifactKey:
     def filename(self, ext: str) -> str:
         return f"{self.slot}-{self.digest[:16]}.{ext}"
 
-    def path(self, ext: str) -> Path:
-        return bundle_cache_dir(self.bundle_id) / self.filename(ext)
+    def path(self, ext: str, folder=None) -> Path:
+        """Where this artifact lives: `folder` if given, else the bundle's cache folder."""
+        base = Path(folder) if folder is not None else bundle_cache_dir(self.bundle_id)
+        return base / self.filename(ext)
 
 
 def trt_key(kind: str, bundle_id: str, precision, profile: ShapeProfile, trt_version: str,
@@ -230,8 +232,9 @@ def trt_key(kind: str, bundle_id: str, precision, profile: ShapeProfile, trt_ver
                        trt_version=str(trt_version), gpu_name=str(gpu_name), compute_capability=str(cc))
 
 
-def onnx_key(graph: str, bundle_id: str, precision, opset: int) -> ArtifactKey:
-    return ArtifactKey(kind=f"onnx-{graph}", bundle_id=bundle_id, precision=precision, opset=int(opset))
+def onnx_key(graph: str, bundle_id: str, precision) -> ArtifactKey:
+    # The opset is recorded in the sidecar, not the key: a reader accepts whichever opset was used.
+    return ArtifactKey(kind=f"onnx-{graph}", bundle_id=bundle_id, precision=precision)
 
 
 def cuda_identity(device=None) -> tuple:
@@ -360,16 +363,16 @@ def classify(path, key: ArtifactKey, verify_hash: bool = False) -> tuple:
     return VALID, "ok"
 
 
-def find_artifact(key: ArtifactKey, ext: str, verify_hash: bool = False) -> Optional[Path]:
-    """The valid artifact for `key`, or None."""
-    path = key.path(ext)
+def find_artifact(key: ArtifactKey, ext: str, verify_hash: bool = False, folder=None) -> Optional[Path]:
+    """The valid artifact for `key` (in `folder` or the cache), or None."""
+    path = key.path(ext, folder)
     status, _ = classify(path, key, verify_hash=verify_hash)
     return path if status == VALID else None
 
 
-def inspect_slot(key: ArtifactKey, ext: str) -> list:
+def inspect_slot(key: ArtifactKey, ext: str, folder=None) -> list:
     """[(path, status, reason)] of every file in `key`'s slot (same kind/precision/profile)."""
-    folder = bundle_cache_dir(key.bundle_id)
+    folder = Path(folder) if folder is not None else bundle_cache_dir(key.bundle_id)
     if not folder.is_dir():
         return []
     out = []
@@ -393,14 +396,14 @@ def remove_artifact(path) -> None:
             p.unlink()
 
 
-def prune_slot(key: ArtifactKey, ext: str) -> list:
+def prune_slot(key: ArtifactKey, ext: str, folder=None) -> list:
     """Remove stale and corrupt files in `key`'s slot; returns [(path, reason)] removed.
 
     Foreign files (another GPU in the same machine, say) are left alone: they are never loaded
     for this key, and are valid for theirs.
     """
     removed = []
-    for p, status, reason in inspect_slot(key, ext):
+    for p, status, reason in inspect_slot(key, ext, folder):
         if status in (STALE, CORRUPT):
             remove_artifact(p)
             removed.append((p, reason))

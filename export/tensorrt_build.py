@@ -1,0 +1,247 @@
+"""Build TensorRT engines from the exported ONNX graphs (TensorRT 10 Python API).
+
+`build_engine` turns one ONNX file into a serialized plan (parser, optimisation profile, fp16,
+timing cache, progress). `build_engines` does the export stage for a bundle: finds or exports the
+ONNX graphs, builds the restorer and enroller plans for this GPU and TensorRT version unless valid
+ones are cached, removes stale ones, and writes atomically into the engine cache.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..runtime import artifacts
+from ..runtime.backend_tensorrt import (
+    GRAPHS,
+    PLAN_EXT,
+    TensorRTError,
+    TensorRTUnavailableError,
+    _TRTLogger,
+    engine_key,
+    import_tensorrt,
+    require_cuda,
+)
+
+Progress = Optional[Callable[[str], None]]
+
+__all__ = ["build_engine", "build_engines", "TensorRTBuildError", "TensorRTUnavailableError", "profile_shapes"]
+
+
+class TensorRTBuildError(TensorRTError):
+    """The ONNX parser or the TensorRT builder failed."""
+
+
+def _say(progress: Progress, msg: str) -> None:
+    if progress is not None:
+        progress(msg)
+
+
+def _make_progress_monitor(trt, progress: Progress, min_interval: float = 2.0):
+    """An IProgressMonitor that reports top-level phases and throttled step counts as text."""
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self._lock = threading.Lock()  # TensorRT may call from several threads
+            self._steps: dict = {}
+            self._parents: dict = {}
+            self._last = 0.0
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            with self._lock:
+                self._steps[phase_name] = num_steps
+                self._parents[phase_name] = parent_phase
+                depth = self._depth(phase_name)
+            if depth <= 1:
+                _say(progress, f"tensorrt: {'  ' * depth}{phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name, step):
+            now = time.monotonic()
+            with self._lock:
+                top = self._depth(phase_name) == 0
+                due = now - self._last >= min_interval
+                if top and due:
+                    self._last = now
+            if top and due:
+                _say(progress, f"tensorrt: {phase_name} {step + 1}/{self._steps.get(phase_name, '?')}")
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            with self._lock:
+                self._steps.pop(phase_name, None)
+                self._parents.pop(phase_name, None)
+
+        def _depth(self, name):
+            d, seen = 0, set()
+            while self._parents.get(name) and name not in seen:
+                seen.add(name)
+                name = self._parents[name]
+                d += 1
+            return d
+
+    return Monitor()
+
+
+def profile_shapes(bundle, graph: str, profile: artifacts.ShapeProfile) -> dict:
+    """{input name: (min, opt, max)} for one graph of `bundle` under `profile`."""
+    return profile.input_shapes(bundle.crop_size, bundle.latent_size, bundle.layer_shapes, graph)
+
+
+def build_engine(
+    onnx_path,
+    shapes: dict,
+    *,
+    fp16: bool = True,
+    strongly_typed: Optional[bool] = None,
+    timing_cache_path=None,
+    workspace_bytes: Optional[int] = None,
+    progress: Progress = None,
+) -> bytes:
+    """Parse `onnx_path`, build a plan with one optimisation profile and return its bytes.
+
+    shapes: {input name: (min, opt, max)} covering every dynamic input. fp16: allow fp16 kernels.
+    strongly_typed: take precisions from the graph's own types (the right mode for an fp16 graph);
+    default: on when the graph's first input is float16 and this TensorRT supports it. The timing
+    cache at `timing_cache_path` is read if present and written back atomically after the build.
+    """
+    trt = import_tensorrt()
+    require_cuda()
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise TensorRTBuildError(f"ONNX graph {onnx_path} does not exist; run `instantrestore export --onnx` first")
+    logger = _TRTLogger.get(trt)
+    builder = trt.Builder(logger)
+    if strongly_typed is None:
+        strongly_typed = _first_input_is_fp16(onnx_path) and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    flags = 0
+    if strongly_typed:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    _say(progress, f"tensorrt: parsing {onnx_path.name}")
+    # parse_from_file resolves external data next to the model.
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise TensorRTBuildError(f"TensorRT's ONNX parser rejected {onnx_path.name}: " + " | ".join(errors[:5]))
+
+    config = builder.create_builder_config()
+    if workspace_bytes:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    if fp16 and not strongly_typed:
+        if not builder.platform_has_fast_fp16:
+            _say(progress, "tensorrt: warning: this GPU has no fast fp16; building anyway")
+        config.set_flag(trt.BuilderFlag.FP16)
+
+    profile = builder.create_optimization_profile()
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    missing = [n for n in names if n not in shapes]
+    if missing:
+        raise TensorRTBuildError(f"no profile shapes given for inputs {missing} of {onnx_path.name}")
+    for name in names:
+        lo, opt, hi = (tuple(int(d) for d in s) for s in shapes[name])
+        profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+
+    timing_bytes = b""
+    if timing_cache_path is not None and Path(timing_cache_path).is_file():
+        timing_bytes = Path(timing_cache_path).read_bytes()
+    cache = config.create_timing_cache(timing_bytes)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        # A cache from another device or version: start from an empty one.
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+
+    monitor = None
+    if progress is not None and hasattr(trt, "IProgressMonitor"):
+        monitor = _make_progress_monitor(trt, progress)
+        config.progress_monitor = monitor
+
+    _say(progress, f"tensorrt: building {onnx_path.name} ({'strongly typed' if strongly_typed else 'fp16' if fp16 else 'fp32'}); this takes minutes")
+    t0 = time.monotonic()
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise TensorRTBuildError(f"TensorRT failed to build an engine from {onnx_path.name} (see the tensorrt log)")
+    _say(progress, f"tensorrt: built {onnx_path.name} in {time.monotonic() - t0:.0f} s")
+
+    if timing_cache_path is not None:
+        artifacts.atomic_write_bytes(timing_cache_path, bytes(config.get_timing_cache().serialize()))
+    del monitor
+    return bytes(plan)
+
+
+def _first_input_is_fp16(onnx_path: Path) -> bool:
+    import onnx  # noqa: PLC0415
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    first = model.graph.input[0].type.tensor_type.elem_type
+    return first == onnx.TensorProto.FLOAT16
+
+
+def timing_cache_path(trt_version: str, gpu_name: str, compute_capability: str) -> Path:
+    key = f"{trt_version}|{gpu_name}|{compute_capability}"
+    import hashlib  # noqa: PLC0415
+
+    return artifacts.timing_cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.cache"
+
+
+def build_engines(
+    bundle_dir,
+    *,
+    precision: str = "fp16",
+    profile: Optional[artifacts.ShapeProfile] = None,
+    onnx_dir=None,
+    force: bool = False,
+    progress: Progress = None,
+    device=None,
+) -> dict:
+    """Build (or find cached) TensorRT plans for a bundle; returns {graph: plan path}.
+
+    The ONNX graphs come from `onnx_dir` or the cache and are exported first if missing. Valid
+    cached plans are reused unless `force`; stale plans of the same slot are removed.
+    """
+    from ..runtime.bundle import load_bundle  # noqa: PLC0415
+    from .onnx_export import export_onnx, find_onnx  # noqa: PLC0415
+
+    trt = import_tensorrt()
+    dev = require_cuda(device)
+    bundle = load_bundle(bundle_dir)
+    precision = artifacts.precision_name(precision)
+    profile = profile or artifacts.DEFAULT_PROFILE
+    gpu_name, cc = artifacts.cuda_identity(dev)
+    _say(progress, f"tensorrt: {trt.__version__} on {gpu_name} (sm {cc}), {precision}, profile {profile.tag}")
+
+    graphs = find_onnx(bundle, precision, onnx_dir)
+    if graphs is None:
+        _say(progress, "tensorrt: no ONNX graphs cached for this bundle; exporting them first")
+        graphs = export_onnx(bundle_dir, out_dir=onnx_dir, dtype=precision, progress=progress)
+
+    tcache = timing_cache_path(trt.__version__, gpu_name, cc)
+    out = {}
+    for graph in GRAPHS:
+        key = engine_key(graph, bundle.bundle_id, precision, profile, trt.__version__, gpu_name, cc)
+        for path, reason in artifacts.prune_slot(key, PLAN_EXT):
+            _say(progress, f"tensorrt: removed stale engine {path.name} ({reason})")
+        cached = artifacts.find_artifact(key, PLAN_EXT)
+        if cached is not None and not force:
+            _say(progress, f"tensorrt: {graph} engine is cached: {cached}")
+            out[graph] = cached
+            continue
+        shapes = profile_shapes(bundle, graph, profile)
+        with torch_device(dev):
+            plan = build_engine(graphs[graph], shapes, fp16=precision == "fp16", timing_cache_path=tcache,
+                                progress=progress)
+        path = key.path(PLAN_EXT)
+        artifacts.atomic_write_bytes(path, plan)
+        artifacts.write_sidecar(path, key, onnx=str(graphs[graph]), shapes={k: list(map(list, v)) for k, v in shapes.items()})
+        _say(progress, f"tensorrt: wrote {path} ({len(plan) / 2**20:.1f} MiB)")
+        out[graph] = path
+    return out
+
+
+def torch_device(dev):
+    import torch  # noqa: PLC0415
+
+    return torch.cuda.device(dev)

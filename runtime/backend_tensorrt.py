@@ -1,0 +1,327 @@
+"""TensorRT backend: runs cached fp16 engines on torch CUDA tensors, no host copies.
+
+Engines are built ahead of time by `instantrestore export --tensorrt` (export/tensorrt_build.py)
+and found in the engine cache (runtime/artifacts.py) by a key of bundle hash, TensorRT version,
+GPU name, compute capability, precision and shape profile. A stale or foreign plan is never
+deserialised: loading fails with a message that says how to rebuild.
+
+Execution uses the TensorRT 10 tensor API: input shapes via `set_input_shape`, device pointers
+via `set_tensor_address`, and `execute_async_v3` on torch's current CUDA stream, so the call
+orders correctly with the torch ops around it. A profile's reference K/V are bound once and kept
+bound while the same list object is passed frame after frame.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import artifacts
+
+log = logging.getLogger(__name__)
+
+PLAN_EXT = "plan"
+GRAPHS = ("restorer", "enroller")
+MIN_TRT_MAJOR = 10
+
+
+class TensorRTError(RuntimeError):
+    """A TensorRT engine could not be loaded or run."""
+
+
+class TensorRTUnavailableError(TensorRTError):
+    """The tensorrt package or a CUDA GPU is missing."""
+
+
+class EngineNotFoundError(TensorRTError):
+    """No valid engine for this bundle, GPU, TensorRT version, precision and profile is cached."""
+
+
+def import_tensorrt():
+    """Import tensorrt (version 10+) or raise TensorRTUnavailableError with what to do."""
+    try:
+        import tensorrt as trt  # noqa: PLC0415 - optional dependency
+    except Exception as exc:  # ImportError, or a broken install failing to load its libraries
+        raise TensorRTUnavailableError(
+            "TensorRT is not available (import tensorrt failed: "
+            f"{type(exc).__name__}: {exc}); install it with `pip install 'instantrestore[tensorrt]'` "
+            "on a machine with an NVIDIA GPU, or use --backend onnxruntime or --backend torch"
+        ) from None
+    major = int(str(trt.__version__).split(".")[0])
+    if major < MIN_TRT_MAJOR:
+        raise TensorRTUnavailableError(
+            f"TensorRT {trt.__version__} is too old; version {MIN_TRT_MAJOR} or newer is required"
+        )
+    return trt
+
+
+def require_cuda(device=None) -> torch.device:
+    """The CUDA device to use, or TensorRTUnavailableError when torch sees no GPU."""
+    if not torch.cuda.is_available():
+        raise TensorRTUnavailableError(
+            "TensorRT needs an NVIDIA GPU with CUDA, and torch sees none; "
+            "use --backend onnxruntime or --backend torch on this machine"
+        )
+    dev = torch.device(device if device is not None else "cuda")
+    if dev.type != "cuda":
+        raise TensorRTUnavailableError(f"the TensorRT backend runs on a CUDA device, not {dev}")
+    if dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def engine_key(graph: str, bundle_id: str, precision, profile: artifacts.ShapeProfile,
+               trt_version: str, gpu_name: str, compute_capability) -> artifacts.ArtifactKey:
+    if graph not in GRAPHS:
+        raise ValueError(f"unknown graph {graph!r} (expected one of {GRAPHS})")
+    return artifacts.trt_key(f"trt-{graph}", bundle_id, precision, profile, trt_version, gpu_name,
+                             compute_capability)
+
+
+def current_engine_keys(bundle_id: str, precision="fp16", profile=None, device=None) -> dict:
+    """Keys for this machine (installed TensorRT, this GPU): {graph: ArtifactKey}."""
+    trt = import_tensorrt()
+    dev = require_cuda(device)
+    name, cc = artifacts.cuda_identity(dev)
+    profile = profile or artifacts.DEFAULT_PROFILE
+    return {g: engine_key(g, bundle_id, precision, profile, trt.__version__, name, cc) for g in GRAPHS}
+
+
+def missing_engine_message(key: artifacts.ArtifactKey, slot_report=()) -> str:
+    where = artifacts.bundle_cache_dir(key.bundle_id)
+    msg = (f"no TensorRT {key.kind[4:]} engine for bundle {key.bundle_id[:12]} on {key.gpu_name} "
+           f"(sm {key.compute_capability}, TensorRT {key.trt_version}, {key.precision}, profile "
+           f"{key.profile.tag}) in {where}")
+    bad = [f"{p.name}: {status} ({reason})" for p, status, reason in slot_report if status != artifacts.VALID]
+    if bad:
+        msg += "; not loading " + "; ".join(bad)
+    return msg + "; run `instantrestore export --tensorrt` to build it"
+
+
+def find_engine(key: artifacts.ArtifactKey) -> Path:
+    """Path of the valid cached plan for `key`, or EngineNotFoundError naming stale/foreign ones."""
+    path = artifacts.find_artifact(key, PLAN_EXT)
+    if path is None:
+        raise EngineNotFoundError(missing_engine_message(key, artifacts.inspect_slot(key, PLAN_EXT)))
+    return path
+
+
+def torch_dtype(trt, trt_dtype) -> torch.dtype:
+    table = {
+        trt.float32: torch.float32,
+        trt.float16: torch.float16,
+        trt.int32: torch.int32,
+        trt.int64: torch.int64,
+        trt.bool: torch.bool,
+        trt.int8: torch.int8,
+        trt.uint8: torch.uint8,
+    }
+    if hasattr(trt, "bfloat16"):
+        table[trt.bfloat16] = torch.bfloat16
+    if trt_dtype not in table:
+        raise TensorRTError(f"engine tensor type {trt_dtype} has no torch equivalent")
+    return table[trt_dtype]
+
+
+class _TRTLogger:
+    """Forwards TensorRT's log into Python logging (TensorRT needs an ILogger subclass)."""
+
+    _instance = None
+
+    @classmethod
+    def get(cls, trt):
+        if cls._instance is None:
+
+            class Logger(trt.ILogger):
+                def __init__(self):
+                    trt.ILogger.__init__(self)
+
+                def log(self, severity, msg):
+                    level = {
+                        trt.ILogger.INTERNAL_ERROR: logging.ERROR,
+                        trt.ILogger.ERROR: logging.ERROR,
+                        trt.ILogger.WARNING: logging.WARNING,
+                        trt.ILogger.INFO: logging.DEBUG,
+                    }.get(severity, logging.DEBUG)
+                    logging.getLogger("tensorrt").log(level, "%s", msg)
+
+            cls._instance = Logger()
+        return cls._instance
+
+
+class EngineRunner:
+    """One deserialised engine with one execution context, run on torch tensors."""
+
+    def __init__(self, plan: bytes, device: torch.device, what: str = "engine"):
+        trt = import_tensorrt()
+        self.trt = trt
+        self.device = device
+        self.what = what
+        with torch.cuda.device(device):
+            self.runtime = trt.Runtime(_TRTLogger.get(trt))
+            self.engine = self.runtime.deserialize_cuda_engine(plan)
+            if self.engine is None:
+                raise TensorRTError(f"TensorRT could not deserialise the {what} plan (built by another version?); "
+                                    "run `instantrestore export --tensorrt` to rebuild it")
+            self.context = self.engine.create_execution_context()
+            if self.context is None:
+                raise TensorRTError(f"TensorRT could not create an execution context for the {what}")
+        self.inputs, self.outputs, self.dtypes = [], [], {}
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            self.dtypes[name] = torch_dtype(trt, self.engine.get_tensor_dtype(name))
+            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                self.inputs.append(name)
+            else:
+                self.outputs.append(name)
+        self._shapes: dict = {}
+        self._addresses: dict = {}
+        self._keep: dict = {}  # tensors whose addresses are bound: keep them alive
+
+    def profile_shape(self, name: str) -> tuple:
+        """(min, opt, max) shapes of an input in profile 0."""
+        return tuple(tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
+
+    def bind_input(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """Set shape and address of one input (converting dtype/layout/device if needed)."""
+        want = self.dtypes[name]
+        if tensor.dtype != want or tensor.device != self.device or not tensor.is_contiguous():
+            tensor = tensor.to(device=self.device, dtype=want).contiguous()
+        shape = tuple(tensor.shape)
+        if self._shapes.get(name) != shape:
+            if not self.context.set_input_shape(name, shape):
+                lo, _, hi = self.profile_shape(name)
+                raise TensorRTError(f"{self.what} input {name} shape {shape} is outside the engine's profile "
+                                    f"{tuple(lo)}..{tuple(hi)}; rebuild with a wider profile")
+            self._shapes[name] = shape
+        ptr = tensor.data_ptr()
+        if self._addresses.get(name) != ptr:
+            self.context.set_tensor_address(name, ptr)
+            self._addresses[name] = ptr
+        self._keep[name] = tensor
+        return tensor
+
+    def run(self) -> dict:
+        """Allocate outputs for the bound input shapes and enqueue on torch's current stream."""
+        outs = {}
+        for name in self.outputs:
+            shape = tuple(self.context.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise TensorRTError(f"{self.what} output {name} shape {shape} is unresolved: an input is unbound")
+            out = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
+            self.context.set_tensor_address(name, out.data_ptr())
+            self._addresses[name] = out.data_ptr()
+            outs[name] = out
+        stream = torch.cuda.current_stream(self.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise TensorRTError(f"TensorRT failed to enqueue the {self.what}")
+        return outs
+
+
+class TensorRTBackend:
+    """Same interface as TorchBackend, running cached TensorRT engines."""
+
+    name = "tensorrt"
+
+    def __init__(self, bundle, device="cuda", dtype=torch.float16, profile: Optional[artifacts.ShapeProfile] = None):
+        self.trt = import_tensorrt()
+        self.device = require_cuda(device)
+        self.bundle = bundle
+        self.precision = artifacts.precision_name(dtype)
+        self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        self.profile = profile or artifacts.DEFAULT_PROFILE
+        self.keys = current_engine_keys(bundle.bundle_id, self.precision, self.profile, self.device)
+        self.num_layers = len(bundle.layer_shapes)
+        self._runners = {}
+        for graph in GRAPHS:
+            path = find_engine(self.keys[graph])
+            log.info("tensorrt: loading %s engine %s", graph, path)
+            self._runners[graph] = EngineRunner(path.read_bytes(), self.device, what=graph)
+        self._check_io()
+        self._bound_src = None
+        self._bound_ptrs = None
+
+    def _check_io(self) -> None:
+        names = ["images", "noise"] + [f"{kv}{i}" for i in range(self.num_layers) for kv in ("k", "v")]
+        r = self._runners["restorer"]
+        if sorted(r.inputs) != sorted(names) or r.outputs != ["restored"]:
+            raise TensorRTError(f"restorer engine inputs {r.inputs} / outputs {r.outputs} do not match bundle "
+                                f"({self.num_layers} shared layers); rebuild with `instantrestore export --tensorrt`")
+        e = self._runners["enroller"]
+        if sorted(e.inputs) != ["noise", "refs"] or len(e.outputs) != 2 * self.num_layers:
+            raise TensorRTError(f"enroller engine inputs {e.inputs} do not match the bundle; rebuild it")
+
+    @property
+    def max_references(self) -> int:
+        return self._runners["restorer"].profile_shape("k0")[2][0]
+
+    @property
+    def max_batch(self) -> int:
+        return self._runners["restorer"].profile_shape("images")[2][0]
+
+    @torch.inference_mode()
+    def enroll(self, refs: torch.Tensor, noise: torch.Tensor) -> list:
+        r = self._runners["enroller"]
+        r.bind_input("refs", refs)
+        r.bind_input("noise", noise)
+        outs = r.run()
+        names = [f"{kv}{i}" for i in range(self.num_layers) for kv in ("k", "v")]
+        return [outs[n] for n in names]
+
+    @torch.inference_mode()
+    def restore(self, images: torch.Tensor, noise: torch.Tensor, layer_inputs: list) -> torch.Tensor:
+        r = self._runners["restorer"]
+        if len(layer_inputs) != 2 * self.num_layers:
+            raise ValueError(f"expected {2 * self.num_layers} K/V tensors, got {len(layer_inputs)}")
+        ptrs = [t.data_ptr() for t in layer_inputs]
+        if layer_inputs is not self._bound_src or ptrs != self._bound_ptrs:
+            # A new profile: bind its K/V once; later frames only rebind images and noise.
+            for i, t in enumerate(layer_inputs):
+                r.bind_input(f"{'kv'[i % 2]}{i // 2}", t)
+            self._bound_src, self._bound_ptrs = layer_inputs, ptrs
+        r.bind_input("images", images)
+        r.bind_input("noise", noise)
+        return r.run()["restored"]
+
+
+def tensorrt_ready(bundle, dtype=torch.float16, device=None, profile=None) -> tuple:
+    """(True, '') when TensorRT, a GPU and valid engines for `bundle` exist; else (False, why)."""
+    try:
+        keys = current_engine_keys(bundle.bundle_id, artifacts.precision_name(dtype), profile, device)
+        for key in keys.values():
+            find_engine(key)
+    except (TensorRTError, artifacts.ArtifactError) as exc:
+        return False, str(exc)
+    return True, ""
+
+
+def choose_auto_backend(bundle) -> tuple:
+    """(backend name, device, dtype, reason) for --backend auto.
+
+    Order: TensorRT (cached engines) > onnxruntime on CUDA > torch on CUDA > onnxruntime on CPU.
+    """
+    reasons = []
+    ok, why = tensorrt_ready(bundle)
+    if ok:
+        return "tensorrt", "cuda", torch.float16, "TensorRT engines found"
+    reasons.append(f"tensorrt: {why}")
+    from . import backend_onnxruntime as bo  # noqa: PLC0415 - avoid importing onnxruntime eagerly
+
+    if "CUDAExecutionProvider" in bo.available_providers():
+        ok, why = bo.onnx_ready(bundle, torch.float16)
+        if ok:
+            return "onnxruntime", "cuda", torch.float16, "; ".join(reasons)
+        reasons.append(f"onnxruntime-cuda: {why}")
+    else:
+        reasons.append("onnxruntime-cuda: CUDAExecutionProvider not available")
+    if torch.cuda.is_available():
+        return "torch", "cuda", torch.float16, "; ".join(reasons)
+    reasons.append("torch-cuda: no CUDA GPU")
+    ok, why = bo.onnx_ready(bundle, torch.float32)
+    if ok:
+        return "onnxruntime", "cpu", torch.float32, "; ".join(reasons)
+    reasons.append(f"onnxruntime-cpu: {why}")
+    return "torch", "cpu", torch.float32, "; ".join(reasons)
