@@ -1,0 +1,473 @@
+"""Face detection (MediaPipe BlazeFace) and temporal tracking of the six face keypoints.
+
+The detector runs the BlazeFace short-range model vendored in ``assets/`` through MediaPipe Tasks, so
+tracking works offline. Keypoints are smoothed with a One Euro filter so the aligned crop does not
+jitter, and a track survives a few frames without a detection so a blink of the detector never
+freezes or blanks the call.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import dataclasses
+import hashlib
+import math
+import os
+import threading
+import weakref
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear", "left_ear")
+"""The six BlazeFace keypoints, in BlazeFace's order. "right" is the person's right (image left)."""
+
+ASSET_DIR = Path(__file__).resolve().parent / "assets"
+BLAZEFACE_SHORT_RANGE = ASSET_DIR / "face_detection_short_range.tflite"
+BLAZEFACE_SHORT_RANGE_SHA256 = "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8"
+
+# FaceLandmarker (478-point mesh) indices mapped onto the six BlazeFace points. Eyes are the mean of
+# their two corners, the mouth is the mean of the inner lips, the "ears" are the face-contour points
+# next to the tragion.
+_MESH_POINTS = (
+    (33, 133),  # right eye: outer, inner corner
+    (362, 263),  # left eye: inner, outer corner
+    (1,),  # nose tip
+    (13, 14),  # upper and lower inner lip
+    (234,),  # right face contour at ear level
+    (454,),  # left face contour at ear level
+)
+
+
+class TrackingError(Exception):
+    """Face detection or tracking cannot run (bad input, broken model, MediaPipe failure)."""
+
+
+class DetectorAssetError(TrackingError):
+    """The detector model file is missing or is not the expected file."""
+
+
+class DetectorTimeout(TrackingError):
+    """A MediaPipe call did not return within its time limit."""
+
+
+@dataclasses.dataclass
+class FaceDetection:
+    """One detected face in frame pixels.
+
+    keypoints: (6, 2) float32 x, y in the order of KEYPOINT_NAMES.
+    box: (x0, y0, x1, y1) float pixels. score: detector confidence in 0..1.
+    """
+
+    keypoints: np.ndarray
+    box: tuple
+    score: float
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
+
+    @property
+    def center(self) -> tuple:
+        return ((self.box[0] + self.box[2]) / 2.0, (self.box[1] + self.box[3]) / 2.0)
+
+    @property
+    def size(self) -> float:
+        """Face size in pixels: the larger side of the box."""
+        return max(self.box[2] - self.box[0], self.box[3] - self.box[1])
+
+
+def sha256_of(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_asset(path, expected_sha256: str) -> Path:
+    """Return path if the file exists and has the expected SHA-256, else raise DetectorAssetError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DetectorAssetError(f"detector model not found: {path} (reinstall instantrestore)")
+    actual = sha256_of(path)
+    if actual != expected_sha256:
+        raise DetectorAssetError(
+            f"detector model {path} is corrupted: SHA-256 {actual[:16]}... expected "
+            f"{expected_sha256[:16]}... (reinstall instantrestore)"
+        )
+    return path
+
+
+def _as_rgb_uint8(frame) -> np.ndarray:
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise TrackingError(
+            f"expected an RGB uint8 image of shape (H, W, 3), got {frame.dtype} {frame.shape}"
+        )
+    if frame.shape[0] < 8 or frame.shape[1] < 8:
+        raise TrackingError(f"image too small for face detection: {frame.shape[1]}x{frame.shape[0]}")
+    return np.ascontiguousarray(frame)
+
+
+# Detectors still open at interpreter exit are closed first: MediaPipe's own finaliser fails noisily
+# once its native library has been unloaded.
+_OPEN_DETECTORS: "weakref.WeakSet[FaceDetector]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_detectors():
+    for detector in list(_OPEN_DETECTORS):
+        try:
+            detector.close()
+        except Exception:
+            pass
+
+
+class FaceDetector:
+    """MediaPipe face detector returning FaceDetection objects in pixel coordinates.
+
+    mode: "video" (timestamps must increase; what the tracker uses) or "image" (stills, enrollment).
+    landmarker_task: path to a MediaPipe FaceLandmarker ``.task`` file; when given it is used instead
+        of BlazeFace and its mesh is reduced to the same six keypoints.
+    timeout_s: when set, every MediaPipe call runs on a worker thread and a call that does not return
+        in time raises DetectorTimeout instead of hanging the caller.
+    """
+
+    def __init__(
+        self,
+        model_path=None,
+        *,
+        mode: str = "video",
+        min_confidence: float = 0.5,
+        max_faces: int = 4,
+        landmarker_task=None,
+        timeout_s: Optional[float] = None,
+    ):
+        if mode not in ("video", "image"):
+            raise TrackingError(f"detector mode must be 'video' or 'image', got {mode!r}")
+        self.mode = mode
+        self.timeout_s = timeout_s
+        self._last_timestamp_ms = -1
+        self._lock = threading.Lock()
+        self._executor = (
+            concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mediapipe")
+            if timeout_s is not None
+            else None
+        )
+        self._task = None
+        self._uses_landmarker = landmarker_task is not None
+        self._task = self._call(self._create, model_path, min_confidence, max_faces, landmarker_task)
+        _OPEN_DETECTORS.add(self)
+
+    def _create(self, model_path, min_confidence, max_faces, landmarker_task):
+        try:
+            from mediapipe.tasks.python import BaseOptions, vision
+        except ImportError as error:  # pragma: no cover - mediapipe is a dependency
+            raise TrackingError(f"mediapipe is not installed: {error}") from error
+        running_mode = vision.RunningMode.VIDEO if self.mode == "video" else vision.RunningMode.IMAGE
+        try:
+            if landmarker_task is not None:
+                task_path = Path(landmarker_task)
+                if not task_path.is_file():
+                    raise DetectorAssetError(f"FaceLandmarker task file not found: {task_path}")
+                options = vision.FaceLandmarkerOptions(
+                    base_options=BaseOptions(model_asset_path=str(task_path)),
+                    running_mode=running_mode,
+                    num_faces=max_faces,
+                    min_face_detection_confidence=min_confidence,
+                )
+                return vision.FaceLandmarker.create_from_options(options)
+            if model_path is None:
+                path = verify_asset(BLAZEFACE_SHORT_RANGE, BLAZEFACE_SHORT_RANGE_SHA256)
+            else:
+                path = Path(model_path)
+                if not path.is_file():
+                    raise DetectorAssetError(f"detector model not found: {path}")
+            options = vision.FaceDetectorOptions(
+                base_options=BaseOptions(model_asset_path=str(path)),
+                running_mode=running_mode,
+                min_detection_confidence=min_confidence,
+            )
+            return vision.FaceDetector.create_from_options(options)
+        except TrackingError:
+            raise
+        except Exception as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise DetectorAssetError(f"MediaPipe could not load the face model: {message}") from error
+
+    def _call(self, function, *args):
+        if self._executor is None:
+            return function(*args)
+        future = self._executor.submit(function, *args)
+        try:
+            return future.result(timeout=self.timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise DetectorTimeout(f"MediaPipe did not answer within {self.timeout_s:.1f} s") from None
+
+    def detect(self, frame, timestamp_s: Optional[float] = None) -> list:
+        """Detect faces in an RGB uint8 frame. Returns a list of FaceDetection (possibly empty)."""
+        frame = _as_rgb_uint8(frame)
+        if self._task is None:
+            raise TrackingError("face detector is closed")
+        with self._lock:
+            if self.mode == "video":
+                # MediaPipe refuses timestamps that do not increase; repeated or missing times are
+                # nudged forward by a millisecond.
+                wanted = -1 if timestamp_s is None else int(round(timestamp_s * 1000.0))
+                timestamp_ms = max(wanted, self._last_timestamp_ms + 1)
+                self._last_timestamp_ms = timestamp_ms
+            else:
+                timestamp_ms = None
+            result = self._call(self._run, frame, timestamp_ms)
+        height, width = frame.shape[:2]
+        if self._uses_landmarker:
+            return _faces_from_landmarks(result, width, height)
+        return _faces_from_detections(result, width, height)
+
+    def _run(self, frame, timestamp_ms):
+        import mediapipe as mp
+
+        image = mp.Image(image_format=mp.ImageFormat.SRGB, data=frame)
+        try:
+            if timestamp_ms is None:
+                return self._task.detect(image)
+            return self._task.detect_for_video(image, timestamp_ms)
+        except Exception as error:
+            raise TrackingError(f"MediaPipe face detection failed: {error}") from error
+
+    def close(self):
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                self._call(task.close)
+            except Exception:
+                pass
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+        _OPEN_DETECTORS.discard(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def _faces_from_detections(result, width, height) -> list:
+    faces = []
+    for detection in result.detections or []:
+        if not detection.keypoints or len(detection.keypoints) < 6:
+            continue
+        keypoints = np.array(
+            [[point.x * width, point.y * height] for point in detection.keypoints[:6]], np.float32
+        )
+        box = detection.bounding_box
+        score = float(detection.categories[0].score) if detection.categories else 1.0
+        faces.append(
+            FaceDetection(
+                keypoints=keypoints,
+                box=(
+                    float(box.origin_x),
+                    float(box.origin_y),
+                    float(box.origin_x + box.width),
+                    float(box.origin_y + box.height),
+                ),
+                score=score,
+            )
+        )
+    return faces
+
+
+def _faces_from_landmarks(result, width, height) -> list:
+    faces = []
+    for landmarks in result.face_landmarks or []:
+        mesh = np.array([[point.x * width, point.y * height] for point in landmarks], np.float32)
+        if len(mesh) <= max(max(group) for group in _MESH_POINTS):
+            continue
+        keypoints = np.stack([mesh[list(group)].mean(axis=0) for group in _MESH_POINTS]).astype(np.float32)
+        x0, y0 = mesh.min(axis=0)
+        x1, y1 = mesh.max(axis=0)
+        faces.append(FaceDetection(keypoints=keypoints, box=(float(x0), float(y0), float(x1), float(y1)), score=1.0))
+    return faces
+
+
+class OneEuroFilter:
+    """One Euro filter (Casiez, Roussel, Vogel 2012) on arrays of any shape.
+
+    A low-pass filter whose cutoff rises with speed: still keypoints are smoothed hard (no jitter),
+    moving ones follow with little lag. min_cutoff (Hz) sets the smoothing at rest, beta how fast the
+    cutoff grows with speed, d_cutoff (Hz) the smoothing of the speed estimate.
+    """
+
+    def __init__(self, min_cutoff: float = 1.0, beta: float = 0.0, d_cutoff: float = 1.0):
+        if min_cutoff <= 0 or d_cutoff <= 0 or beta < 0:
+            raise ValueError("OneEuroFilter needs min_cutoff > 0, d_cutoff > 0 and beta >= 0")
+        self.min_cutoff = float(min_cutoff)
+        self.beta = float(beta)
+        self.d_cutoff = float(d_cutoff)
+        self.reset()
+
+    def reset(self):
+        self._value = None
+        self._speed = None
+        self._time = None
+
+    @staticmethod
+    def _alpha(cutoff, dt):
+        tau = 1.0 / (2.0 * math.pi * cutoff)
+        return 1.0 / (1.0 + tau / dt)
+
+    def __call__(self, value, time_s: float) -> np.ndarray:
+        value = np.asarray(value, np.float64)
+        if self._value is None:
+            self._value = value.copy()
+            self._speed = np.zeros_like(value)
+            self._time = float(time_s)
+            return self._value.copy()
+        dt = float(time_s) - self._time
+        if dt <= 0:
+            # Same or earlier timestamp: nothing to integrate over; assume a nominal 30 fps step.
+            dt = 1.0 / 30.0
+        self._time = float(time_s)
+        speed = (value - self._value) / dt
+        alpha_d = self._alpha(self.d_cutoff, dt)
+        self._speed = alpha_d * speed + (1.0 - alpha_d) * self._speed
+        cutoff = self.min_cutoff + self.beta * np.abs(self._speed)
+        alpha = self._alpha(cutoff, dt)
+        self._value = alpha * value + (1.0 - alpha) * self._value
+        return self._value.copy()
+
+
+@dataclasses.dataclass
+class Track:
+    """The tracked face for one frame: smoothed keypoints plus the detection they came from."""
+
+    keypoints: np.ndarray  # (6, 2) float32, smoothed
+    raw_keypoints: np.ndarray  # (6, 2) float32, as detected (last detection when missed > 0)
+    box: tuple
+    score: float
+    missed: int  # frames since the last detection; 0 when detected in this frame
+    track_id: int
+
+
+def box_iou(a, b) -> float:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def largest_central_face(faces: Sequence[FaceDetection], frame) -> Optional[FaceDetection]:
+    """Default face choice: the largest face, discounted by its distance from the frame centre."""
+    if not faces:
+        return None
+    height, width = np.asarray(frame).shape[:2]
+    half_diagonal = math.hypot(width, height) / 2.0
+
+    def weight(face):
+        cx, cy = face.center
+        off_centre = math.hypot(cx - width / 2.0, cy - height / 2.0) / half_diagonal
+        return face.area * (1.0 - 0.5 * off_centre)
+
+    return max(faces, key=weight)
+
+
+ChooseFace = Callable[[Sequence[FaceDetection], np.ndarray], Optional[FaceDetection]]
+
+
+class Tracker:
+    """Follows one face over frames: detection, face choice, One Euro smoothing, short gaps.
+
+    detector: anything with ``detect(frame, timestamp_s) -> list[FaceDetection]`` (default: the
+        vendored BlazeFace in video mode).
+    choose_face: ``choose_face(faces, frame) -> FaceDetection | None``; the hook for picking the
+        enrolled person. When not given, the face that continues the current track is kept and a new
+        track starts on the largest central face.
+    max_missed: frames a track survives without a detection (keeps the last keypoints).
+    min_cutoff, beta, d_cutoff: One Euro parameters; speed is measured in face sizes per second so
+        the same values work at any resolution and face size.
+    """
+
+    def __init__(
+        self,
+        detector=None,
+        *,
+        choose_face: Optional[ChooseFace] = None,
+        max_missed: int = 5,
+        min_cutoff: float = 0.5,
+        beta: float = 2.0,
+        d_cutoff: float = 1.0,
+    ):
+        self._owns_detector = detector is None
+        self.detector = detector if detector is not None else FaceDetector(mode="video")
+        self.choose_face = choose_face
+        self.max_missed = int(max_missed)
+        self._filter = OneEuroFilter(min_cutoff=min_cutoff, beta=beta, d_cutoff=d_cutoff)
+        self._track: Optional[Track] = None
+        self._unit = 1.0  # face size at track start; keypoints are filtered in these units
+        self._next_id = 0
+        self._frame_index = 0
+
+    @property
+    def track(self) -> Optional[Track]:
+        return self._track
+
+    def reset(self):
+        self._track = None
+        self._filter.reset()
+
+    def _pick(self, faces, frame) -> Optional[FaceDetection]:
+        if self.choose_face is not None:
+            return self.choose_face(faces, frame)
+        if self._track is not None:
+            overlaps = [(box_iou(face.box, self._track.box), face) for face in faces]
+            best_iou, best = max(overlaps, key=lambda pair: pair[0])
+            if best_iou > 0.3:
+                return best
+        return largest_central_face(faces, frame)
+
+    def update(self, frame, timestamp_s: Optional[float] = None) -> Optional[Track]:
+        """Detect in this frame and return the current track, or None when no face is followed."""
+        if timestamp_s is None:
+            timestamp_s = self._frame_index / 30.0
+        self._frame_index += 1
+        faces = self.detector.detect(frame, timestamp_s)
+        face = self._pick(faces, frame) if faces else None
+        if face is None:
+            if self._track is None:
+                return None
+            if self._track.missed + 1 > self.max_missed:
+                self.reset()
+                return None
+            self._track = dataclasses.replace(self._track, missed=self._track.missed + 1)
+            return self._track
+
+        new_person = self._track is None or box_iou(face.box, self._track.box) < 0.1
+        if new_person:
+            self._filter.reset()
+            self._unit = max(face.size, 1.0)
+            self._next_id += 1
+        smoothed = self._filter(face.keypoints.astype(np.float64) / self._unit, timestamp_s) * self._unit
+        self._track = Track(
+            keypoints=smoothed.astype(np.float32),
+            raw_keypoints=face.keypoints.astype(np.float32),
+            box=face.box,
+            score=face.score,
+            missed=0,
+            track_id=self._next_id,
+        )
+        return self._track
+
+    def close(self):
+        if self._owns_detector and hasattr(self.detector, "close"):
+            self.detector.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
