@@ -1,0 +1,441 @@
+"""Frame sources and sinks: video files (PyAV), cameras (OpenCV), the virtual camera (pyvirtualcam).
+
+Sources iterate SourceFrame(image, time, index): RGB uint8 (H, W, 3) images with times in seconds
+from the first frame. Sinks take ``write(image, timestamp)`` and ``close()``; sinks that write files
+also have ``abort()``, which leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+
+class MediaError(Exception):
+    """A video file, camera or virtual camera cannot be read or written."""
+
+
+class CameraUnavailable(MediaError):
+    """The capture camera cannot be opened or stopped delivering frames."""
+
+
+class VirtualCameraUnavailable(MediaError):
+    """No virtual camera could be opened; the message carries pyvirtualcam's reason."""
+
+
+class SourceFrame(NamedTuple):
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    time: float  # seconds since the first frame of the source
+    index: int
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+def _check_image(image, width, height) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.shape != (height, width, 3):
+        raise MediaError(f"expected an RGB uint8 frame of shape ({height}, {width}, 3), got {image.dtype} {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+class FileSource:
+    """Frames of a video file, decoded with PyAV. Iterating again decodes from the start again.
+
+    Attributes: path, width, height, fps (Fraction), frame_count (as declared by the container, or
+    estimated from the duration), duration (s), time_base, start_pts, audio_stream_count.
+    A truncated or unreadable file raises MediaError.
+    """
+
+    live = False
+
+    def __init__(self, path):
+        import av
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise MediaError(f"video file not found: {self.path}")
+        try:
+            with av.open(str(self.path), mode="r") as container:
+                if not container.streams.video:
+                    raise MediaError(f"{self.path.name}: no video stream")
+                stream = container.streams.video[0]
+                self.width = int(stream.codec_context.width)
+                self.height = int(stream.codec_context.height)
+                rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+                if not rate or rate <= 0:
+                    raise MediaError(f"{self.path.name}: unknown frame rate")
+                self.fps = Fraction(rate)
+                self.time_base = stream.time_base
+                self.start_pts = int(stream.start_time or 0)
+                if stream.duration:
+                    self.duration = float(stream.duration * stream.time_base)
+                elif container.duration:
+                    self.duration = container.duration / av.time_base
+                else:
+                    self.duration = 0.0
+                self.declared_frames = int(stream.frames or 0)
+                self.frame_count = self.declared_frames or int(round(self.duration * float(self.fps)))
+                self.audio_stream_count = len(container.streams.audio)
+        except MediaError:
+            raise
+        except (av.FFmpegError, OSError, ValueError) as error:
+            raise MediaError(f"cannot read video {self.path.name}: {_one_line(error)}") from error
+        if self.width <= 0 or self.height <= 0:
+            raise MediaError(f"{self.path.name}: video stream has no frame size")
+
+    def __iter__(self):
+        import av
+
+        decoded = 0
+        try:
+            with av.open(str(self.path), mode="r") as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                for frame in container.decode(stream):
+                    pts = frame.pts if frame.pts is not None else self.start_pts + decoded
+                    seconds = float((pts - self.start_pts) * self.time_base)
+                    image = frame.to_ndarray(format="rgb24")
+                    yield SourceFrame(image, seconds, decoded)
+                    decoded += 1
+        except (av.FFmpegError, OSError) as error:
+            raise MediaError(f"cannot decode {self.path.name} after {decoded} frames: {_one_line(error)}") from error
+        if self.declared_frames and decoded < self.declared_frames:
+            raise MediaError(
+                f"{self.path.name} is truncated: decoded {decoded} of {self.declared_frames} frames"
+            )
+
+    def __len__(self):
+        return self.frame_count
+
+    def close(self):
+        """Nothing to release: each iteration opens and closes its own container."""
+
+
+class CameraSource:
+    """A capture camera through OpenCV. device: index (0, "0") or a device path ("/dev/video2").
+
+    size: (width, height) to request; fps: rate to request. The camera may pick something else;
+    width, height and fps report what it delivers.
+    """
+
+    live = True
+
+    def __init__(self, device=0, size: Optional[tuple] = None, fps: Optional[float] = None):
+        import cv2
+
+        if isinstance(device, str) and device.isdigit():
+            device = int(device)
+        self.device = device
+        self._capture = cv2.VideoCapture(device)
+        if not self._capture.isOpened():
+            self._capture.release()
+            raise CameraUnavailable(f"cannot open camera {device!r}")
+        if size is not None:
+            self._capture.set(cv2.CAP_PROP_FRAME_WIDTH, int(size[0]))
+            self._capture.set(cv2.CAP_PROP_FRAME_HEIGHT, int(size[1]))
+        if fps is not None:
+            self._capture.set(cv2.CAP_PROP_FPS, float(fps))
+        self.width = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        self.height = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        reported = self._capture.get(cv2.CAP_PROP_FPS)
+        self.fps = Fraction(reported).limit_denominator(1001) if reported and reported > 0 else Fraction(fps or 30)
+        self.frame_count = 0  # unbounded
+
+    def __iter__(self):
+        import cv2
+
+        start = None
+        index = 0
+        failures = 0
+        while self._capture is not None:
+            ok, bgr = self._capture.read()
+            if not ok or bgr is None:
+                failures += 1
+                # A few failed reads happen while a camera warms up; many mean it is gone.
+                if failures >= 30:
+                    raise CameraUnavailable(f"camera {self.device!r} stopped delivering frames")
+                time.sleep(0.01)
+                continue
+            failures = 0
+            now = time.monotonic()
+            start = now if start is None else start
+            yield SourceFrame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), now - start, index)
+            index += 1
+
+    def close(self):
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+
+
+def _pick_video_codec(preferred: Optional[str]) -> str:
+    import av
+
+    for name in ([preferred] if preferred else ["libx264", "mpeg4"]):
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except Exception:
+            continue
+    raise MediaError(f"no usable video encoder ({preferred or 'libx264 or mpeg4'}) in PyAV's FFmpeg")
+
+
+class FileSink:
+    """Writes frames to a video file with PyAV (H.264 via libx264 when available, else MPEG-4 part 2).
+
+    like: a FileSource; the output gets its frame size, frame rate, time base and audio streams
+    (audio packets are copied, never re-encoded). Without like, give fps and size=(width, height).
+    The file is written under a temporary name in the output folder and renamed on close(); abort()
+    or a failure removes it, so there is never a partial output. The input is never written to.
+    """
+
+    def __init__(
+        self,
+        out_path,
+        like: Optional[FileSource] = None,
+        *,
+        fps=None,
+        size: Optional[tuple] = None,
+        codec: Optional[str] = None,
+        crf: int = 18,
+        preset: str = "veryfast",
+    ):
+        import av
+
+        self.out_path = Path(out_path)
+        self.like = like
+        if like is not None:
+            if self.out_path.exists() and self.out_path.resolve() == like.path.resolve():
+                raise MediaError(f"refusing to overwrite the input video {like.path.name}")
+            fps = fps or like.fps
+            size = size or (like.width, like.height)
+        if fps is None or size is None:
+            raise MediaError("FileSink needs like=FileSource or both fps and size")
+        self.fps = Fraction(fps).limit_denominator(1001) if not isinstance(fps, Fraction) else fps
+        self.width, self.height = int(size[0]), int(size[1])
+        folder = self.out_path.parent if str(self.out_path.parent) else Path(".")
+        if not folder.is_dir():
+            raise MediaError(f"output folder does not exist: {folder}")
+        handle, temp_name = tempfile.mkstemp(
+            prefix=f".{self.out_path.stem}.", suffix=f".partial{self.out_path.suffix or '.mp4'}", dir=folder
+        )
+        os.close(handle)
+        self.temp_path = Path(temp_name)
+        self.frames_written = 0
+        self._closed = False
+        self._audio_packets = None
+        self._audio_in = None
+        self._pending_audio = None
+        try:
+            format_name = None if self.out_path.suffix else "mp4"
+            self._container = av.open(str(self.temp_path), mode="w", format=format_name)
+            codec_name = _pick_video_codec(codec)
+            self._video = self._container.add_stream(codec_name, rate=self.fps)
+            self._video.width, self._video.height = self.width, self.height
+            even = self.width % 2 == 0 and self.height % 2 == 0
+            if not even and codec_name != "libx264":
+                raise MediaError(f"{codec_name} cannot encode an odd frame size {self.width}x{self.height}")
+            self._video.pix_fmt = "yuv420p" if even else "yuv444p"
+            if codec_name == "libx264":
+                self._video.options = {"crf": str(int(crf)), "preset": preset}
+            else:
+                self._video.bit_rate = max(2_000_000, self.width * self.height * 8)
+            # Keep the input's time base so frame times (and so the duration) carry over exactly.
+            self._time_base = like.time_base if like is not None else Fraction(1, 1) / self.fps
+            self._video.codec_context.time_base = self._time_base
+            self._start_pts = like.start_pts if like is not None else 0
+            if like is not None and like.audio_stream_count:
+                self._open_audio(like)
+        except Exception as error:
+            self.abort()
+            if isinstance(error, MediaError):
+                raise
+            raise MediaError(f"cannot create {self.out_path.name}: {_one_line(error)}") from error
+
+    def _open_audio(self, like: FileSource):
+        import av
+
+        self._audio_in = av.open(str(like.path), mode="r")
+        in_streams = list(self._audio_in.streams.audio)
+        self._audio_map = {
+            stream.index: self._container.add_stream_from_template(stream) for stream in in_streams
+        }
+        self._audio_packets = iter(self._audio_in.demux(*in_streams))
+
+    def _mux_audio_until(self, seconds: Optional[float]):
+        """Copy input audio packets up to the given time (all remaining ones when None)."""
+        if self._audio_packets is None:
+            return
+        while True:
+            packet = self._pending_audio
+            self._pending_audio = None
+            if packet is None:
+                packet = next(self._audio_packets, None)
+                if packet is None:
+                    self._audio_packets = None
+                    return
+            if packet.dts is None and packet.pts is None:
+                continue  # demuxer flush marker, carries no data
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if seconds is not None and float(stamp * packet.time_base) > seconds:
+                self._pending_audio = packet
+                return
+            packet.stream = self._audio_map[packet.stream_index]
+            self._container.mux(packet)
+
+    def write(self, image, timestamp: Optional[float] = None):
+        """Encode one RGB uint8 frame; timestamp in seconds from the first frame (default: index/fps)."""
+        import av
+
+        if self._closed:
+            raise MediaError("FileSink is closed")
+        image = _check_image(image, self.width, self.height)
+        if timestamp is None:
+            timestamp = self.frames_written / float(self.fps)
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = self._start_pts + int(round(timestamp / float(self._time_base)))
+        frame.time_base = self._time_base
+        try:
+            self._mux_audio_until(float(frame.pts * self._time_base))
+            for packet in self._video.encode(frame):
+                self._container.mux(packet)
+        except av.FFmpegError as error:
+            raise MediaError(f"cannot encode frame {self.frames_written} of {self.out_path.name}: {_one_line(error)}") from error
+        self.frames_written += 1
+
+    def close(self):
+        """Flush, finish the file and move it to out_path. On any failure nothing is left behind."""
+        if self._closed:
+            return
+        try:
+            for packet in self._video.encode(None):
+                self._container.mux(packet)
+            self._mux_audio_until(None)
+            self._container.close()
+            self._close_audio_input()
+            if self.frames_written == 0:
+                raise MediaError(f"no frames were written to {self.out_path.name}")
+            os.replace(self.temp_path, self.out_path)
+            self._closed = True
+        except Exception as error:
+            self.abort()
+            if isinstance(error, MediaError):
+                raise
+            raise MediaError(f"cannot finish {self.out_path.name}: {_one_line(error)}") from error
+
+    def _close_audio_input(self):
+        if self._audio_in is not None:
+            self._audio_in.close()
+            self._audio_in = None
+            self._audio_packets = None
+
+    def abort(self):
+        """Stop writing and delete the temporary file; out_path is left as it was."""
+        self._closed = True
+        container = getattr(self, "_container", None)
+        self._container = None
+        if container is not None:
+            try:
+                container.close()
+            except Exception:
+                pass
+        self._close_audio_input()
+        try:
+            self.temp_path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+class VirtualCameraSink:
+    """Sends frames to a virtual webcam through pyvirtualcam.
+
+    backend: pyvirtualcam backend name (None tries all: v4l2loopback, OBS, Unity Capture ...);
+    device: a specific device, e.g. "/dev/video10". Raises VirtualCameraUnavailable with
+    pyvirtualcam's reason when no virtual camera can be opened.
+    """
+
+    live = True
+
+    def __init__(self, width: int, height: int, fps: float, backend: Optional[str] = None, device: Optional[str] = None):
+        try:
+            import pyvirtualcam
+        except ImportError as error:
+            raise VirtualCameraUnavailable(f"pyvirtualcam is not installed: {error}") from error
+        self.width, self.height, self.fps = int(width), int(height), float(fps)
+        if backend is not None and backend not in pyvirtualcam.camera.BACKENDS:
+            known = ", ".join(sorted(pyvirtualcam.camera.BACKENDS)) or "none"
+            raise VirtualCameraUnavailable(f"unknown virtual camera backend {backend!r} (available: {known})")
+        try:
+            self._camera = pyvirtualcam.Camera(
+                self.width, self.height, self.fps, fmt=pyvirtualcam.PixelFormat.RGB, backend=backend, device=device
+            )
+        except Exception as error:
+            raise VirtualCameraUnavailable(f"no virtual camera available: {_one_line(error)}") from error
+        self.device = self._camera.device
+        self.backend = self._camera.backend
+        self.frames_written = 0
+
+    def write(self, image, timestamp: Optional[float] = None):
+        if self._camera is None:
+            raise MediaError("virtual camera is closed")
+        self._camera.send(_check_image(image, self.width, self.height))
+        self.frames_written += 1
+
+    def close(self):
+        camera, self._camera = self._camera, None
+        if camera is not None:
+            camera.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+        return False
+
+
+class PreviewSink:
+    """An OpenCV window showing the output (optional; needs a desktop). Closing it with q or Esc
+    sets ``closed_by_user``."""
+
+    live = True
+
+    def __init__(self, title: str = "InstantRestore preview"):
+        self.title = title
+        self.closed_by_user = False
+        self.frames_written = 0
+
+    def write(self, image, timestamp: Optional[float] = None):
+        import cv2
+
+        cv2.imshow(self.title, cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR))
+        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+            self.closed_by_user = True
+        self.frames_written += 1
+
+    def close(self):
+        import cv2
+
+        try:
+            cv2.destroyWindow(self.title)
+        except cv2.error:
+            pass

@@ -1,0 +1,460 @@
+"""One frame pipeline for the live camera and for files: track -> align -> restore -> composite.
+
+FramePipeline turns frames into restored frames; run_file drives it over every frame of a source,
+run_live runs capture, processing and output on three threads so a slow restorer costs frames, not
+latency or output rate.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import queue
+import threading
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from .align import alignment_matrix, warp_to_crop
+from .composite import Compositor
+from .tracking import Tracker
+
+STAGES = ("decode", "track", "align", "restore", "composite", "encode")
+
+
+class PipelineError(RuntimeError):
+    """The pipeline was given bad input or the restorer returned something unusable."""
+
+
+class PipelineStats:
+    """Per-stage timings (seconds, last `window` samples kept) and frame counters. Thread-safe.
+
+    Used by `instantrestore bench` (summary()) and by the --stats log and overlay (format_line(),
+    draw()).
+    """
+
+    def __init__(self, window: int = 300):
+        self._lock = threading.Lock()
+        self._window = int(window)
+        self.reset()
+
+    def reset(self):
+        with self._lock:
+            self._samples = {stage: collections.deque(maxlen=self._window) for stage in STAGES}
+            self._totals = {stage: 0.0 for stage in STAGES}
+            self._counts = {stage: 0 for stage in STAGES}
+            self.counters = collections.Counter()
+            self._frame_times = collections.deque(maxlen=self._window)
+
+    def add(self, stage: str, seconds: float, frames: int = 1):
+        """Record a stage duration; a batched call covering n frames counts as n frames of seconds/n."""
+        if stage not in self._samples:
+            raise PipelineError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        with self._lock:
+            per_frame = seconds / max(1, frames)
+            for _ in range(max(1, frames)):
+                self._samples[stage].append(per_frame)
+            self._totals[stage] += seconds
+            self._counts[stage] += max(1, frames)
+
+    @contextlib.contextmanager
+    def time(self, stage: str, frames: int = 1):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - start, frames)
+
+    def count(self, name: str, n: int = 1):
+        with self._lock:
+            self.counters[name] += n
+
+    def frame_done(self):
+        """Mark one output frame, for the output rate estimate."""
+        with self._lock:
+            self.counters["frames"] += 1
+            self._frame_times.append(time.perf_counter())
+
+    def fps(self) -> float:
+        with self._lock:
+            times = list(self._frame_times)
+        if len(times) < 2 or times[-1] <= times[0]:
+            return 0.0
+        return (len(times) - 1) / (times[-1] - times[0])
+
+    def summary(self) -> dict:
+        """{"stages": {stage: {count, mean_ms, p50_ms, p95_ms, total_s}}, "fps": ..., counters...}."""
+        with self._lock:
+            stages = {}
+            for stage in STAGES:
+                samples = np.array(self._samples[stage], np.float64) * 1000.0
+                if self._counts[stage] == 0:
+                    continue
+                stages[stage] = {
+                    "count": self._counts[stage],
+                    "mean_ms": float(samples.mean()),
+                    "p50_ms": float(np.percentile(samples, 50)),
+                    "p95_ms": float(np.percentile(samples, 95)),
+                    "total_s": self._totals[stage],
+                }
+            counters = dict(self.counters)
+        return {"stages": stages, "fps": self.fps(), **counters}
+
+    def format_line(self) -> str:
+        summary = self.summary()
+        parts = [f"{stage} {values['mean_ms']:.1f}" for stage, values in summary["stages"].items()]
+        line = " | ".join(parts) + " ms"
+        if summary["fps"]:
+            line += f" | {summary['fps']:.1f} fps"
+        for name in ("no_face", "dropped", "repeated"):
+            if summary.get(name):
+                line += f" | {name} {summary[name]}"
+        return line
+
+    def draw(self, frame) -> np.ndarray:
+        """A copy of frame with the stats line drawn in its top-left corner (for --stats overlays)."""
+        import cv2
+
+        canvas = np.array(frame, copy=True)
+        text = self.format_line()
+        scale = max(0.4, canvas.shape[1] / 1600.0)
+        origin = (8, int(24 * scale + 8))
+        cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+        return canvas
+
+
+RestoreFn = Callable[[np.ndarray], np.ndarray]
+
+
+class FramePipeline:
+    """Restores the tracked face in each frame.
+
+    restore: callable taking a (B, S, S, 3) uint8 RGB batch of aligned crops and returning the
+        restored batch, same shape and dtype (e.g. restorer.crop_restorer(profile)).
+    crop_size: S, from the model bundle. tracker: a tracking.Tracker (default: vendored BlazeFace).
+    blend: 0..1 strength of the restored face. color_match: match the restored crop's colour to the
+        original crop. Frames without a face are returned as they are (the same array).
+    """
+
+    def __init__(
+        self,
+        restore: RestoreFn,
+        crop_size: int,
+        tracker: Optional[Tracker] = None,
+        blend: float = 1.0,
+        color_match: bool = True,
+        stats: Optional[PipelineStats] = None,
+    ):
+        if not callable(restore):
+            raise PipelineError("restore must be a callable taking a (B, S, S, 3) uint8 batch")
+        self.restore = restore
+        self.crop_size = int(crop_size)
+        if self.crop_size < 8:
+            raise PipelineError(f"crop size must be at least 8, got {crop_size}")
+        self._owns_tracker = tracker is None
+        self.tracker = tracker if tracker is not None else Tracker()
+        self.compositor = Compositor(blend=blend, color_match=color_match)
+        self.stats = stats if stats is not None else PipelineStats()
+        self.last_track = None
+        self.last_matrix = None
+
+    def _check_frame(self, frame) -> np.ndarray:
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise PipelineError(f"expected an RGB uint8 frame (H, W, 3), got {frame.dtype} {frame.shape}")
+        return frame
+
+    def _restore_batch(self, crops: np.ndarray) -> np.ndarray:
+        with self.stats.time("restore", frames=len(crops)):
+            restored = self.restore(crops)
+        restored = np.asarray(restored)
+        if restored.shape != crops.shape or restored.dtype != np.uint8:
+            raise PipelineError(
+                f"restorer returned {restored.dtype} {restored.shape}, expected uint8 {crops.shape}"
+            )
+        return restored
+
+    def _locate(self, frame, timestamp):
+        """Track and align one frame; returns (matrix, crop) or None when there is no face."""
+        with self.stats.time("track"):
+            track = self.tracker.update(frame, timestamp)
+        self.last_track = track
+        if track is None:
+            self.stats.count("no_face")
+            self.last_matrix = None
+            return None
+        with self.stats.time("align"):
+            matrix = alignment_matrix(track.keypoints, self.crop_size)
+            crop = warp_to_crop(frame, matrix, self.crop_size)
+        self.last_matrix = matrix
+        return matrix, crop
+
+    def process(self, frame, timestamp: Optional[float] = None) -> np.ndarray:
+        """Restore the face in one RGB uint8 frame; timestamp (s) drives the keypoint smoothing."""
+        frame = self._check_frame(frame)
+        located = self._locate(frame, timestamp)
+        if located is None:
+            return frame
+        matrix, crop = located
+        restored = self._restore_batch(crop[None])[0]
+        with self.stats.time("composite"):
+            return self.compositor(frame, restored, matrix, original_crop=crop)
+
+    def process_batch(self, frames, timestamps=None) -> list:
+        """Like process() for several consecutive frames, with one restorer call for all faces."""
+        frames = [self._check_frame(frame) for frame in frames]
+        if timestamps is None:
+            timestamps = [None] * len(frames)
+        if len(timestamps) != len(frames):
+            raise PipelineError(f"{len(frames)} frames but {len(timestamps)} timestamps")
+        located = [self._locate(frame, stamp) for frame, stamp in zip(frames, timestamps)]
+        with_face = [index for index, item in enumerate(located) if item is not None]
+        outputs = list(frames)
+        if not with_face:
+            return outputs
+        crops = np.stack([located[index][1] for index in with_face])
+        restored = self._restore_batch(crops)
+        for slot, index in enumerate(with_face):
+            matrix, crop = located[index]
+            with self.stats.time("composite"):
+                outputs[index] = self.compositor(frames[index], restored[slot], matrix, original_crop=crop)
+        return outputs
+
+    def close(self):
+        if self._owns_tracker:
+            self.tracker.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def _timed_frames(source, stats: PipelineStats):
+    iterator = iter(source)
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        stats.add("decode", time.perf_counter() - start)
+        yield item
+
+
+def run_file(pipeline: FramePipeline, source, sink, progress=None, batch_size: int = 1) -> PipelineStats:
+    """Restore every frame of source, in order, into sink, then close the sink.
+
+    batch_size > 1 sends several frames' faces to the restorer at once (throughput on a GPU).
+    progress(done, total) is called after each written frame (total may be 0 if unknown).
+    On any error the sink is aborted (no partial output file) and the error is raised.
+    """
+    if batch_size < 1:
+        raise PipelineError(f"batch size must be at least 1, got {batch_size}")
+    stats = pipeline.stats
+    total = int(getattr(source, "frame_count", 0) or 0)
+    done = 0
+
+    def flush(batch):
+        nonlocal done
+        if batch_size == 1:
+            outputs = [pipeline.process(batch[0].image, batch[0].time)]
+        else:
+            outputs = pipeline.process_batch([item.image for item in batch], [item.time for item in batch])
+        for item, output in zip(batch, outputs):
+            with stats.time("encode"):
+                sink.write(output, item.time)
+            stats.frame_done()
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+    try:
+        batch = []
+        for item in _timed_frames(source, stats):
+            batch.append(item)
+            if len(batch) == batch_size:
+                flush(batch)
+                batch = []
+        if batch:
+            flush(batch)
+        sink.close()
+    except BaseException:
+        abort = getattr(sink, "abort", None)
+        if abort is not None:
+            abort()
+        else:
+            sink.close()
+        raise
+    return stats
+
+
+@dataclasses.dataclass
+class LiveReport:
+    """What happened during run_live. dropped: captured frames never processed plus processed frames
+    replaced before they were shown; repeated: output ticks that re-sent the last frame."""
+
+    captured: int = 0
+    processed: int = 0
+    sent: int = 0
+    dropped: int = 0
+    repeated: int = 0
+    duration_s: float = 0.0
+    max_latency_s: float = 0.0  # capture to output of each newly shown frame
+    mean_latency_s: float = 0.0
+
+
+class _LatestSlot:
+    """A one-item mailbox: putting replaces an unread item (which counts as dropped)."""
+
+    def __init__(self):
+        self._queue = queue.Queue(maxsize=1)
+
+    def put(self, item) -> bool:
+        """Returns True when an unread item was replaced."""
+        replaced = False
+        while True:
+            try:
+                self._queue.put_nowait(item)
+                return replaced
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                    replaced = True
+                except queue.Empty:
+                    pass
+
+    def get(self, timeout: float):
+        return self._queue.get(timeout=timeout)
+
+    def get_nowait(self):
+        return self._queue.get_nowait()
+
+    def qsize(self) -> int:
+        return self._queue.qsize()
+
+
+def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = None, stats=None, fps=None) -> LiveReport:
+    """Camera-style run: capture, track+restore and output on separate threads.
+
+    The capture thread keeps only the newest frame for the worker (older ones are dropped), so a
+    frame waits at most one capture period before the model takes it. The output loop ticks at the
+    source's rate and re-sends the last restored frame when nothing new is ready, so the call never
+    stalls. A source with live=False (a file) is played at its own frame rate. max_frames stops
+    after that many captured frames. The sink is left open (the caller owns it). Returns a
+    LiveReport; counts also go to stats.
+    """
+    stats = stats if stats is not None else pipeline.stats
+    rate = float(fps or getattr(source, "fps", 0) or 30.0)
+    period = 1.0 / rate
+    report = LiveReport()
+    to_worker = _LatestSlot()
+    to_output = _LatestSlot()
+    capture_done = threading.Event()
+    worker_done = threading.Event()
+    stop = threading.Event()
+    errors = []
+    lock = threading.Lock()
+    paced = not getattr(source, "live", False)
+
+    def capture():
+        try:
+            start = time.monotonic()
+            for item in source:
+                if stop.is_set():
+                    break
+                if paced:
+                    delay = start + item.time - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                if to_worker.put((item, time.monotonic())):
+                    with lock:
+                        report.dropped += 1
+                    stats.count("dropped")
+                with lock:
+                    report.captured += 1
+                if max_frames is not None and report.captured >= max_frames:
+                    break
+        except BaseException as error:  # handed to the caller's thread
+            errors.append(error)
+            stop.set()
+        finally:
+            capture_done.set()
+
+    def work():
+        try:
+            while not stop.is_set():
+                try:
+                    item, captured_at = to_worker.get(timeout=0.02)
+                except queue.Empty:
+                    if capture_done.is_set() and to_worker.qsize() == 0:
+                        break
+                    continue
+                output = pipeline.process(item.image, item.time)
+                with lock:
+                    report.processed += 1
+                if to_output.put((output, captured_at)):
+                    with lock:
+                        report.dropped += 1
+                    stats.count("dropped")
+        except BaseException as error:
+            errors.append(error)
+            stop.set()
+        finally:
+            worker_done.set()
+
+    threads = [
+        threading.Thread(target=capture, name="instantrestore-capture", daemon=True),
+        threading.Thread(target=work, name="instantrestore-restore", daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+
+    latencies = []
+    last_output = None
+    started = time.monotonic()
+    next_tick = started
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            if next_tick > now:
+                time.sleep(next_tick - now)
+            # Read the flag before the mailbox: a result posted just before the worker ends is kept.
+            finished = worker_done.is_set()
+            try:
+                output, captured_at = to_output.get_nowait()
+                fresh = True
+            except queue.Empty:
+                fresh = False
+                if finished:
+                    break
+            if fresh:
+                last_output = output
+                latencies.append(time.monotonic() - captured_at)
+            elif last_output is not None:
+                report.repeated += 1
+                stats.count("repeated")
+            if last_output is not None:
+                with stats.time("encode"):
+                    sink.write(last_output, report.sent * period)
+                report.sent += 1
+                stats.frame_done()
+            next_tick += period
+            # A sink slower than the rate: skip the missed ticks instead of bursting to catch up.
+            if time.monotonic() - next_tick > period:
+                next_tick = time.monotonic()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10.0)
+    report.duration_s = time.monotonic() - started
+    if latencies:
+        report.max_latency_s = max(latencies)
+        report.mean_latency_s = sum(latencies) / len(latencies)
+    if errors:
+        raise errors[0]
+    return report
