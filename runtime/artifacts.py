@@ -261,6 +261,9 @@ def atomic_path(path, suffix: str = "") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; cache files are ordinary user files
     try:
         yield tmp
         _fsync_file(tmp)
@@ -408,3 +411,14 @@ def prune_slot(key: ArtifactKey, ext: str, folder=None) -> list:
             remove_artifact(p)
             removed.append((p, reason))
     return removed
+
+
+def find_onnx_graphs(bundle_id: str, precision, folder=None, graphs=("restorer", "enroller")) -> Optional[dict]:
+    """{graph: path} when every graph of the bundle is exported (valid) in `folder`/the cache, else None."""
+    out = {}
+    for graph in graphs:
+        path = find_artifact(onnx_key(graph, bundle_id, precision), "onnx", folder=folder)
+        if path is None:
+            return None
+        out[graph] = path
+    return out

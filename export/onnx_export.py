@@ -1,0 +1,265 @@
+"""Export a model bundle's restorer and enroller to ONNX.
+
+Restorer graph: images (B,3,S,S), noise (B,4,s,s), k0, v0, ..., k{L-1}, v{L-1} (N,T_l,C_l) ->
+restored (B,3,S,S). Enroller graph: refs (N,3,S,S), noise (N,4,s,s) -> k0, v0, ... (N,T_l,C_l).
+B (batch) and N (reference count) are dynamic, 1..8, so one graph serves every profile.
+
+Opset 18 or newer (the exporter's opset 17 writes a Split this model's graph cannot use). Graphs
+over 2 GB keep their weights in one external-data file beside the .onnx. Every graph is checked
+with onnx.checker, for FFT/complex ops, and against TensorRT's supported operators, then written
+atomically into the engine cache (or `out_dir`) with a sidecar that commits it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Optional
+
+import onnx
+import torch
+
+from ..runtime import artifacts
+from ..runtime.artifacts import MAX_BATCH, MAX_REFERENCES
+from ..runtime.bundle import load_bundle
+from ..runtime.network import build_nets
+from .opcheck import OpCheckError, assert_no_spectral_ops, check_ops
+
+Progress = Optional[Callable[[str], None]]
+
+MIN_OPSET = 18
+DEFAULT_OPSET = 18
+PROTOBUF_LIMIT = 2 * 1024**3  # a single protobuf cannot exceed 2 GB
+GRAPHS = ("restorer", "enroller")
+EXPORTERS = ("dynamo", "legacy")
+
+__all__ = ["export_onnx", "find_onnx", "input_names", "output_names", "OnnxExportError"]
+
+
+class OnnxExportError(RuntimeError):
+    """The ONNX export or one of its checks failed."""
+
+
+def _say(progress: Progress, msg: str) -> None:
+    if progress is not None:
+        progress(msg)
+
+
+def input_names(graph: str, num_layers: int) -> list:
+    kv = [f"{c}{i}" for i in range(num_layers) for c in ("k", "v")]
+    return ["images", "noise", *kv] if graph == "restorer" else ["refs", "noise"]
+
+
+def output_names(graph: str, num_layers: int) -> list:
+    return ["restored"] if graph == "restorer" else [f"{c}{i}" for i in range(num_layers) for c in ("k", "v")]
+
+
+def find_onnx(bundle, precision, folder=None) -> Optional[dict]:
+    """{graph: path} of valid exported graphs for `bundle` (a Bundle) in `folder` or the cache, else None."""
+    return artifacts.find_onnx_graphs(bundle.bundle_id, precision, folder)
+
+
+def _sample_inputs(bundle, graph: str, restorer_kv, dtype, device):
+    # 2 and 3 rather than 1: exporters specialise size-1 axes to constants.
+    S, s, c = bundle.crop_size, bundle.latent_size, bundle.latent_channels
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+
+    if graph == "restorer":
+        return (rand(2, 3, S, S).clamp(-1, 1), rand(2, c, s, s), *restorer_kv)
+    return (rand(3, 3, S, S).clamp(-1, 1), rand(3, c, s, s))
+
+
+def _export_proto(net, args, graph: str, num_layers: int, opset: int, exporter: str, workdir: Path) -> onnx.ModelProto:
+    names_in, names_out = input_names(graph, num_layers), output_names(graph, num_layers)
+    axis = "batch" if graph == "restorer" else "refs"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes are expected
+        if exporter == "dynamo":
+            from torch.export import Dim  # noqa: PLC0415
+
+            batch = Dim("batch", min=1, max=MAX_BATCH)
+            refs = Dim("refs", min=1, max=MAX_REFERENCES)
+            if graph == "restorer":
+                shapes = ({0: batch}, {0: batch}, tuple({0: refs} for _ in range(2 * num_layers)))
+            else:
+                shapes = ({0: refs}, {0: refs})
+            program = torch.onnx.export(
+                net, args, input_names=names_in, output_names=names_out, opset_version=opset,
+                dynamic_shapes=shapes, dynamo=True, optimize=True, verbose=False,
+            )
+            if program is None:
+                raise OnnxExportError(f"torch.onnx.export returned nothing for the {graph}")
+            return program.model_proto
+        # TorchScript tracer: runs the model once and keeps the declared axes symbolic.
+        dynamic = {n: {0: axis} for n in names_in}
+        if graph == "restorer":
+            dynamic.update({n: {0: "refs"} for n in names_in[2:]})
+            dynamic["restored"] = {0: "batch"}
+        else:
+            dynamic.update({n: {0: "refs"} for n in names_out})
+        path = workdir / f"{graph}.legacy.onnx"
+        torch.onnx.export(
+            net, args, str(path), input_names=names_in, output_names=names_out, opset_version=opset,
+            dynamic_axes=dynamic, dynamo=False, do_constant_folding=True,
+        )
+        return onnx.load(str(path), load_external_data=True)
+
+
+def _check_signature(proto: onnx.ModelProto, graph: str, num_layers: int, dtype: torch.dtype) -> None:
+    want_in, want_out = input_names(graph, num_layers), output_names(graph, num_layers)
+    got_in = [i.name for i in proto.graph.input]
+    got_out = [o.name for o in proto.graph.output]
+    if got_in != want_in or got_out != want_out:
+        raise OnnxExportError(f"{graph} graph has inputs {got_in} / outputs {got_out}, expected {want_in} / {want_out}")
+    elem = onnx.TensorProto.FLOAT16 if dtype == torch.float16 else onnx.TensorProto.FLOAT
+    for vi in (*proto.graph.input, *proto.graph.output):
+        t = vi.type.tensor_type
+        if t.elem_type != elem:
+            raise OnnxExportError(f"{graph} tensor {vi.name} has ONNX type {t.elem_type}, expected {elem}")
+        first = t.shape.dim[0]
+        if not first.dim_param:  # axis 0 must stay symbolic (batch or reference count)
+            raise OnnxExportError(f"{graph} tensor {vi.name} has a fixed first axis ({first.dim_value}); export lost the dynamic axis")
+
+
+def _proto_size(proto: onnx.ModelProto) -> int:
+    # Tensor payloads dominate; ByteSize() itself fails on protos over 2 GB.
+    total = 0
+    for init in proto.graph.initializer:
+        total += len(init.raw_data) if init.raw_data else init.ByteSize()
+    return total + 10 * 1024**2
+
+
+def _save_atomic(proto: onnx.ModelProto, path: Path, key: artifacts.ArtifactKey, info: dict, progress: Progress) -> Path:
+    """Save `proto` to `path` (external data when large), check it, then commit with a sidecar."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    large = _proto_size(proto) >= PROTOBUF_LIMIT - 64 * 1024**2
+    data_name = path.name + ".data"
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tmp = tmpdir / path.name
+        if large:
+            _say(progress, f"onnx: graph is over 2 GB, weights go to {data_name}")
+            onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=1024)
+            onnx.checker.check_model(str(tmp))  # the path form reads external data and copes with > 2 GB
+        else:
+            onnx.save_model(proto, str(tmp))
+            onnx.checker.check_model(proto)
+        # The sidecar from an earlier export is removed first: it must not vouch for new files.
+        old_side = artifacts.sidecar_path(path)
+        if old_side.exists():
+            old_side.unlink()
+        extra = []
+        if large:
+            os.replace(tmpdir / data_name, path.with_name(data_name))
+            extra.append(path.with_name(data_name))
+        elif path.with_name(data_name).exists():
+            path.with_name(data_name).unlink()
+        os.replace(tmp, path)
+        artifacts.write_sidecar(path, key, extra_files=extra, **info)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return path
+
+
+def export_onnx(
+    bundle_dir,
+    out_dir=None,
+    dtype="float32",
+    opset: int = DEFAULT_OPSET,
+    *,
+    exporter: str = "dynamo",
+    device="cpu",
+    graphs=GRAPHS,
+    force: bool = False,
+    check_tensorrt: bool = True,
+    progress: Progress = None,
+) -> dict:
+    """Export the restorer and enroller of a bundle; returns {graph: path of the .onnx}.
+
+    out_dir: folder to write to (default: the bundle's engine-cache folder). dtype: "float32" or
+    "float16" (weights and I/O of the graph). exporter: "dynamo" (torch.export based) or "legacy"
+    (TorchScript tracer); if the dynamo exporter fails, the legacy one is tried. Valid graphs
+    already present are reused unless `force`. check_tensorrt: fail if an op is outside
+    TensorRT's supported list (the FFT/complex check always applies).
+    """
+    if opset < MIN_OPSET:
+        raise OnnxExportError(f"opset {opset} is too old; use {MIN_OPSET} or newer (opset 17 writes an invalid Split here)")
+    if exporter not in EXPORTERS:
+        raise OnnxExportError(f"unknown exporter {exporter!r}; choose one of {EXPORTERS}")
+    bad = [g for g in graphs if g not in GRAPHS]
+    if bad:
+        raise OnnxExportError(f"unknown graphs {bad}; choose from {GRAPHS}")
+    precision = artifacts.precision_name(dtype)
+    torch_dtype = torch.float16 if precision == "fp16" else torch.float32
+    device = torch.device(device)
+    if torch_dtype == torch.float16 and device.type == "cpu" and exporter == "legacy":
+        _say(progress, "onnx: tracing fp16 on the CPU (slow for the full model; pass device='cuda' where there is a GPU)")
+
+    bundle = load_bundle(bundle_dir)
+    folder = Path(out_dir) if out_dir is not None else artifacts.bundle_cache_dir(bundle.bundle_id)
+    num_layers = len(bundle.layer_shapes)
+    keys = {g: artifacts.onnx_key(g, bundle.bundle_id, precision) for g in graphs}
+
+    out = {}
+    if not force:
+        for g in graphs:
+            found = artifacts.find_artifact(keys[g], "onnx", folder=folder)
+            if found is not None:
+                out[g] = found
+        if len(out) == len(graphs):
+            _say(progress, f"onnx: {precision} graphs are up to date in {folder}")
+            return out
+    todo = [g for g in graphs if g not in out]
+
+    _say(progress, f"onnx: building the {precision} networks of bundle {bundle.bundle_id[:12]} on {device}")
+    restorer, enroller = build_nets(bundle, device, torch_dtype)
+    with torch.inference_mode():
+        kv_args = _sample_inputs(bundle, "enroller", None, torch_dtype, device)
+        restorer_kv = tuple(t.clone() for t in enroller(*kv_args))  # realistic K/V for the trace, N = 3
+    nets = {"restorer": restorer, "enroller": enroller}
+
+    workdir = Path(tempfile.mkdtemp(prefix="instantrestore-onnx-"))
+    try:
+        for g in todo:
+            args = _sample_inputs(bundle, g, restorer_kv, torch_dtype, device)
+            t0 = time.monotonic()
+            used = exporter
+            _say(progress, f"onnx: exporting the {g} (opset {opset}, {exporter} exporter)")
+            try:
+                proto = _export_proto(nets[g], args, g, num_layers, opset, exporter, workdir)
+            except Exception as exc:  # noqa: BLE001 - fall back, and report the original error if both fail
+                if exporter != "dynamo":
+                    raise OnnxExportError(f"ONNX export of the {g} failed: {type(exc).__name__}: {exc}") from exc
+                _say(progress, f"onnx: dynamo exporter failed ({type(exc).__name__}: {str(exc)[:200]}); trying the legacy exporter")
+                used = "legacy"
+                try:
+                    proto = _export_proto(nets[g], args, g, num_layers, opset, "legacy", workdir)
+                except Exception as exc2:  # noqa: BLE001
+                    raise OnnxExportError(f"ONNX export of the {g} failed with both exporters: {type(exc2).__name__}: {exc2}") from exc2
+            _check_signature(proto, g, num_layers, torch_dtype)
+            assert_no_spectral_ops(proto, f"{g} graph")
+            report = check_ops(proto)
+            if not report.ok:
+                msg = f"{g} graph: {report.summary()}"
+                if check_tensorrt:
+                    raise OpCheckError(msg + " (pass check_tensorrt=False to export for onnxruntime only)")
+                _say(progress, "onnx: warning: " + msg)
+            path = keys[g].path("onnx", folder)
+            info = {"opset": report.opset, "exporter": used, "torch": torch.__version__, "onnx": onnx.__version__,
+                    "inputs": input_names(g, num_layers), "outputs": output_names(g, num_layers),
+                    "max_batch": MAX_BATCH, "max_references": MAX_REFERENCES}
+            _save_atomic(proto, path, keys[g], info, progress)
+            del proto
+            _say(progress, f"onnx: wrote {path} ({sum(report.ops.values())} nodes, {time.monotonic() - t0:.0f} s)")
+            out[g] = path
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {g: out[g] for g in graphs}
