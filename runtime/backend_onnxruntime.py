@@ -1,0 +1,232 @@
+"""onnxruntime backend: the exported ONNX graphs on CUDA, DirectML, CoreML or the CPU.
+
+The graphs are made by `instantrestore export --onnx` (export/onnx_export.py) and found in the
+engine cache by bundle hash and precision. Same interface as TorchBackend: torch tensors in, torch
+tensors out. On CUDA, inputs and outputs are bound as torch device pointers (IO binding), so no
+host copies; the reference K/V of a profile are bound once while the same list object is passed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import artifacts
+
+log = logging.getLogger(__name__)
+
+GRAPHS = ("restorer", "enroller")
+# Preference order when a device does not pin one.
+PROVIDER_ORDER = ("CUDAExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider", "CPUExecutionProvider")
+DEVICE_PROVIDERS = {
+    "cuda": "CUDAExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "mps": "CoreMLExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16}
+
+
+class OnnxRuntimeError(RuntimeError):
+    """onnxruntime is missing, or its graphs or execution provider are unavailable."""
+
+
+class OnnxGraphNotFoundError(OnnxRuntimeError):
+    """The bundle has not been exported to ONNX in the requested precision."""
+
+
+def _ort():
+    try:
+        import onnxruntime as ort  # noqa: PLC0415
+    except Exception as exc:  # noqa: BLE001
+        raise OnnxRuntimeError(f"onnxruntime is not available ({type(exc).__name__}: {exc}); "
+                               "install it with `pip install onnxruntime` (or onnxruntime-gpu)") from None
+    return ort
+
+
+def available_providers() -> list:
+    try:
+        return list(_ort().get_available_providers())
+    except OnnxRuntimeError:
+        return []
+
+
+def choose_providers(device) -> list:
+    """Execution providers for `device`, best first, always ending with the CPU as fallback.
+
+    "auto" takes the first available of CUDA, DirectML, CoreML, CPU; "cuda[:i]", "dml[:i]",
+    "coreml" and "cpu" pin one (an error if this onnxruntime build lacks it).
+    """
+    available = available_providers()
+    text = str(device).lower()
+    kind, _, index = text.partition(":")
+    if kind == "auto":
+        chosen = [p for p in PROVIDER_ORDER if p in available]
+        return [(p, {}) for p in chosen] or [("CPUExecutionProvider", {})]
+    if kind not in DEVICE_PROVIDERS:
+        raise OnnxRuntimeError(f"onnxruntime cannot run on device {device!r}; use cpu, cuda, dml, coreml or auto")
+    provider = DEVICE_PROVIDERS[kind]
+    if provider not in available:
+        hint = " (install onnxruntime-gpu)" if kind == "cuda" else " (install onnxruntime-directml)" if provider.startswith("Dml") else ""
+        raise OnnxRuntimeError(f"onnxruntime's {provider} is not available here{hint}; available: {', '.join(available)}")
+    options = {}
+    if provider in ("CUDAExecutionProvider", "DmlExecutionProvider"):
+        options["device_id"] = int(index or 0)
+    out = [(provider, options)]
+    if provider != "CPUExecutionProvider":
+        out.append(("CPUExecutionProvider", {}))
+    return out
+
+
+def onnx_ready(bundle, dtype=torch.float32, folder=None) -> tuple:
+    """(True, '') when both graphs of `bundle` are exported in `dtype`'s precision; else (False, why)."""
+    if not available_providers():
+        return False, "onnxruntime is not installed"
+    precision = artifacts.precision_name(dtype)
+    if artifacts.find_onnx_graphs(bundle.bundle_id, precision, folder) is None:
+        return False, f"no {precision} ONNX graphs for bundle {bundle.bundle_id[:12]} (run `instantrestore export --onnx`)"
+    return True, ""
+
+
+def find_graphs(bundle, precision: str, folder=None) -> dict:
+    graphs = artifacts.find_onnx_graphs(bundle.bundle_id, precision, folder)
+    if graphs is None:
+        where = folder or artifacts.bundle_cache_dir(bundle.bundle_id)
+        stale = []
+        for g in GRAPHS:
+            key = artifacts.onnx_key(g, bundle.bundle_id, precision)
+            stale += [f"{p.name}: {status} ({reason})" for p, status, reason in artifacts.inspect_slot(key, "onnx", folder)
+                      if status != artifacts.VALID]
+        msg = f"no {precision} ONNX graphs for bundle {bundle.bundle_id[:12]} in {where}"
+        if stale:
+            msg += "; not loading " + "; ".join(stale)
+        dtype = "float16" if precision == "fp16" else "float32"
+        raise OnnxGraphNotFoundError(msg + f"; run `instantrestore export --onnx --dtype {dtype}` to create them")
+    return graphs
+
+
+class _Session:
+    """One InferenceSession plus the IO-binding state for device tensors."""
+
+    def __init__(self, path: Path, providers: list, threads: Optional[int]):
+        ort = _ort()
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        opts.log_severity_level = 3  # errors only: the CPU fallback of shape ops logs warnings otherwise
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.provider = self.session.get_providers()[0]
+        self.binding = self.session.io_binding() if self.provider == "CUDAExecutionProvider" else None
+        self._keep: dict = {}
+
+
+class OnnxRuntimeBackend:
+    """Same interface as TorchBackend: enroll(refs, noise) -> [k0, v0, ...]; restore(images, noise, kv)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, bundle, device="cpu", dtype=torch.float32, onnx_dir=None, threads: Optional[int] = None):
+        self.bundle = bundle
+        self.precision = artifacts.precision_name(dtype)
+        self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        self.providers = choose_providers(device)
+        main = self.providers[0][0]
+        # Torch tensors live on the CUDA device with the CUDA provider, else on the CPU (DirectML and
+        # CoreML take host memory through onnxruntime's own copies).
+        if main == "CUDAExecutionProvider":
+            self.device = torch.device("cuda", self.providers[0][1].get("device_id", 0))
+        else:
+            self.device = torch.device("cpu")
+        self.num_layers = len(bundle.layer_shapes)
+        paths = find_graphs(bundle, self.precision, onnx_dir)
+        self.paths = paths
+        self._sessions = {g: _Session(paths[g], self.providers, threads) for g in GRAPHS}
+        expect_in = ["images", "noise"] + [f"{c}{i}" for i in range(self.num_layers) for c in ("k", "v")]
+        got = self._sessions["restorer"].inputs
+        if got != expect_in:
+            raise OnnxRuntimeError(f"restorer graph {paths['restorer'].name} has inputs {got[:4]}..., expected "
+                                   f"{expect_in[:4]}... for {self.num_layers} shared layers; export it again")
+        self.provider = self._sessions["restorer"].provider
+        log.info("onnxruntime: %s on %s (%s)", self.precision, self.provider, paths["restorer"].parent)
+        self._bound_src = None
+        self._bound_ptrs = None
+        self._bound_feed: dict = {}
+
+    # -- conversion helpers
+
+    def _prep(self, t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(device=self.device, dtype=self.dtype).contiguous()
+
+    def _numpy(self, t: torch.Tensor) -> np.ndarray:
+        return self._prep(t).numpy()  # shares memory on the CPU
+
+    def _bind_torch(self, sess: _Session, name: str, t: torch.Tensor) -> None:
+        t = self._prep(t)
+        sess.binding.bind_input(name, "cuda", self.device.index or 0, NUMPY_TYPES[self.dtype], tuple(t.shape), t.data_ptr())
+        sess._keep[name] = t  # the binding holds a raw pointer: keep the tensor alive
+
+    def _run_bound(self, sess: _Session, out_shapes: dict) -> list:
+        outs = []
+        for name in sess.outputs:
+            t = torch.empty(out_shapes[name], dtype=self.dtype, device=self.device)
+            sess.binding.bind_output(name, "cuda", self.device.index or 0, NUMPY_TYPES[self.dtype], tuple(t.shape), t.data_ptr())
+            outs.append(t)
+        # onnxruntime runs on its own stream: let torch's pending work finish first.
+        torch.cuda.current_stream(self.device).synchronize()
+        sess.session.run_with_iobinding(sess.binding)
+        return outs
+
+    def _bind_references(self, layer_inputs: list) -> bool:
+        """True when `layer_inputs` differ from what is bound (a new profile)."""
+        if len(layer_inputs) != 2 * self.num_layers:
+            raise ValueError(f"expected {2 * self.num_layers} K/V tensors, got {len(layer_inputs)}")
+        ptrs = [t.data_ptr() for t in layer_inputs]
+        if layer_inputs is self._bound_src and ptrs == self._bound_ptrs:
+            return False
+        names = self._sessions["restorer"].inputs[2:]
+        if self.device.type == "cuda":
+            for name, t in zip(names, layer_inputs):
+                self._bind_torch(self._sessions["restorer"], name, t)
+            self._bound_feed = {}
+        else:
+            self._bound_feed = {name: self._numpy(t) for name, t in zip(names, layer_inputs)}
+        self._bound_src, self._bound_ptrs = layer_inputs, ptrs
+        return True
+
+    # -- the interface
+
+    @torch.inference_mode()
+    def enroll(self, refs: torch.Tensor, noise: torch.Tensor) -> list:
+        sess = self._sessions["enroller"]
+        if self.device.type == "cuda":
+            self._bind_torch(sess, "refs", refs)
+            self._bind_torch(sess, "noise", noise)
+            n = refs.shape[0]
+            shapes = {}
+            for i, (t, c) in enumerate(self.bundle.layer_shapes):
+                shapes[f"k{i}"] = shapes[f"v{i}"] = (n, t, c)
+            return self._run_bound(sess, shapes)
+        outs = sess.session.run(sess.outputs, {"refs": self._numpy(refs), "noise": self._numpy(noise)})
+        return [torch.from_numpy(o) for o in outs]
+
+    @torch.inference_mode()
+    def restore(self, images: torch.Tensor, noise: torch.Tensor, layer_inputs: list) -> torch.Tensor:
+        sess = self._sessions["restorer"]
+        self._bind_references(layer_inputs)
+        if self.device.type == "cuda":
+            self._bind_torch(sess, "images", images)
+            self._bind_torch(sess, "noise", noise)
+            return self._run_bound(sess, {"restored": tuple(images.shape)})[0]
+        feed = dict(self._bound_feed)
+        feed["images"] = self._numpy(images)
+        feed["noise"] = self._numpy(noise)
+        return torch.from_numpy(sess.session.run(["restored"], feed)[0])
