@@ -1,0 +1,114 @@
+"""Identity profiles: the references' keys and values per shared layer (with their AdaIN statistics),
+computed once at enrollment, stored as safetensors with the aligned reference thumbnails."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .network import ADAIN_EPS, value_statistics
+
+PROFILE_FORMAT = "instantrestore-profile"
+
+
+class ProfileError(Exception):
+    """A profile file is unreadable, of another format, or made for another model bundle."""
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(temp_path) for a temp file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Profile:
+    """Per shared layer l: keys[l], values[l] (N, T_l, C_l) of the N enrolled references, the values'
+    mean and std over tokens (N, 1, C_l), and the aligned references as uint8 thumbnails (N, H, W, 3)."""
+
+    def __init__(self, bundle_id, keys, values, value_means, value_stds, thumbnails, metadata=None):
+        self.bundle_id = bundle_id
+        self.keys, self.values = list(keys), list(values)
+        self.value_means, self.value_stds = list(value_means), list(value_stds)
+        self.thumbnails = thumbnails
+        self.metadata = dict(metadata or {})
+
+    @classmethod
+    def from_references(cls, bundle_id, keys, values, thumbnails, metadata=None) -> "Profile":
+        stats = [value_statistics(v) for v in values]
+        return cls(bundle_id, keys, values, [m for m, _ in stats], [s for _, s in stats], thumbnails, metadata)
+
+    @property
+    def count(self) -> int:
+        return self.keys[0].shape[0]
+
+    def layer_inputs(self, use_adain: bool, min_refs: int, device, dtype) -> list[torch.Tensor]:
+        """The flat k_0, v_0, k_1, v_1, ... list the restorer takes: references repeated in turn up to
+        `min_refs`, values pre-normalised when the network re-normalises them per frame (AdaIN)."""
+        order = [i % self.count for i in range(max(min_refs, self.count))]
+        out = []
+        for k, v, mean, std in zip(self.keys, self.values, self.value_means, self.value_stds):
+            if use_adain:
+                v = (v.float() - mean) / (std + ADAIN_EPS)
+            out += [k[order].to(device=device, dtype=dtype), v[order].to(device=device, dtype=dtype)]
+        return out
+
+    def save(self, path) -> Path:
+        tensors = {"thumbnails": self.thumbnails.contiguous()}
+        for i, (k, v, m, s) in enumerate(zip(self.keys, self.values, self.value_means, self.value_stds)):
+            tensors.update({f"layer{i}.k": k, f"layer{i}.v": v, f"layer{i}.v_mean": m, f"layer{i}.v_std": s})
+        tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+        metadata = {
+            "format": PROFILE_FORMAT,
+            "bundle_id": self.bundle_id,
+            "layers": str(len(self.keys)),
+            "count": str(self.count),
+            "created": self.metadata.get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+            "info": json.dumps({k: v for k, v in self.metadata.items() if k != "created"}),
+        }
+        atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path, bundle_id: str | None = None) -> "Profile":
+        """Read a profile; with `bundle_id`, refuse one made for another model bundle."""
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+            tensors = load_file(str(path))
+        except (OSError, SafetensorError) as e:
+            raise ProfileError(f"{path}: not a readable profile ({e})") from None
+        if metadata.get("format") != PROFILE_FORMAT:
+            raise ProfileError(f"{path} is not an InstantRestore profile")
+        if bundle_id is not None and metadata.get("bundle_id") != bundle_id:
+            raise ProfileError(
+                f"{path} was enrolled with another model bundle ({metadata.get('bundle_id', '?')[:12]}, this one is "
+                f"{bundle_id[:12]}); enroll again with this bundle"
+            )
+        layers = int(metadata["layers"])
+        info = json.loads(metadata.get("info", "{}"))
+        info["created"] = metadata.get("created")
+        return cls(
+            metadata["bundle_id"],
+            [tensors[f"layer{i}.k"] for i in range(layers)],
+            [tensors[f"layer{i}.v"] for i in range(layers)],
+            [tensors[f"layer{i}.v_mean"] for i in range(layers)],
+            [tensors[f"layer{i}.v_std"] for i in range(layers)],
+            tensors["thumbnails"],
+            info,
+        )

@@ -1,0 +1,119 @@
+"""The restorer every caller uses: one API over the backends (torch, onnxruntime, tensorrt)."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .bundle import DTYPES, load_bundle
+from .profile import Profile, ProfileError
+
+DEFAULT_SEED = 0
+THUMBNAIL_SIZE = 128
+
+# name -> "module:Class", imported on first use so a backend's optional dependencies stay optional
+BACKENDS = {
+    "torch": "instantrestore.runtime.backend_torch:TorchBackend",
+}
+
+
+def backend_class(name: str):
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(['auto', *BACKENDS])}")
+    module, cls = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def seeded_noise(shape, seed: int = DEFAULT_SEED) -> torch.Tensor:
+    """A fixed float32 CPU noise tensor for a seed: the same numbers on every machine."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+
+
+class Restorer:
+    """enroll(refs) -> Profile; restore(images, profile) -> restored images. Images are (B, 3, S, S)
+    float tensors in [-1, 1], aligned face crops, S = `crop_size`."""
+
+    def __init__(self, bundle, backend):
+        self.bundle = bundle
+        self.backend = backend
+        self.crop_size = bundle.crop_size
+        self.latent_shape = (bundle.latent_channels, bundle.latent_size, bundle.latent_size)
+        self._bound: tuple[Profile, list[torch.Tensor]] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+    def _check_images(self, images, what: str) -> torch.Tensor:
+        s = self.crop_size
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != (3, s, s):
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"{what} must be a (N, 3, {s}, {s}) tensor of aligned crops, got {shape}")
+        if images.shape[0] == 0:
+            raise ValueError(f"{what} is empty")
+        if not images.is_floating_point():
+            raise ValueError(f"{what} must be floating point in [-1, 1], got {images.dtype}")
+        return images
+
+    def _noise(self, noise, count: int, per_item: bool) -> torch.Tensor:
+        shape = (count, *self.latent_shape)
+        if noise is None:
+            # restore: one fixed tensor for every frame and batch slot; enroll: one per reference
+            return seeded_noise(shape if per_item else (1, *self.latent_shape)).expand(shape)
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        return noise
+
+    def enroll(self, refs: torch.Tensor, noise: torch.Tensor | None = None) -> Profile:
+        """The profile of 1 or more aligned reference crops (fewer than the bundle's 4 are repeated in turn
+        when restoring)."""
+        refs = self._check_images(refs, "refs")
+        kv = self.backend.enroll(refs, self._noise(noise, refs.shape[0], per_item=True))
+        thumbs = F.interpolate(refs.detach().float().cpu(), size=min(self.crop_size, THUMBNAIL_SIZE), mode="area")
+        thumbs = ((thumbs.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+        return Profile.from_references(self.bundle.bundle_id, kv[0::2], kv[1::2], thumbs)
+
+    def layer_inputs(self, profile: Profile) -> list[torch.Tensor]:
+        """The profile as the network's reference inputs, prepared once and reused while it stays bound."""
+        if self._bound is None or self._bound[0] is not profile:
+            if profile.bundle_id != self.bundle.bundle_id:
+                raise ProfileError("this profile was enrolled with another model bundle; enroll again with this one")
+            inputs = profile.layer_inputs(
+                self.bundle.settings()["use_adain"], self.bundle.min_references, self.device, self.backend.dtype
+            )
+            self._bound = (profile, inputs)
+        return self._bound[1]
+
+    def restore(self, images: torch.Tensor, profile, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Restored crops, same shape, dtype and device as `images`. `profile` is a Profile, or a tensor of
+        reference crops to enroll inside the call (the authors' per-image structure)."""
+        images = self._check_images(images, "images")
+        if isinstance(profile, torch.Tensor):
+            profile = self.enroll(profile)
+        out = self.backend.restore(images, self._noise(noise, images.shape[0], per_item=False), self.layer_inputs(profile))
+        return out.to(device=images.device, dtype=images.dtype)
+
+    def crop_restorer(self, profile: Profile):
+        """A callable for the frame pipeline: uint8 RGB crops (B, S, S, 3) -> restored uint8 crops."""
+
+        def restore_crops(crops: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device).permute(0, 3, 1, 2)
+            x = x.to(self.backend.dtype) / 127.5 - 1.0
+            y = self.restore(x, profile)
+            y = ((y.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+            return y.permute(0, 2, 3, 1).cpu().numpy()
+
+        return restore_crops
+
+
+def load_restorer(bundle_dir, backend: str = "torch", device="cpu", dtype=torch.float32) -> Restorer:
+    """A Restorer for a model bundle folder on `device` in `dtype` ("float16", torch.float16, ...)."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    bundle = load_bundle(bundle_dir)
+    return Restorer(bundle, backend_class(backend)(bundle, device=device, dtype=dtype))

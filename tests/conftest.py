@@ -1,0 +1,47 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # the test helpers (miniature, reference) import by name
+
+from miniature import write_release  # noqa: E402
+
+_releases: dict = {}
+
+
+@pytest.fixture(scope="session")
+def release_factory(tmp_path_factory):
+    """The miniature release and its fp32 bundle for a (use_adain, train_input) pair, made once."""
+
+    def make(use_adain=True, train_input=False):
+        key = (use_adain, train_input)
+        if key not in _releases:
+            from instantrestore.export import import_checkpoint
+
+            root = tmp_path_factory.mktemp(f"release-adain{int(use_adain)}-input{int(train_input)}")
+            release = write_release(root, use_adain=use_adain, train_input=train_input)
+            release["bundle"] = import_checkpoint(
+                release["checkpoint"], base=release["base"], vae=release["vae"], out=root / "bundle", dtype="float32"
+            )
+            _releases[key] = release
+        return _releases[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_release(release_factory):
+    return release_factory()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_release):
+    return tiny_release["bundle"]
+
+
+@pytest.fixture(scope="session")
+def tiny_restorer(tiny_bundle):
+    from instantrestore.runtime import load_restorer
+
+    return load_restorer(tiny_bundle)
