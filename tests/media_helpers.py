@@ -1,0 +1,222 @@
+"""Shared helpers for the streaming tests: synthetic face frames, clips with audio, fake sources,
+sinks, restorers and a recording pyvirtualcam backend. Imported by the test modules (not a conftest)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+from skimage import data
+
+from instantrestore.runtime.media import SourceFrame
+
+# MediaPipe calls in tests get this limit (detector worker thread), on top of pytest-timeout.
+MEDIAPIPE_TIMEOUT_S = 30.0
+
+
+def astronaut() -> np.ndarray:
+    """skimage's astronaut portrait, 512x512 RGB uint8: a real, frontal face."""
+    return np.ascontiguousarray(data.astronaut())
+
+
+def placed_face(canvas_size=(640, 480), scale=1.0, offset=(0.0, 0.0), source=None):
+    """The astronaut scaled by `scale` and placed at `offset` on a grey canvas.
+
+    Returns (frame, matrix) where matrix (2x3) maps astronaut pixels to frame pixels, so expected
+    keypoints are matrix applied to the keypoints found on the astronaut itself.
+    """
+    source = astronaut() if source is None else source
+    matrix = np.array([[scale, 0.0, offset[0]], [0.0, scale, offset[1]]], np.float64)
+    width, height = canvas_size
+    frame = cv2.warpAffine(
+        source, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(120, 120, 120)
+    )
+    return frame, matrix
+
+
+def apply_affine(matrix, points) -> np.ndarray:
+    points = np.asarray(points, np.float64)
+    return points @ np.asarray(matrix)[:, :2].T + np.asarray(matrix)[:, 2]
+
+
+def no_face_image(width=320, height=240) -> np.ndarray:
+    """A gradient with a patch of skimage's coffee photo: texture, colour, no face."""
+    gradient = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
+    vertical = np.linspace(0, 80, height, dtype=np.float32)[:, None, None]
+    image = np.clip(gradient * np.array([1.0, 0.6, 0.3]) + vertical, 0, 255).astype(np.uint8)
+    coffee = data.coffee()[100:260, 150:350]
+    image[40 : 40 + coffee.shape[0], 60 : 60 + coffee.shape[1]] = coffee[: height - 40, : width - 60]
+    return np.ascontiguousarray(image)
+
+
+def write_clip(path, frames, fps=25, audio=False, faststart=False, codec="libx264"):
+    """Encode RGB frames to a video file; with audio, add a mono AAC 440 Hz tone of the same length."""
+    fps = Fraction(fps)
+    height, width = frames[0].shape[:2]
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as container:
+        video = container.add_stream(codec, rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        if codec == "libx264":
+            video.options = {"crf": "12", "preset": "ultrafast"}
+        if audio:
+            sound = container.add_stream("aac", rate=44100)
+            sound.layout = "mono"
+        for frame in frames:
+            for packet in video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode(None):
+            container.mux(packet)
+        if audio:
+            sample_rate = 44100
+            total = int(round(sample_rate * len(frames) / fps))
+            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(total) / sample_rate)).astype(np.float32)
+            for start in range(0, total, 1024):
+                chunk = av.AudioFrame.from_ndarray(tone[None, start : start + 1024], format="fltp", layout="mono")
+                chunk.sample_rate, chunk.pts = sample_rate, start
+                for packet in sound.encode(chunk):
+                    container.mux(packet)
+            for packet in sound.encode(None):
+                container.mux(packet)
+    return path
+
+
+def read_frames(path) -> list:
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def audio_packets(path) -> list:
+    """(payload bytes, pts, duration) of every audio packet, in order."""
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return []
+        stream = container.streams.audio[0]
+        return [
+            (bytes(packet), packet.pts, packet.duration)
+            for packet in container.demux(stream)
+            if packet.size
+        ]
+
+
+def stream_info(path) -> dict:
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(video=0))
+        return {
+            "frames": frames,
+            "declared_frames": video.frames,
+            "fps": video.average_rate,
+            "duration": float(video.duration * video.time_base) if video.duration else None,
+            "audio_streams": len(container.streams.audio),
+        }
+
+
+class FakeCamera:
+    """A live source replaying frames at `fps` in real time, like a camera (live=True: not paced by
+    run_live, it paces itself)."""
+
+    live = True
+
+    def __init__(self, frames, fps=30.0):
+        self.frames = list(frames)
+        self.fps = Fraction(fps).limit_denominator(1001)
+        self.height, self.width = self.frames[0].shape[:2]
+        self.frame_count = len(self.frames)
+
+    def __iter__(self):
+        start = time.monotonic()
+        for index, frame in enumerate(self.frames):
+            due = start + index / float(self.fps)
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            yield SourceFrame(frame, index / float(self.fps), index)
+
+
+class RecordingSink:
+    """Keeps every written frame with its timestamp and the wall time it arrived."""
+
+    def __init__(self):
+        self.frames = []
+        self.timestamps = []
+        self.arrivals = []
+        self.closed = False
+
+    def write(self, image, timestamp=None):
+        self.frames.append(np.array(image, copy=True))
+        self.timestamps.append(timestamp)
+        self.arrivals.append(time.monotonic())
+
+    def close(self):
+        self.closed = True
+
+
+class RecordingVirtualCamera:
+    """A pyvirtualcam backend (see pyvirtualcam.register_backend) that records the frames it gets."""
+
+    instances = []
+
+    def __init__(self, *, width, height, fps, fourcc, device, **kw):
+        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
+        self._device = device or "recording-virtual-camera"
+        self.frames = []
+        self.closed = False
+        RecordingVirtualCamera.instances.append(self)
+
+    def send(self, frame):
+        self.frames.append(np.array(frame, copy=True))
+
+    def close(self):
+        self.closed = True
+
+    def device(self):
+        return self._device
+
+    def native_fourcc(self):
+        return None
+
+
+class BrokenVirtualCamera:
+    """A pyvirtualcam backend that fails like a missing v4l2loopback device."""
+
+    def __init__(self, **kw):
+        raise RuntimeError("device /dev/video42 does not exist")
+
+
+def invert_restore(batch: np.ndarray) -> np.ndarray:
+    """A fake restorer that changes every crop pixel visibly."""
+    return 255 - batch
+
+
+class SlowRestore:
+    """A fake restorer taking `delay` seconds per call; records batch sizes and call times."""
+
+    def __init__(self, delay: float):
+        self.delay = delay
+        self.calls = []
+        self._lock = threading.Lock()
+
+    def __call__(self, batch):
+        time.sleep(self.delay)
+        with self._lock:
+            self.calls.append((time.monotonic(), len(batch)))
+        return 255 - batch
+
+
+class FailingRestore:
+    """Raises on the n-th call (1-based), to test that failures leave no partial output."""
+
+    def __init__(self, fail_at: int):
+        self.fail_at = fail_at
+        self.calls = 0
+
+    def __call__(self, batch):
+        self.calls += 1
+        if self.calls >= self.fail_at:
+            raise RuntimeError("restorer failed on purpose")
+        return 255 - batch
