@@ -17,6 +17,8 @@ THUMBNAIL_SIZE = 128
 # name -> "module:Class", imported on first use so a backend's optional dependencies stay optional
 BACKENDS = {
     "torch": "instantrestore.runtime.backend_torch:TorchBackend",
+    "onnxruntime": "instantrestore.runtime.backend_onnxruntime:OnnxRuntimeBackend",
+    "tensorrt": "instantrestore.runtime.backend_tensorrt:TensorRTBackend",
 }
 
 
