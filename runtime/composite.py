@@ -19,7 +19,7 @@ from .align import invert_matrix
 # Face mask geometry on the unit square (matches align.FACE_TEMPLATE): an ellipse from the forehead
 # to below the chin and across the cheeks, with soft edges.
 MASK_CENTER = (0.5, 0.54)
-MASK_AXES = (0.35, 0.43)
+MASK_AXES = (0.34, 0.40)
 MASK_FEATHER = 0.045  # Gaussian sigma as a fraction of the crop size
 
 
@@ -43,6 +43,9 @@ def _face_mask_cached(crop_size: int) -> np.ndarray:
     mask = cv2.GaussianBlur(hard, (2 * radius + 1, 2 * radius + 1), sigma, borderType=cv2.BORDER_CONSTANT)
     # Snap the far tail of the Gaussian to exact zero: those pixels must stay untouched.
     mask[mask < 1.0 / 512.0] = 0.0
+    # The crop border is outside the face by construction; keep it exactly zero at any crop size so
+    # the pasted area never shows the crop's square outline.
+    mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = 0.0
     mask = np.clip(mask, 0.0, 1.0)
     mask.setflags(write=False)
     return mask
