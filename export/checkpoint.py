@@ -10,6 +10,7 @@ import pickle
 import shutil
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import torch
@@ -46,7 +47,8 @@ def read_checkpoint(path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        # memory-mapped where the format allows it: the release holds several multi-GB nets
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         # the weights-only unpickler names what it refused (a GLOBAL: code or a class it would construct)
         refused = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
@@ -71,8 +73,7 @@ def read_checkpoint(path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
     missing = [n for n in ("unet", "vae", "original_unet", "original_vae", "text_encoder") if n not in nets]
     if missing:
         raise CheckpointError(f"{path} is not an InstantRestore checkpoint (no weights for {', '.join(missing)})")
-    cfg = blob.get("cfg") or {}
-    return nets, cfg
+    return nets, blob.get("cfg") or {}
 
 
 def merge_lora(weights: dict[str, torch.Tensor], adapter: str) -> tuple[dict[str, torch.Tensor], int]:
@@ -163,14 +164,15 @@ def _check_fits(cls, config: dict, weights: dict, what: str, optional=()):
 def import_checkpoint(checkpoint, base="stabilityai/sd-turbo", vae="stabilityai/sd-vae-ft-mse", out="bundle",
                       dtype="float16", progress=None) -> Path:
     """Write a model bundle folder `out` from the authors' checkpoint; returns its path."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    if dtype not in ("float16", "float32", "bfloat16"):
+    if dtype not in DTYPES:
         raise CheckpointError(f"unknown dtype {dtype!r}; choose float16 or float32")
-    out = Path(out)
     _say(progress, f"reading checkpoint {checkpoint}")
     nets, cfg = read_checkpoint(checkpoint)
-    model_cfg = cfg.get("model", {}) if isinstance(cfg, dict) else {}
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{checkpoint} is not an InstantRestore checkpoint ('cfg' is not a dict)")
+    model_cfg = cfg.get("model") or {}
     if model_cfg.get("use_shortcuts"):
         raise CheckpointError("this checkpoint uses VAE skip connections (use_shortcuts: true), which are not supported")
 
@@ -193,27 +195,53 @@ def import_checkpoint(checkpoint, base="stabilityai/sd-turbo", vae="stabilityai/
 
     _say(progress, "encoding the prompt")
     prompt_embedding = _prompt_embedding(base_dir, nets["text_encoder"])
+    flags = {
+        "use_adain": bool(model_cfg.get("use_adain", True)),
+        "train_input": bool(model_cfg.get("train_input", False)),
+        "max_references": int((cfg.get("data") or {}).get("max_conditioning_images", 4)),
+    }
+    source = {
+        "checkpoint": Path(checkpoint).name,
+        "checkpoint_sha256": _sha256(Path(checkpoint)),
+        "base": str(base),
+        "vae": str(vae),
+        "lora": {"unet_modules": unet_loras, "vae_modules": vae_loras},
+    }
+    nets = {"restorer.unet.": unet, "restorer.vae.": vae_weights, "enroller.unet.": nets["original_unet"],
+            "enroller.vae.": original_vae}
+    return write_bundle(out, unet_module, vae_module, scheduler_config, flags, nets, prompt_embedding, dtype,
+                        source, progress)
 
+
+def write_bundle(out, unet, vae, scheduler_config: dict, flags: dict, nets: dict, prompt_embedding, dtype: str,
+                 source: dict, progress=None) -> Path:
+    """Write a bundle: `nets` maps a key prefix ("restorer.unet.", ...) to plain merged weights; `unet` and
+    `vae` are modules (meta is fine) of the architecture; flags: use_adain, train_input, max_references."""
+    from diffusers import DDPMScheduler
+
+    if dtype not in DTYPES:
+        raise CheckpointError(f"unknown dtype {dtype!r}; choose float16 or float32")
+    out = Path(out)
     scheduler = DDPMScheduler.from_config(scheduler_config)
     if scheduler.config.thresholding:
         raise CheckpointError("the base's scheduler uses dynamic thresholding, which a one-step restorer cannot apply")
     alphas = scheduler.alphas_cumprod
+    unet_config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
+    vae_config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
     scale_factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
     latent_size = int(unet_config["sample_size"])
     levels = len(unet_config["block_out_channels"])
     reversed_channels = list(reversed(unet_config["block_out_channels"]))
     layers = []
-    for name in shared_layer_names(unet_module):
+    for name in shared_layer_names(unet):
         block = int(name.split(".")[1])
         size = latent_size // 2 ** (levels - 1 - block)
         layers.append({"name": name, "tokens": size * size, "channels": reversed_channels[block]})
 
-    torch_dtype = DTYPES[dtype]
     tensors = {"prompt_embedding": prompt_embedding}
-    for prefix, weights in (("restorer.unet.", unet), ("restorer.vae.", vae_weights),
-                            ("enroller.unet.", nets["original_unet"]), ("enroller.vae.", original_vae)):
+    for prefix, weights in nets.items():
         tensors.update({prefix + k: v for k, v in weights.items()})
-    tensors = {k: v.to(torch_dtype).contiguous() for k, v in tensors.items()}
+    tensors = {k: v.to(DTYPES[dtype]).contiguous() for k, v in tensors.items()}
 
     config = {
         "format": BUNDLE_FORMAT,
@@ -222,8 +250,8 @@ def import_checkpoint(checkpoint, base="stabilityai/sd-turbo", vae="stabilityai/
         "crop_size": latent_size * scale_factor,
         "latent_size": latent_size,
         "vae_scale_factor": scale_factor,
-        "unet_config": {k: v for k, v in unet_module.config.items() if not k.startswith("_")},
-        "vae_config": {k: v for k, v in vae_module.config.items() if not k.startswith("_")},
+        "unet_config": unet_config,
+        "vae_config": vae_config,
         "restorer": {
             "timestep": RESTORE_TIMESTEP,
             "alpha_cumprod": float(alphas[RESTORE_TIMESTEP]),
@@ -233,19 +261,10 @@ def import_checkpoint(checkpoint, base="stabilityai/sd-turbo", vae="stabilityai/
         },
         "enroller": {"timestep": REFERENCE_TIMESTEP, "alpha_cumprod": float(alphas[REFERENCE_TIMESTEP])},
         "freeu": FREEU,
-        "use_adain": bool(model_cfg.get("use_adain", True)),
-        "train_input": bool(model_cfg.get("train_input", False)),
-        "max_references": int((cfg.get("data") or {}).get("max_conditioning_images", 4)) if isinstance(cfg, dict) else 4,
+        **flags,
         "prompt": PROMPT,
         "shared_layers": layers,
-        "source": {
-            "checkpoint": Path(checkpoint).name,
-            "checkpoint_sha256": _sha256(Path(checkpoint)),
-            "base": str(base),
-            "vae": str(vae),
-            "lora": {"unet_modules": unet_loras, "vae_modules": vae_loras},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
+        "source": {**source, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     }
     _say(progress, f"writing {len(tensors)} tensors ({dtype}) to {out}")
     _write_bundle(out, config, tensors)

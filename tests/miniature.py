@@ -11,31 +11,9 @@ from pathlib import Path
 
 import torch
 
-UNET_CONFIG = dict(
-    sample_size=16,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=(32, 32, 64, 64),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=32,
-    attention_head_dim=(2, 2, 4, 4),
-    norm_num_groups=8,
-    use_linear_projection=True,
-)
-VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(16, 16, 32, 32),
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=8,
-    sample_size=128,
-    scaling_factor=0.18215,
-)
+from instantrestore.export.random_bundle import TINY_UNET, TINY_VAE
+
+UNET_CONFIG, VAE_CONFIG = TINY_UNET, TINY_VAE
 TEXT_CONFIG = dict(
     vocab_size=400, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
     max_position_embeddings=77, projection_dim=32, bos_token_id=188, eos_token_id=189, pad_token_id=189,
