@@ -1,19 +1,44 @@
-"""The torch backend: the network run eagerly by PyTorch, on any device it supports."""
+"""The torch backend: the network run by PyTorch on any device it supports. On CUDA it takes the fast
+path: NHWC convolutions, the whole restore step replayed as one CUDA graph per (batch, reference count)
+with the profile's K/V bound as static inputs, and optionally torch.compile underneath."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from .network import build_nets
 
 
+@dataclass
+class _CapturedStep:
+    graph: torch.cuda.CUDAGraph
+    images: torch.Tensor
+    noise: torch.Tensor
+    layer_inputs: list[torch.Tensor]
+    output: torch.Tensor
+    bound: list | None = None  # the caller's layer_inputs list whose values the static inputs hold
+
+
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, bundle, device="cpu", dtype=torch.float32):
+    def __init__(self, bundle, device="cpu", dtype=torch.float32, cuda_graph=None, compile=False):
         self.device = torch.device(device)
         self.dtype = dtype
         self.restorer_net, self.enroller_net = build_nets(bundle, self.device, dtype)
+        on_cuda = self.device.type == "cuda"
+        if on_cuda:  # cuDNN's fastest fp16 convolutions are NHWC
+            self.restorer_net.to(memory_format=torch.channels_last)
+        self.cuda_graph = on_cuda if cuda_graph is None else bool(cuda_graph)
+        if self.cuda_graph and not on_cuda:
+            raise ValueError("CUDA graphs need a CUDA device")
+        self._step = self.restorer_net
+        if compile:
+            # CUDA graphs are ours (one per shape, inputs bound once), so inductor must not add its own
+            self._step = torch.compile(self.restorer_net, mode="max-autotune-no-cudagraphs", dynamic=False)
+        self._captured: dict[tuple, _CapturedStep] = {}
 
     @torch.inference_mode()
     def enroll(self, refs: torch.Tensor, noise: torch.Tensor) -> list[torch.Tensor]:
@@ -21,4 +46,33 @@ class TorchBackend:
 
     @torch.inference_mode()
     def restore(self, images: torch.Tensor, noise: torch.Tensor, layer_inputs: list[torch.Tensor]) -> torch.Tensor:
-        return self.restorer_net(images.to(self.device, self.dtype), noise.to(self.device, self.dtype), *layer_inputs)
+        images = images.to(self.device, self.dtype, non_blocking=True)
+        noise = noise.to(self.device, self.dtype, non_blocking=True)
+        if not self.cuda_graph:
+            return self._step(images, noise, *layer_inputs)
+        key = (tuple(images.shape), tuple(tuple(t.shape) for t in layer_inputs))
+        step = self._captured.get(key) or self._capture(key, images, noise, layer_inputs)
+        step.images.copy_(images)
+        step.noise.copy_(noise)
+        if step.bound is not layer_inputs:  # a new profile: copy its K/V in once
+            for static, value in zip(step.layer_inputs, layer_inputs):
+                static.copy_(value)
+            step.bound = layer_inputs
+        step.graph.replay()
+        return step.output.clone()
+
+    def _capture(self, key, images, noise, layer_inputs) -> _CapturedStep:
+        static_images = images.clone().contiguous(memory_format=torch.channels_last)
+        static_noise, static_inputs = noise.clone(), [t.clone() for t in layer_inputs]
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # warm-up outside the graph: cuDNN autotuning, compilation, allocator
+            for _ in range(3):
+                self._step(static_images, static_noise, *static_inputs)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = self._step(static_images, static_noise, *static_inputs)
+        step = _CapturedStep(graph, static_images, static_noise, static_inputs, output, bound=layer_inputs)
+        self._captured[key] = step
+        return step

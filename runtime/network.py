@@ -205,19 +205,23 @@ class RestorerNet(_Diffusion):
             x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
         return x0
 
-    def forward(self, images: torch.Tensor, noise: torch.Tensor, *layer_inputs: torch.Tensor) -> torch.Tensor:
-        if len(layer_inputs) != 2 * len(self.processors):
+    def bind_references(self, layer_inputs) -> None:
+        """Hand the shared layers their reference K/V (None to release them)."""
+        if layer_inputs is not None and len(layer_inputs) != 2 * len(self.processors):
             raise ValueError(f"expected {2 * len(self.processors)} reference tensors, got {len(layer_inputs)}")
         for i, processor in enumerate(self.processors):
-            processor.refs = (layer_inputs[2 * i], layer_inputs[2 * i + 1])
+            processor.refs = None if layer_inputs is None else (layer_inputs[2 * i], layer_inputs[2 * i + 1])
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents / self.scaling_factor, return_dict=False)[0].clamp(-1.0, 1.0)
+
+    def forward(self, images: torch.Tensor, noise: torch.Tensor, *layer_inputs: torch.Tensor) -> torch.Tensor:
+        self.bind_references(layer_inputs)
         try:
             noisy = self.noisy_latents(images, noise)
-            x0 = self.predicted_original(noisy, self.run_unet(noisy))
-            decoded = self.vae.decode(x0 / self.scaling_factor, return_dict=False)[0]
+            return self.decode(self.predicted_original(noisy, self.run_unet(noisy)))
         finally:
-            for processor in self.processors:
-                processor.refs = None
-        return decoded.clamp(-1.0, 1.0)
+            self.bind_references(None)
 
 
 class EnrollerNet(_Diffusion):
