@@ -124,7 +124,7 @@ def build_engine(
     _say(progress, f"tensorrt: parsing {onnx_path.name}")
     # parse_from_file resolves external data next to the model.
     if not parser.parse_from_file(str(onnx_path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        errors = [_parser_error_text(parser.get_error(i)) for i in range(parser.num_errors)]
         raise TensorRTBuildError(f"TensorRT's ONNX parser rejected {onnx_path.name}: " + " | ".join(errors[:5]))
 
     config = builder.create_builder_config()
@@ -170,6 +170,14 @@ def build_engine(
         artifacts.atomic_write_bytes(timing_cache_path, bytes(config.get_timing_cache().serialize()))
     del monitor
     return bytes(plan)
+
+
+def _parser_error_text(err) -> str:
+    # IParserError has desc()/node_name(); fall back to str() for anything else.
+    if hasattr(err, "desc"):
+        node = err.node_name() if hasattr(err, "node_name") else ""
+        return f"{node}: {err.desc()}" if node else str(err.desc())
+    return str(err)
 
 
 def _first_input_is_fp16(onnx_path: Path) -> bool:
@@ -242,6 +250,9 @@ def build_engines(
 
 
 def torch_device(dev):
+    """Make `dev` the current CUDA device while building (TensorRT builds for the current device)."""
+    import contextlib  # noqa: PLC0415
+
     import torch  # noqa: PLC0415
 
-    return torch.cuda.device(dev)
+    return torch.cuda.device(dev) if getattr(dev, "type", None) == "cuda" else contextlib.nullcontext()

@@ -1,0 +1,511 @@
+"""TensorRT: engine cache keys, invalidation of stale/foreign engines, profile shapes and the errors when
+TensorRT or a GPU is missing run everywhere; the engine build is exercised against a recording stand-in
+for the tensorrt module; real builds and parity run only where tensorrt imports and a GPU exists."""
+
+import json
+import sys
+import types
+
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from instantrestore.export import tensorrt_build
+from instantrestore.runtime import artifacts, load_bundle, load_restorer
+from instantrestore.runtime import backend_tensorrt as bt
+from instantrestore.runtime.artifacts import ShapeProfile
+
+
+def _have_tensorrt():
+    try:
+        bt.import_tensorrt()
+    except bt.TensorRTUnavailableError:
+        return False
+    return torch.cuda.is_available()
+
+
+needs_tensorrt = pytest.mark.skipif(not _have_tensorrt(), reason="needs the tensorrt package and a CUDA GPU")
+
+BID = "ab" * 32
+OTHER_BID = "cd" * 32
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv(artifacts.HOME_ENV, str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def _key(graph="restorer", bundle_id=BID, precision="fp16", profile=None, trt="10.3.0", gpu="NVIDIA H100", cc="9.0"):
+    return bt.engine_key(graph, bundle_id, precision, profile or artifacts.DEFAULT_PROFILE, trt, gpu, cc)
+
+
+def _write_plan(key, data=b"plan-bytes"):
+    path = key.path(bt.PLAN_EXT)
+    artifacts.atomic_write_bytes(path, data)
+    artifacts.write_sidecar(path, key)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ state folder
+
+
+def test_state_dir_env_and_platform_defaults(monkeypatch, tmp_path):
+    monkeypatch.setenv(artifacts.HOME_ENV, str(tmp_path / "x"))
+    assert artifacts.state_dir() == (tmp_path / "x").resolve()
+    assert artifacts.engines_dir() == (tmp_path / "x").resolve() / "engines"
+    monkeypatch.delenv(artifacts.HOME_ENV)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setattr(artifacts.Path, "home", classmethod(lambda cls: tmp_path / "user"))
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert artifacts.state_dir() == tmp_path / "user" / ".local" / "share" / "instantrestore"
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert artifacts.state_dir() == tmp_path / "user" / "Library" / "Application Support" / "instantrestore"
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "Local"))
+    assert artifacts.state_dir() == tmp_path / "Local" / "instantrestore"
+
+
+# ------------------------------------------------------------------------------------------ profiles
+
+
+def test_shape_profile_validation():
+    p = ShapeProfile(batch=(1, 1, 2), refs=(1, 4, 8))
+    assert p.tag == "b1-1-2_r1-4-8"
+    assert p.covers(2, 8) and not p.covers(3, 1) and not p.covers(1, 9)
+    assert ShapeProfile.from_dict(p.to_dict()) == p
+    for bad in (dict(batch=(2, 1, 4)), dict(refs=(0, 1, 2)), dict(refs=(1, 4, 9)), dict(batch=(1, 2))):
+        with pytest.raises(ValueError):
+            ShapeProfile(**bad)
+
+
+def test_profile_shapes_follow_the_bundle(tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    S, s, L = bundle.crop_size, bundle.latent_size, len(bundle.layer_shapes)
+    p = ShapeProfile(batch=(1, 2, 4), refs=(1, 4, 8))
+    shapes = tensorrt_build.profile_shapes(bundle, "restorer", p)
+    assert list(shapes) == ["images", "noise"] + [f"{c}{i}" for i in range(L) for c in "kv"]
+    assert shapes["images"] == ((1, 3, S, S), (2, 3, S, S), (4, 3, S, S))
+    assert shapes["noise"] == ((1, 4, s, s), (2, 4, s, s), (4, 4, s, s))
+    for i, (t, c) in enumerate(bundle.layer_shapes):
+        assert shapes[f"k{i}"] == shapes[f"v{i}"] == ((1, t, c), (4, t, c), (8, t, c))
+    enroll = tensorrt_build.profile_shapes(bundle, "enroller", p)
+    assert enroll == {"refs": ((1, 3, S, S), (4, 3, S, S), (8, 3, S, S)), "noise": ((1, 4, s, s), (4, 4, s, s), (8, 4, s, s))}
+    with pytest.raises(ValueError):
+        tensorrt_build.profile_shapes(bundle, "decoder", p)
+
+
+# ------------------------------------------------------------------------------------------ cache keys
+
+
+def test_engine_keys_cover_every_field(home):
+    base = _key()
+    variants = [
+        _key(bundle_id=OTHER_BID), _key(precision="fp32"), _key(trt="10.4.0"), _key(gpu="NVIDIA L4"),
+        _key(cc="8.9"), _key(profile=ShapeProfile(batch=(1, 1, 4))), _key(graph="enroller"),
+    ]
+    digests = {base.digest} | {k.digest for k in variants}
+    assert len(digests) == len(variants) + 1
+    names = {base.filename("plan")} | {k.filename("plan") for k in variants}
+    assert len(names) == len(variants) + 1
+    assert bt.engine_key("restorer", BID, torch.float16, artifacts.DEFAULT_PROFILE, "10.3.0", "NVIDIA H100", (9, 0)) == base
+    assert base.path("plan").parent == artifacts.bundle_cache_dir(BID)
+    assert base.filename("plan").startswith("trt-restorer-fp16-b1-1-2_r1-4-8-")
+    with pytest.raises(artifacts.ArtifactError):
+        _key(bundle_id="not-a-hash")
+    with pytest.raises(ValueError):
+        artifacts.ArtifactKey(kind="trt-restorer", bundle_id=BID, precision="fp16")  # no GPU/TRT fields
+
+
+def test_valid_engine_is_found(home):
+    key = _key()
+    path = _write_plan(key)
+    assert artifacts.find_artifact(key, "plan") == path
+    assert artifacts.find_artifact(key, "plan", verify_hash=True) == path
+    assert bt.find_engine(key) == path
+    meta = json.loads(artifacts.sidecar_path(path).read_text())
+    assert meta["key"]["gpu_name"] == "NVIDIA H100" and meta["files"][path.name]["size"] == len(b"plan-bytes")
+
+
+def test_stale_engine_is_reported_and_pruned(home):
+    old = _write_plan(_key(trt="10.0.1"))
+    new_key = _key(trt="10.3.0")
+    assert artifacts.find_artifact(new_key, "plan") is None
+    report = artifacts.inspect_slot(new_key, "plan")
+    assert [(p, s) for p, s, _ in report] == [(old, artifacts.STALE)]
+    with pytest.raises(bt.EngineNotFoundError) as err:
+        bt.find_engine(new_key)
+    msg = str(err.value)
+    assert "instantrestore export --tensorrt" in msg and "stale" in msg and "10.0.1" in msg
+    removed = artifacts.prune_slot(new_key, "plan")
+    assert [p for p, _ in removed] == [old]
+    assert not old.exists() and not artifacts.sidecar_path(old).exists()
+
+
+def test_foreign_engine_is_never_loaded_nor_deleted(home):
+    other_gpu = _write_plan(_key(gpu="NVIDIA L4", cc="8.9"))
+    key = _key()
+    assert artifacts.find_artifact(key, "plan") is None
+    assert [s for _, s, _ in artifacts.inspect_slot(key, "plan")] == [artifacts.FOREIGN]
+    assert artifacts.prune_slot(key, "plan") == []
+    assert other_gpu.exists()  # valid for the other GPU in this machine
+    # A plan renamed onto our key's file name is still foreign: the sidecar says whose it is.
+    ours = key.path("plan")
+    other_gpu.rename(ours)
+    artifacts.sidecar_path(other_gpu).rename(artifacts.sidecar_path(ours))
+    assert artifacts.classify(ours, key)[0] == artifacts.FOREIGN
+    assert artifacts.find_artifact(key, "plan") is None
+    # ... and so is one made for another bundle
+    path = _write_plan(key)
+    meta = json.loads(artifacts.sidecar_path(path).read_text())
+    meta["key"]["bundle_id"] = OTHER_BID
+    artifacts.sidecar_path(path).write_text(json.dumps(meta))
+    status, reason = artifacts.classify(path, key)
+    assert status == artifacts.FOREIGN and "bundle_id" in reason
+
+
+def test_corrupt_or_uncommitted_engine_is_rejected(home):
+    key = _key()
+    path = _write_plan(key)
+    path.write_bytes(b"plan-bytez")  # same size, other content
+    assert artifacts.find_artifact(key, "plan") == path
+    assert artifacts.find_artifact(key, "plan", verify_hash=True) is None
+    path.write_bytes(b"short")
+    assert artifacts.classify(path, key)[0] == artifacts.CORRUPT
+    artifacts.sidecar_path(path).unlink()  # a write that never committed
+    assert artifacts.classify(path, key) == (artifacts.CORRUPT, f"{path.name} has no readable sidecar (interrupted write?)")
+    assert [p for p, _ in artifacts.prune_slot(key, "plan")] == [path]
+    assert artifacts.classify(path, key)[0] == artifacts.MISSING
+
+
+def test_format_bump_makes_engines_stale(home):
+    key = _key()
+    path = _write_plan(key)
+    newer = artifacts.ArtifactKey(**{**key.__dict__, "format": artifacts.ARTIFACT_FORMAT + 1})
+    assert artifacts.find_artifact(newer, "plan") is None
+    assert artifacts.classify(path, newer)[0] == artifacts.STALE
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "a" / "engine.plan"
+    artifacts.atomic_write_bytes(target, b"old")
+    with pytest.raises(RuntimeError):
+        with artifacts.atomic_path(target) as tmp:
+            tmp.write_bytes(b"half-written")
+            raise RuntimeError("build crashed")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["engine.plan"]  # no temp file left
+
+
+# ------------------------------------------------------------------------------------------ missing pieces
+
+
+def test_missing_tensorrt_has_a_clear_error(tiny_bundle, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError, even where installed
+    with pytest.raises(bt.TensorRTUnavailableError, match=r"TensorRT is not available.*pip install 'instantrestore\[tensorrt\]'"):
+        bt.import_tensorrt()
+    with pytest.raises(bt.TensorRTUnavailableError, match="--backend onnxruntime"):
+        load_restorer(tiny_bundle, backend="tensorrt", device="cuda", dtype=torch.float16)
+    onnx_path = tmp_path / "g.onnx"
+    onnx_path.write_bytes(b"")
+    with pytest.raises(bt.TensorRTUnavailableError):
+        tensorrt_build.build_engine(onnx_path, {})
+    with pytest.raises(bt.TensorRTUnavailableError):
+        tensorrt_build.build_engines(tiny_bundle)
+    ok, why = bt.tensorrt_ready(load_bundle(tiny_bundle))
+    assert not ok and "TensorRT is not available" in why
+
+
+def test_old_tensorrt_is_refused(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.6.1"))
+    with pytest.raises(bt.TensorRTUnavailableError, match="8.6.1 is too old"):
+        bt.import_tensorrt()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_tensorrt_without_gpu_has_a_clear_error(tiny_bundle, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0"))
+    with pytest.raises(bt.TensorRTUnavailableError, match="needs an NVIDIA GPU"):
+        load_restorer(tiny_bundle, backend="tensorrt", device="cuda", dtype=torch.float16)
+
+
+def test_missing_engine_tells_how_to_build(home, monkeypatch, tiny_bundle):
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0"))
+    monkeypatch.setattr(bt, "require_cuda", lambda device=None: torch.device("cpu"))
+    monkeypatch.setattr(artifacts, "cuda_identity", lambda device=None: ("NVIDIA H100", "9.0"))
+    with pytest.raises(bt.EngineNotFoundError, match=r"no TensorRT restorer engine .* run `instantrestore export --tensorrt`"):
+        bt.TensorRTBackend(load_bundle(tiny_bundle))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only choice")
+def test_auto_choice_on_a_cpu_machine(home, tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    name, device, dtype, why = bt.choose_auto_backend(bundle)
+    assert (name, device, dtype) == ("torch", "cpu", torch.float32)
+    assert "tensorrt:" in why and "onnxruntime-cpu:" in why
+    for graph in ("restorer", "enroller"):  # pretend the fp32 graphs were exported
+        key = artifacts.onnx_key(graph, bundle.bundle_id, "fp32")
+        artifacts.atomic_write_bytes(key.path("onnx"), b"graph")
+        artifacts.write_sidecar(key.path("onnx"), key)
+    name, device, dtype, why = bt.choose_auto_backend(bundle)
+    assert (name, device, dtype) == ("onnxruntime", "cpu", torch.float32)
+
+
+# ---------------------------------------------------------------- the build against a recording stand-in
+
+
+class _FakeTRT(types.ModuleType):
+    """Just enough of the TensorRT 10 Python API to run build_engine, recording what it is asked."""
+
+    def __init__(self, version="10.3.0", parse_ok=True):
+        super().__init__("tensorrt")
+        self.__version__ = version
+        self.calls = []
+        fake = self
+
+        class ILogger:
+            INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
+
+            def __init__(self):
+                pass
+
+        class IProgressMonitor:
+            def __init__(self):
+                pass
+
+        self.ILogger, self.IProgressMonitor = ILogger, IProgressMonitor
+        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
+        self.BuilderFlag = types.SimpleNamespace(FP16="FP16")
+        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+
+        class Input:
+            def __init__(self, name):
+                self.name = name
+
+        class Network:
+            def __init__(self, flags):
+                self.flags, self.inputs = flags, []
+
+            @property
+            def num_inputs(self):
+                return len(self.inputs)
+
+            def get_input(self, i):
+                return self.inputs[i]
+
+        class Parser:
+            def __init__(self, network, logger):
+                self.network = network
+                self.num_errors = 0 if parse_ok else 1
+
+            def parse_from_file(self, path):
+                model = onnx.load(path, load_external_data=False)
+                self.network.inputs = [Input(i.name) for i in model.graph.input]
+                fake.calls.append(("parse", path))
+                return parse_ok
+
+            def get_error(self, i):
+                return "In node 0 (Unique): UNSUPPORTED_NODE"
+
+        class TimingCache:
+            def __init__(self, data):
+                self.data = bytes(data)
+
+            def serialize(self):
+                return self.data + b"+tuned"
+
+        class Config:
+            def __init__(self):
+                self.flags, self.profiles, self.progress_monitor, self.cache = [], [], None, None
+
+            def set_flag(self, flag):
+                self.flags.append(flag)
+
+            def set_memory_pool_limit(self, pool, size):
+                fake.calls.append(("pool", pool, size))
+
+            def add_optimization_profile(self, profile):
+                self.profiles.append(profile)
+
+            def create_timing_cache(self, data):
+                return TimingCache(data)
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                self.cache = cache
+                return True
+
+            def get_timing_cache(self):
+                return self.cache
+
+        class Profile:
+            def __init__(self):
+                self.shapes = {}
+
+            def set_shape(self, name, lo, opt, hi):
+                self.shapes[name] = (lo, opt, hi)
+
+        class Builder:
+            platform_has_fast_fp16 = True
+
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                fake.calls.append(("network", flags))
+                return Network(flags)
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                fake.calls.append(("build", config.flags, [p.shapes for p in config.profiles], config.cache.data))
+                if config.progress_monitor is not None:
+                    m = config.progress_monitor
+                    m.phase_start("Building engine", None, 2)
+                    m.phase_start("Tactic search", "Building engine", 10)
+                    m.step_complete("Tactic search", 0)
+                    m.phase_finish("Tactic search")
+                    m.step_complete("Building engine", 1)
+                    m.phase_finish("Building engine")
+                return b"PLAN:" + ",".join(i.name for i in network.inputs).encode()
+
+        self.Builder, self.OnnxParser = Builder, Parser
+
+
+def _tiny_graph(path, names, elem=TensorProto.FLOAT):
+    inputs = [helper.make_tensor_value_info(n, elem, ["n", 2]) for n in names]
+    out = helper.make_tensor_value_info("y", elem, ["n", 2])
+    nodes = [helper.make_node("Identity", [names[0]], ["y"])]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", inputs, [out]), opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    fake = _FakeTRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(tensorrt_build, "require_cuda", lambda device=None: torch.device("cpu"))
+    monkeypatch.setattr(bt._TRTLogger, "_instance", None)
+    return fake
+
+
+def test_build_engine_sets_profile_precision_and_timing_cache(fake_trt, tmp_path):
+    graph = _tiny_graph(tmp_path / "r.onnx", ["images", "k0"])
+    shapes = {"images": ((1, 2), (1, 2), (2, 2)), "k0": ((1, 2), (4, 2), (8, 2))}
+    cache = tmp_path / "timing" / "t.cache"
+    messages = []
+    plan = tensorrt_build.build_engine(graph, shapes, fp16=True, timing_cache_path=cache, workspace_bytes=1 << 30,
+                                       progress=messages.append)
+    assert plan == b"PLAN:images,k0"
+    network = [c for c in fake_trt.calls if c[0] == "network"][0]
+    assert network[1] == 0  # fp32 graph: weakly typed, fp16 allowed by the builder flag
+    build = [c for c in fake_trt.calls if c[0] == "build"][0]
+    assert build[1] == ["FP16"] and build[2] == [shapes] and build[3] == b""
+    assert cache.read_bytes() == b"+tuned"
+    assert ("pool", "WORKSPACE", 1 << 30) in fake_trt.calls
+    assert any("Building engine" in m for m in messages) and any("built r.onnx" in m for m in messages)
+    # the second build starts from the saved timing cache
+    tensorrt_build.build_engine(graph, shapes, timing_cache_path=cache)
+    assert [c for c in fake_trt.calls if c[0] == "build"][1][3] == b"+tuned"
+
+
+def test_build_engine_fp16_graph_is_strongly_typed(fake_trt, tmp_path):
+    graph = _tiny_graph(tmp_path / "r16.onnx", ["images"], elem=TensorProto.FLOAT16)
+    tensorrt_build.build_engine(graph, {"images": ((1, 2), (1, 2), (2, 2))})
+    assert [c for c in fake_trt.calls if c[0] == "network"][0][1] == 1 << 1
+    assert [c for c in fake_trt.calls if c[0] == "build"][0][1] == []  # precisions come from the graph
+
+
+def test_build_engine_errors(fake_trt, tmp_path, monkeypatch):
+    graph = _tiny_graph(tmp_path / "r.onnx", ["images", "k0"])
+    with pytest.raises(tensorrt_build.TensorRTBuildError, match=r"no profile shapes given for inputs \['k0'\]"):
+        tensorrt_build.build_engine(graph, {"images": ((1, 2), (1, 2), (2, 2))})
+    with pytest.raises(tensorrt_build.TensorRTBuildError, match="does not exist"):
+        tensorrt_build.build_engine(tmp_path / "missing.onnx", {})
+    bad = _FakeTRT(parse_ok=False)
+    monkeypatch.setitem(sys.modules, "tensorrt", bad)
+    with pytest.raises(tensorrt_build.TensorRTBuildError, match="UNSUPPORTED_NODE"):
+        tensorrt_build.build_engine(graph, {})
+
+
+def test_build_engines_uses_and_refreshes_the_cache(fake_trt, home, tiny_bundle, monkeypatch):
+    bundle = load_bundle(tiny_bundle)
+    monkeypatch.setattr(tensorrt_build.artifacts, "cuda_identity", lambda device=None: ("NVIDIA H100", "9.0"))
+    num_layers = len(bundle.layer_shapes)
+    names = {"restorer": ["images", "noise"] + [f"{c}{i}" for i in range(num_layers) for c in "kv"], "enroller": ["refs", "noise"]}
+    for graph, inputs in names.items():  # stand-ins for the exported fp16 graphs, committed in the cache
+        key = artifacts.onnx_key(graph, bundle.bundle_id, "fp16")
+        _tiny_graph(key.path("onnx"), inputs, TensorProto.FLOAT16)
+        artifacts.write_sidecar(key.path("onnx"), key)
+    messages = []
+    plans = tensorrt_build.build_engines(tiny_bundle, progress=messages.append)
+    assert set(plans) == {"restorer", "enroller"}
+    for graph, path in plans.items():
+        key = bt.engine_key(graph, bundle.bundle_id, "fp16", artifacts.DEFAULT_PROFILE, "10.3.0", "NVIDIA H100", "9.0")
+        assert path == key.path("plan") and artifacts.find_artifact(key, "plan", verify_hash=True) == path
+        assert path.read_bytes() == b"PLAN:" + ",".join(names[graph]).encode()
+    restorer_build = [c for c in fake_trt.calls if c[0] == "build"][0]
+    assert restorer_build[2][0]["k0"] == tensorrt_build.profile_shapes(bundle, "restorer", artifacts.DEFAULT_PROFILE)["k0"]
+    assert len(list(artifacts.timing_cache_dir().glob("*.cache"))) == 1
+    # cached: no second build
+    builds = len([c for c in fake_trt.calls if c[0] == "build"])
+    assert tensorrt_build.build_engines(tiny_bundle, progress=messages.append) == plans
+    assert len([c for c in fake_trt.calls if c[0] == "build"]) == builds
+    assert any("is cached" in m for m in messages)
+    # a TensorRT upgrade: the old plans are stale, removed and rebuilt under new names
+    fake_trt.__version__ = "10.4.0"
+    fresh = tensorrt_build.build_engines(tiny_bundle, progress=messages.append)
+    assert all(not p.exists() for p in plans.values()) and all(p.exists() for p in fresh.values())
+    assert any("removed stale engine" in m for m in messages)
+
+
+# ------------------------------------------------------------------------------------------ real TensorRT
+
+
+@pytest.fixture(scope="module")
+def trt_engines(tiny_bundle, tmp_path_factory):
+    import os
+
+    home = tmp_path_factory.mktemp("trt-home")
+    old = os.environ.get(artifacts.HOME_ENV)
+    os.environ[artifacts.HOME_ENV] = str(home)
+    try:
+        yield tensorrt_build.build_engines(tiny_bundle, precision="fp16", progress=print)
+    finally:
+        if old is None:
+            os.environ.pop(artifacts.HOME_ENV, None)
+        else:
+            os.environ[artifacts.HOME_ENV] = old
+
+
+@needs_tensorrt
+def test_tensorrt_matches_torch_fp16(trt_engines, tiny_bundle, monkeypatch):
+    monkeypatch.setenv(artifacts.HOME_ENV, str(next(iter(trt_engines.values())).parents[2]))
+    trt_r = load_restorer(tiny_bundle, backend="tensorrt", device="cuda", dtype=torch.float16)
+    ref_r = load_restorer(tiny_bundle, backend="torch", device="cuda", dtype=torch.float16)
+    S = trt_r.crop_size
+    g = torch.Generator().manual_seed(5)
+    for n in (1, 4):
+        refs = (torch.rand(n, 3, S, S, generator=g) * 2 - 1).cuda().half()
+        p_trt, p_ref = trt_r.enroll(refs), ref_r.enroll(refs)
+        for a, b in zip(p_trt.keys, p_ref.keys):
+            assert (a.float() - b.float()).abs().max().item() < 5e-2
+        for batch in (1, 2):
+            x = (torch.rand(batch, 3, S, S, generator=g) * 2 - 1).cuda().half()
+            got, want = trt_r.restore(x, p_ref), ref_r.restore(x, p_ref)
+            assert got.device.type == "cuda" and got.shape == x.shape
+            assert (got.float() - want.float()).abs().max().item() < 5e-2
+            assert torch.equal(trt_r.restore(x, p_ref), got)  # K/V stay bound across frames
+
+
+@needs_tensorrt
+def test_tensorrt_engine_cache_is_reused(trt_engines, tiny_bundle, monkeypatch):
+    monkeypatch.setenv(artifacts.HOME_ENV, str(next(iter(trt_engines.values())).parents[2]))
+    messages = []
+    assert tensorrt_build.build_engines(tiny_bundle, precision="fp16", progress=messages.append) == trt_engines
+    assert sum("is cached" in m for m in messages) == 2
