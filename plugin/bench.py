@@ -1,0 +1,227 @@
+"""`instantrestore bench`: how fast the restore step and the whole frame pipeline run on this machine.
+
+Model mode times encode, UNet, decode and the whole restore step (eager, and on CUDA as one CUDA graph),
+the authors' per-image structure (references enrolled again for every image) for the ratio, enrollment,
+and peak GPU memory. Pipeline mode times decode, track, restore, composite and encode on a synthetic
+1080p clip. Figures are medians after warm-up; `--json` prints one JSON object last.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from instantrestore.runtime import load_restorer
+from instantrestore.runtime.artifacts import state_dir
+
+from .progress import say
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn, device, frames: int, warmup: int) -> float:
+    """Median wall time of fn() in ms, the device synchronised around each call (works for every
+    backend, whatever stream it runs on)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(frames):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def random_bundle(kind: str, dtype: str, device, progress) -> Path:
+    """A cached random-weight bundle of a known architecture (no download)."""
+    from instantrestore.export.random_bundle import write_random_bundle
+
+    folder = state_dir() / "bench" / f"random-{kind}-{dtype}"
+    if (folder / "config.json").is_file():
+        return folder
+    return write_random_bundle(kind, folder, dtype=dtype, device=device, progress=progress)
+
+
+def bench_model(restorer, refs: int = 4, batch: int = 1, frames: int = 30, warmup: int = 3) -> dict:
+    """The restore step's figures for one bundle and backend."""
+    device, backend = restorer.device, restorer.backend
+    size = restorer.crop_size
+    generator = torch.Generator().manual_seed(0)
+    images = (torch.rand(batch, 3, size, size, generator=generator) * 2 - 1).to(device, backend.dtype)
+    references = (torch.rand(refs, 3, size, size, generator=generator) * 2 - 1).to(device, backend.dtype)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result = {"device": device_name(device), "backend": backend.name, "dtype": str(backend.dtype).split(".")[-1],
+              "batch": batch, "refs": refs, "crop": size, "frames": frames}
+
+    few = max(3, frames // 5)
+    result["enroll_ms"] = median_ms(lambda: restorer.enroll(references), device, few, 1)
+    profile = restorer.enroll(references)
+    inputs = restorer.layer_inputs(profile)
+    result["kv_mb"] = sum(t.numel() * t.element_size() for t in inputs) / 1e6
+
+    net = getattr(backend, "restorer_net", None)
+    if net is not None:  # torch: each part on its own, eagerly
+        noise = restorer._noise(None, batch, per_item=False).to(device, backend.dtype)
+        with torch.inference_mode():
+            latents = net.noisy_latents(images, noise)
+            result["encode_ms"] = median_ms(lambda: net.noisy_latents(images, noise), device, frames, warmup)
+            net.bind_references(inputs)
+            try:
+                result["unet_ms"] = median_ms(lambda: net.run_unet(latents), device, frames, warmup)
+            finally:
+                net.bind_references(None)
+            result["decode_ms"] = median_ms(lambda: net.decode(latents), device, frames, warmup)
+
+    graph = getattr(backend, "cuda_graph", False)
+    if graph:
+        backend.cuda_graph = False
+    try:
+        result["restore_ms"] = median_ms(lambda: restorer.restore(images, profile), device, frames, warmup)
+        result["authors_per_image_ms"] = median_ms(lambda: restorer.restore(images, references), device, few, 1)
+    finally:
+        backend.cuda_graph = graph
+    if graph:
+        result["restore_graph_ms"] = median_ms(lambda: restorer.restore(images, profile), device, frames, warmup)
+    best = min(result["restore_ms"], result.get("restore_graph_ms", float("inf")))
+    result["fps"] = 1000.0 * batch / best
+    result["speedup_vs_authors_structure"] = result["authors_per_image_ms"] / best
+    if device.type == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 1e6
+    return result
+
+
+def synthetic_clip(path: Path, frames: int, size=(1920, 1080), fps: int = 30) -> np.ndarray:
+    """A clip of a real face photo (scikit-image's astronaut) drifting over a 1080p background; returns
+    the photo for enrollment."""
+    import cv2
+
+    from instantrestore.runtime.media import FileSink
+
+    try:
+        from skimage.data import astronaut
+    except ImportError:
+        raise ValueError("the pipeline benchmark needs scikit-image for its test face: pip install scikit-image") from None
+    face = astronaut()
+    width, height = size
+    side = height * 5 // 6  # head and shoulders filling the frame's height, as in a video call
+    photo = cv2.resize(face[:320, 90:410], (side, side), interpolation=cv2.INTER_CUBIC)
+    background = np.linspace(40, 200, width, dtype=np.float32)[None, :, None].repeat(height, 0).repeat(3, 2)
+    with FileSink(path, fps=fps, size=size) as sink:
+        for i in range(frames):
+            frame = background.astype(np.uint8)
+            x = width // 2 - side // 2 + int(40 * np.sin(i / 15))
+            y = (height - side) // 2 + int(20 * np.cos(i / 20))
+            frame[y:y + side, x:x + side] = photo
+            sink.write(frame, i / fps)
+    return face
+
+
+def bench_pipeline(restorer, frames: int = 120, batch: int = 1, size=(1920, 1080)) -> dict:
+    """The whole frame pipeline on a synthetic clip: per-stage medians and end-to-end frames per second."""
+    from instantrestore.runtime.align import face_crops
+    from instantrestore.runtime.media import FileSink, FileSource
+    from instantrestore.runtime.pipeline import FramePipeline, run_file
+
+    with tempfile.TemporaryDirectory(prefix="instantrestore-bench-") as tmp:
+        clip = Path(tmp) / "clip.mp4"
+        face = synthetic_clip(clip, frames, size)
+        crops = face_crops(face, restorer.crop_size)
+        if not crops:
+            raise ValueError("the benchmark's test face was not detected")
+        crop = torch.from_numpy(crops[0].crop).permute(2, 0, 1)[None].float() / 127.5 - 1
+        profile = restorer.enroll(crop.to(restorer.device))
+        source = FileSource(clip)
+        start = time.perf_counter()
+        with FramePipeline(restorer.crop_restorer(profile), restorer.crop_size) as pipeline:
+            stats = run_file(pipeline, source, FileSink(Path(tmp) / "out.mp4", like=source), batch_size=batch)
+        wall = time.perf_counter() - start
+    summary = stats.summary()
+    stages = {f"stage_{name}_ms": values["p50_ms"] for name, values in summary["stages"].items()}
+    return {"device": device_name(restorer.device), "backend": restorer.backend.name, "frames": frames,
+            "size": f"{size[0]}x{size[1]}", "batch": batch, **stages, "fps": frames / wall,
+            "no_face_frames": summary.get("no_face", 0)}
+
+
+LABELS = {
+    "encode_ms": "VAE encode", "unet_ms": "UNet (shared attention)", "decode_ms": "VAE decode",
+    "restore_ms": "restore step, eager", "restore_graph_ms": "restore step, CUDA graph",
+    "authors_per_image_ms": "authors' per-image structure", "enroll_ms": "enroll references",
+}
+
+
+def format_report(result: dict) -> str:
+    head = ", ".join(f"{k} {result[k]}" for k in ("device", "backend", "dtype", "batch", "refs", "crop", "size", "frames")
+                     if k in result)
+    lines = [head]
+    for key, value in result.items():
+        if key.endswith("_ms"):
+            label = LABELS.get(key, key[:-3].replace("stage_", "pipeline: "))
+            lines.append(f"  {label:34s} {value:9.2f} ms")
+    for key, unit in (("fps", "frames/s"), ("speedup_vs_authors_structure", "x"), ("kv_mb", "MB of K/V"),
+                      ("peak_gpu_mb", "MB peak GPU memory")):
+        if key in result:
+            lines.append(f"  {key:34s} {result[key]:9.2f} {unit}")
+    return "\n".join(lines)
+
+
+def register(commands) -> None:
+    bench = commands.add_parser("bench", help="measure the restore step and the frame pipeline")
+    source = bench.add_mutually_exclusive_group()
+    source.add_argument("--bundle", help="model bundle folder (default: the last exported bundle)")
+    source.add_argument("--random", choices=["sd-turbo", "tiny"], help="random weights of a known architecture")
+    bench.add_argument("--backend", default="torch", choices=["auto", "torch", "onnxruntime", "tensorrt"])
+    bench.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
+    bench.add_argument("--dtype", choices=["float16", "float32"], help="default: float16 on cuda, float32 on cpu")
+    bench.add_argument("--refs", type=int, default=4)
+    bench.add_argument("--batch", type=int, default=1)
+    bench.add_argument("--frames", type=int, default=30, help="timed repetitions (frames in --pipeline mode)")
+    bench.add_argument("--compile", action="store_true", help="torch backend: torch.compile under the CUDA graph")
+    bench.add_argument("--pipeline", action="store_true", help="time the whole pipeline on a synthetic 1080p clip")
+    bench.add_argument("--json", action="store_true", help="print one JSON object last")
+    bench.set_defaults(run=run)
+
+
+def run(args) -> int:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is visible to PyTorch")
+    if args.refs < 1 or args.batch < 1 or args.frames < 1:
+        raise ValueError("--refs, --batch and --frames must be at least 1")
+    dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
+    if args.random:
+        bundle = random_bundle(args.random, dtype, device, say)
+    else:
+        from .home import resolve_bundle
+
+        bundle = resolve_bundle(args.bundle).path
+    options = {"compile": True} if args.compile else {}
+    say(f"loading {bundle} on {device} ({args.backend}, {dtype})")
+    restorer = load_restorer(bundle, backend=args.backend, device=device, dtype=dtype, **options)
+    if args.pipeline:
+        result = bench_pipeline(restorer, frames=args.frames, batch=args.batch)
+    else:
+        result = bench_model(restorer, refs=args.refs, batch=args.batch, frames=args.frames)
+    print(format_report(result), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(result))
+    return 0

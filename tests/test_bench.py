@@ -1,0 +1,64 @@
+"""`instantrestore bench` on the CPU (tiny random model), and the CUDA fast path against eager where a GPU
+exists."""
+
+import json
+
+import pytest
+import torch
+
+from instantrestore.plugin.cli import main
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_bench_model_on_cpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(tmp_path))
+    assert main(["bench", "--random", "tiny", "--device", "cpu", "--frames", "2", "--refs", "2", "--json"]) == 0
+    result = last_json(capsys)
+    assert result["backend"] == "torch" and result["crop"] == 128 and result["refs"] == 2
+    for key in ("encode_ms", "unet_ms", "decode_ms", "restore_ms", "authors_per_image_ms", "enroll_ms"):
+        assert result[key] > 0
+    # the authors' structure does the enrollment's work again for every image
+    assert result["authors_per_image_ms"] > result["restore_ms"]
+    # 2 references repeated to 4; K and V; 3 layers at each of 3 resolutions; float32
+    assert result["kv_mb"] == pytest.approx(4 * 2 * 3 * (16 * 64 + 64 * 32 + 256 * 32) * 4 / 1e6)
+
+
+@pytest.mark.timeout(300)
+def test_bench_pipeline_on_cpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(tmp_path))
+    assert main(["bench", "--random", "tiny", "--device", "cpu", "--pipeline", "--frames", "3", "--json"]) == 0
+    result = last_json(capsys)
+    assert result["size"] == "1920x1080" and result["frames"] == 3
+    assert result["no_face_frames"] == 0  # the synthetic clip's face is tracked in every frame
+    for stage in ("decode", "track", "align", "restore", "composite", "encode"):
+        assert result[f"stage_{stage}_ms"] > 0
+
+
+def test_bench_refuses_bad_numbers(capsys):
+    assert main(["bench", "--random", "tiny", "--device", "cpu", "--frames", "0"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--refs, --batch and --frames must be at least 1")
+
+
+@cuda
+def test_cuda_graph_matches_eager_and_rebinds_profiles(tmp_path):
+    from instantrestore.export.random_bundle import write_random_bundle
+    from instantrestore.runtime import load_restorer
+
+    bundle = write_random_bundle("tiny", tmp_path / "b", dtype="float16")
+    fast = load_restorer(bundle, device="cuda", dtype="float16")
+    assert fast.backend.cuda_graph
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(2, 3, 128, 128, generator=g) * 2 - 1).cuda().half()
+    profiles = [fast.enroll((torch.rand(n, 3, 128, 128, generator=g) * 2 - 1).cuda().half()) for n in (4, 2)]
+    for profile in profiles + profiles[:1]:  # switching profiles rebinds the graph's K/V
+        graph_out = fast.restore(images, profile)
+        fast.backend.cuda_graph = False
+        eager_out = fast.restore(images, profile)
+        fast.backend.cuda_graph = True
+        assert (graph_out.float() - eager_out.float()).abs().max().item() < 2e-2
+    assert (fast.restore(images, profiles[0]) - fast.restore(images, profiles[1])).abs().max().item() > 1e-3
