@@ -1,55 +1,276 @@
-"""Command line entry point: `instantrestore <command>`."""
+"""Command line entry point: `instantrestore <command>`.
+
+Each subcommand is added by a `register(commands)` function that creates its parser and sets
+`run=` to a function taking the parsed arguments and returning the exit code. The built-in ones are
+below; other modules of this package join through COMMAND_MODULES (one line each).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
+from pathlib import Path
 
 from instantrestore.export import CheckpointError
 from instantrestore.runtime import BundleError, ProfileError
 
-# errors a user can cause: one line, non-zero exit, no traceback
-USER_ERRORS = (CheckpointError, BundleError, ProfileError, ValueError, FileNotFoundError, PermissionError)
+from .progress import say
+from .quiet import filtered_native_stderr
+
+# Modules of this package with their own `register(commands)` (e.g. "bench" for plugin/bench.py).
+COMMAND_MODULES = ("doctor", "bench")
+DEBUG_ENV = "INSTANTRESTORE_DEBUG"  # set to 1 to see the traceback of an unexpected error
 
 
-def _progress(message: str) -> None:
-    print(f"[instantrestore] {message}", file=sys.stderr, flush=True)
+def user_errors() -> tuple:
+    """Errors a user can cause or fix: reported as one line, exit code 2, no traceback."""
+    from instantrestore.runtime.artifacts import ArtifactError
+    from instantrestore.runtime.backend_onnxruntime import OnnxRuntimeError
+    from instantrestore.runtime.backend_tensorrt import TensorRTError
+    from instantrestore.runtime.media import MediaError
+    from instantrestore.runtime.pipeline import PipelineError
+    from instantrestore.runtime.tracking import TrackingError
+
+    errors = [CheckpointError, BundleError, ProfileError, ValueError, OSError, MediaError, TrackingError, PipelineError,
+              ArtifactError, OnnxRuntimeError, TensorRTError]
+    try:
+        from instantrestore.export.onnx_export import OnnxExportError
+
+        errors.append(OnnxExportError)
+    except Exception:  # noqa: BLE001 - the ONNX exporter's dependencies are optional at run time
+        pass
+    return tuple(errors)
+
+
+_progress = say  # the export stage's progress callback (kept under its old name)
+
+
+# ------------------------------------------------------------------------------------------------
+# export
 
 
 def cmd_export(args) -> int:
-    from instantrestore.export import import_checkpoint
+    from . import home
 
-    bundle = import_checkpoint(
-        checkpoint=args.checkpoint, base=args.base, vae=args.vae, out=args.out, dtype=args.dtype, progress=_progress
-    )
-    print(bundle)
+    if args.checkpoint is None and not (args.onnx or args.tensorrt):
+        raise ValueError("nothing to do: give --checkpoint to import the weights, or --onnx/--tensorrt to build on "
+                         "an existing bundle")
+    if args.checkpoint is not None:
+        from instantrestore.export import import_checkpoint
+
+        out = Path(args.out) if args.out else home.default_bundle_dir()
+        bundle_dir = import_checkpoint(checkpoint=args.checkpoint, base=args.base, vae=args.vae, out=out,
+                                       dtype=args.dtype or "float16", progress=_progress)
+        _remember(bundle_dir)
+    else:
+        bundle_dir = home.resolve_bundle(args.bundle).path
+    if args.onnx:
+        from instantrestore.export.onnx_export import export_onnx
+
+        import torch
+
+        on_gpu = torch.cuda.is_available()
+        # fp16 graphs for GPUs, fp32 for onnxruntime on the CPU, unless --dtype says otherwise
+        dtype = args.dtype or ("float16" if on_gpu else "float32")
+        graphs = export_onnx(bundle_dir, dtype=dtype, device="cuda" if on_gpu else "cpu", progress=_progress)
+        for graph, path in graphs.items():
+            _progress(f"onnx {graph}: {path}")
+    if args.tensorrt:
+        from instantrestore.export.tensorrt_build import build_engines
+
+        engines = build_engines(bundle_dir, precision="fp16", progress=_progress)
+        for graph, path in engines.items():
+            _progress(f"tensorrt {graph}: {path}")
+    print(bundle_dir)
     return 0
+
+
+def _remember(bundle_dir) -> None:
+    from . import home
+
+    try:
+        home.remember_bundle(bundle_dir)
+    except OSError as error:  # the bundle is fine; only the default for --bundle is not recorded
+        _progress(f"warning: could not record {bundle_dir} as the default bundle ({error}); pass --bundle")
+
+
+def register_export(commands) -> None:
+    export = commands.add_parser("export", help="import the authors' checkpoint into a model bundle; build ONNX/TensorRT")
+    export.add_argument("--checkpoint", help="the authors' final_model_ckpt.pt (hub repo hwdz15508/InstantRestore)")
+    export.add_argument("--base", default="stabilityai/sd-turbo", help="hub id or local diffusers folder")
+    export.add_argument("--vae", default="stabilityai/sd-vae-ft-mse", help="hub id or local diffusers folder")
+    export.add_argument("--out", help="bundle folder to write (default: bundles/default in the state folder)")
+    export.add_argument("--dtype", choices=["float16", "float32"],
+                        help="precision of the bundle (default float16) and of ONNX graphs (default: float16 with a "
+                             "GPU, float32 without)")
+    export.add_argument("--onnx", action="store_true", help="also export the ONNX graphs (for onnxruntime, TensorRT)")
+    export.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines for this GPU")
+    export.add_argument("--bundle", help="without --checkpoint: the bundle to build on (default: the last exported)")
+    export.set_defaults(run=cmd_export)
+
+
+# ------------------------------------------------------------------------------------------------
+# enroll, profiles
+
+
+def cmd_enroll(args) -> int:
+    from . import jobs
+
+    path = jobs.enroll(args.images, args.name, bundle_arg=args.bundle, device=args.device)
+    say(f"profile {args.name!r} saved to {path}")
+    print(path)
+    return 0
+
+
+def register_enroll(commands) -> None:
+    enroll = commands.add_parser("enroll", help="create your identity profile from a few selfies (4 recommended)")
+    enroll.add_argument("images", nargs="+", metavar="IMG", help="photos of your face, one person per photo")
+    enroll.add_argument("--name", required=True, help="profile name, used as --profile NAME later")
+    _common_model_options(enroll, backend=False)
+    enroll.set_defaults(run=cmd_enroll)
+
+
+def cmd_profiles(args) -> int:
+    from . import home
+
+    if args.action == "remove":
+        if not args.name:
+            raise ValueError("say which profile: instantrestore profiles remove NAME")
+        path = home.remove_profile(args.name)
+        say(f"removed profile {args.name!r} ({path})")
+        return 0
+    if args.name:
+        raise ValueError("`profiles list` takes no name")
+    profiles = home.list_profiles()
+    if not profiles:
+        say(f"no profiles in {home.profiles_dir()}; create one with `instantrestore enroll IMG... --name NAME`")
+        return 0
+    try:
+        current = home.last_bundle_dir()
+        from instantrestore.runtime import load_bundle
+
+        current_id = load_bundle(current).bundle_id if current else None
+    except Exception:  # noqa: BLE001 - listing works without a bundle
+        current_id = None
+    for info in profiles:
+        if info.error:
+            print(f"{info.name}\t{info.error}")
+            continue
+        if current_id is None:
+            match = ""
+        elif info.bundle_id == current_id:
+            match = "\tcurrent bundle"
+        else:
+            match = "\tanother bundle (enroll again)"
+        sources = ", ".join(info.sources)
+        print(f"{info.name}\t{info.count} photo{'s' if info.count != 1 else ''}\t{info.created}{match}\t{sources}")
+    return 0
+
+
+def register_profiles(commands) -> None:
+    profiles = commands.add_parser("profiles", help="list or remove identity profiles")
+    profiles.add_argument("action", nargs="?", default="list", choices=["list", "remove"])
+    profiles.add_argument("name", nargs="?", help="the profile to remove")
+    profiles.set_defaults(run=cmd_profiles)
+
+
+# ------------------------------------------------------------------------------------------------
+# camera, video
+
+
+def cmd_camera(args) -> int:
+    from . import jobs
+
+    jobs.run_camera(args.profile, input_spec=args.input, bundle_arg=args.bundle, backend=args.backend,
+                    device=args.device, size_text=args.size, fps=args.fps, vcam_backend=args.vcam_backend,
+                    vcam_device=args.vcam_device, max_frames=args.max_frames, preview=args.preview,
+                    show_stats=args.stats, blend=args.blend)
+    return 0
+
+
+def register_camera(commands) -> None:
+    camera = commands.add_parser("camera", help="live: your camera in, the restored face out as a virtual camera")
+    camera.add_argument("--profile", required=True, help="the profile made by `enroll`")
+    camera.add_argument("--input", help="camera index (default 0), device path (/dev/video0) or a video file "
+                                        "(played at its own rate)")
+    camera.add_argument("--size", help="virtual camera size WIDTHxHEIGHT, also asked of the camera (e.g. 1280x720); "
+                                       "default: what the input delivers")
+    camera.add_argument("--fps", type=float, help="output frame rate (default: the input's)")
+    camera.add_argument("--vcam-backend", help="pyvirtualcam backend: v4l2loopback (Linux), obs, unitycapture (Windows)")
+    camera.add_argument("--vcam-device", help="virtual camera device, e.g. /dev/video10 (default: the first free one)")
+    camera.add_argument("--max-frames", type=int, help="stop after this many captured frames")
+    camera.add_argument("--preview", action="store_true", help="also show the output in a window (q or Esc stops)")
+    camera.add_argument("--stats", action="store_true", help="log per-stage timings every 2 s (and draw them on the preview)")
+    camera.add_argument("--blend", type=float, default=1.0, help="strength of the restored face, 0..1 (default 1)")
+    _common_model_options(camera)
+    camera.set_defaults(run=cmd_camera)
+
+
+def cmd_video(args) -> int:
+    from . import jobs
+
+    jobs.restore_video(args.input, args.output, args.profile, bundle_arg=args.bundle, backend=args.backend,
+                       device=args.device, batch_size=args.batch_size, blend=args.blend)
+    print(args.output)
+    return 0
+
+
+def register_video(commands) -> None:
+    video = commands.add_parser("video", help="restore a recorded video file (audio kept)")
+    video.add_argument("input", metavar="IN", help="the video to restore (never modified)")
+    video.add_argument("-o", "--output", required=True, metavar="OUT", help="the restored video to write")
+    video.add_argument("--profile", required=True, help="the profile made by `enroll`")
+    video.add_argument("--batch-size", type=int, default=1, help="frames per restorer call (GPU throughput; default 1)")
+    video.add_argument("--blend", type=float, default=1.0, help="strength of the restored face, 0..1 (default 1)")
+    _common_model_options(video)
+    video.set_defaults(run=cmd_video)
+
+
+def _common_model_options(parser, backend: bool = True) -> None:
+    parser.add_argument("--bundle", help="model bundle folder (default: the last exported)")
+    if backend:
+        parser.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"],
+                            help="inference backend (default auto: TensorRT, then onnxruntime/torch on CUDA, then CPU)")
+    parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
+
+
+BUILTIN_COMMANDS = (register_export, register_enroll, register_profiles, register_camera, register_video)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instantrestore", description="Real-time personalized face restoration.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    export = commands.add_parser("export", help="import the authors' checkpoint into a model bundle")
-    export.add_argument("--checkpoint", required=True, help="the authors' final_model_ckpt.pt")
-    export.add_argument("--base", default="stabilityai/sd-turbo", help="hub id or local diffusers folder")
-    export.add_argument("--vae", default="stabilityai/sd-vae-ft-mse", help="hub id or local diffusers folder")
-    export.add_argument("--out", required=True, help="bundle folder to write")
-    export.add_argument("--dtype", default="float16", choices=["float16", "float32"])
-    export.set_defaults(run=cmd_export)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in BUILTIN_COMMANDS:
+        register(commands)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{name}").register(commands)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    with filtered_native_stderr(enabled=not os.environ.get(DEBUG_ENV)):
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         return args.run(args)
-    except USER_ERRORS as e:
-        print(f"instantrestore: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("instantrestore: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - sorted below: the user's mistakes vs our bugs
+        message = " ".join(str(error).split()) or type(error).__name__
+        if isinstance(error, user_errors()):
+            print(f"instantrestore: error: {message}", file=sys.stderr)
+            return 2
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"instantrestore: internal error ({type(error).__name__}): {message} "
+              f"(set {DEBUG_ENV}=1 to see where; please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

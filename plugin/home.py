@@ -1,0 +1,158 @@
+"""The plugin's state folder: settings (the last exported bundle), identity profiles.
+
+Everything lives under ``instantrestore.runtime.artifacts.state_dir()`` (``INSTANTRESTORE_HOME`` or
+the platform's per-user data folder), next to the engine cache the export stage writes there:
+
+    <state>/settings.json              {"bundle": "/abs/path/of/the/last/exported/bundle"}
+    <state>/profiles/<name>.safetensors
+    <state>/bundles/default/           where `export` writes when no --out is given
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+from instantrestore.runtime import Bundle, Profile, ProfileError, load_bundle
+from instantrestore.runtime.artifacts import atomic_write_json, state_dir
+
+SETTINGS_NAME = "settings.json"
+PROFILE_SUFFIX = ".safetensors"
+# Profile names become file names: keep them portable across file systems.
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class StateError(ValueError):
+    """Bad or missing state a user can fix (no bundle yet, unknown profile, bad profile name)."""
+
+
+def settings_path() -> Path:
+    return state_dir() / SETTINGS_NAME
+
+
+def profiles_dir() -> Path:
+    return state_dir() / "profiles"
+
+
+def default_bundle_dir() -> Path:
+    return state_dir() / "bundles" / "default"
+
+
+def read_settings() -> dict:
+    try:
+        settings = json.loads(settings_path().read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        raise StateError(f"{settings_path()} is unreadable ({error}); delete it and export again") from None
+    return settings if isinstance(settings, dict) else {}
+
+
+def write_settings(**changes) -> Path:
+    settings = read_settings()
+    settings.update(changes)
+    return atomic_write_json(settings_path(), settings)
+
+
+def remember_bundle(bundle_dir) -> Path:
+    """Make `bundle_dir` the default for every command's --bundle."""
+    return write_settings(bundle=str(Path(bundle_dir).expanduser().resolve()))
+
+
+def last_bundle_dir() -> Optional[Path]:
+    value = read_settings().get("bundle")
+    return Path(value) if isinstance(value, str) and value else None
+
+
+def resolve_bundle(bundle_arg=None) -> Bundle:
+    """The bundle given with --bundle, else the last exported one; clear errors when there is none."""
+    if bundle_arg is not None:
+        path = Path(bundle_arg).expanduser()
+        if not path.exists():
+            raise StateError(f"model bundle {path} does not exist")
+        return load_bundle(path)
+    path = last_bundle_dir()
+    if path is None:
+        raise StateError(
+            "no model bundle yet: run `instantrestore export --checkpoint final_model_ckpt.pt` first "
+            "(or pass --bundle DIR)"
+        )
+    if not path.exists():
+        raise StateError(f"the last exported bundle {path} is gone; export again or pass --bundle DIR")
+    return load_bundle(path)
+
+
+def check_profile_name(name: str) -> str:
+    if not isinstance(name, str) or not PROFILE_NAME.match(name):
+        raise StateError(
+            f"bad profile name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
+        )
+    return name
+
+
+def profile_path(name: str) -> Path:
+    return profiles_dir() / (check_profile_name(name) + PROFILE_SUFFIX)
+
+
+def load_profile(name: str, bundle: Bundle) -> Profile:
+    """The profile `name`, refused when it was enrolled with another bundle."""
+    path = profile_path(name)
+    if not path.is_file():
+        known = [info.name for info in list_profiles()]
+        hint = f"; known profiles: {', '.join(known)}" if known else ""
+        raise StateError(f"no profile named {name!r}: enroll it with `instantrestore enroll IMG... --name {name}`{hint}")
+    try:
+        return Profile.load(path, bundle_id=bundle.bundle_id)
+    except ProfileError as error:
+        raise ProfileError(f"profile {name!r}: {error}") from None
+
+
+@dataclasses.dataclass
+class ProfileInfo:
+    name: str
+    path: Path
+    bundle_id: str = ""
+    count: int = 0
+    created: str = ""
+    sources: tuple = ()
+    error: str = ""
+
+
+def read_profile_info(path: Path) -> ProfileInfo:
+    """What `profiles list` shows, read from the file's header only (no tensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    info = ProfileInfo(name=path.name[: -len(PROFILE_SUFFIX)], path=path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        extra = json.loads(meta.get("info", "{}"))
+    except (OSError, SafetensorError, ValueError) as error:
+        info.error = f"unreadable ({' '.join(str(error).split())})"
+        return info
+    if meta.get("format") != "instantrestore-profile":
+        info.error = "not an InstantRestore profile"
+        return info
+    info.bundle_id = meta.get("bundle_id", "")
+    info.count = int(meta.get("count", 0) or 0)
+    info.created = meta.get("created", "")
+    info.sources = tuple(extra.get("sources", ()))
+    return info
+
+
+def list_profiles() -> list:
+    folder = profiles_dir()
+    if not folder.is_dir():
+        return []
+    return [read_profile_info(p) for p in sorted(folder.glob("*" + PROFILE_SUFFIX)) if not p.name.startswith(".")]
+
+
+def remove_profile(name: str) -> Path:
+    path = profile_path(name)
+    if not path.is_file():
+        raise StateError(f"no profile named {name!r}")
+    path.unlink()
+    return path

@@ -1,0 +1,487 @@
+"""The user's jobs: enroll selfies into a profile, restore a video file, run the live virtual camera;
+and picking a backend, building the ONNX graphs or TensorRT engines it needs first.
+
+Everything here checks what the user gave (names, files, bundle, profile, camera) before any slow
+model loading, so mistakes are reported at once and leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from . import home, vcam
+from .progress import ProgressBar, say
+
+RECOMMENDED_SELFIES = 4
+MAX_SELFIES = 8  # the exported graphs and engines take 1..8 references
+# Below this many pixels a face holds too little detail to stand for the person.
+MIN_FACE_PIXELS = 64
+# A second face at least this big relative to the main one makes the photo ambiguous.
+SECOND_FACE_RATIO = 0.4
+BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
+
+
+class PluginError(ValueError):
+    """Something the user can fix; the message is the whole story, on one line."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Backend choice
+
+
+@dataclasses.dataclass
+class EngineChoice:
+    backend: str
+    device: str
+    dtype: object  # torch dtype
+    reason: str = ""
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _precision(dtype) -> str:
+    from instantrestore.runtime.artifacts import precision_name
+
+    return precision_name(dtype)
+
+
+def _tensorrt_usable() -> bool:
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not usable"
+        return False
+    return True
+
+
+def choose_engine(bundle, backend: str = "auto", device: Optional[str] = None, dtype=None) -> EngineChoice:
+    """Resolve --backend/--device/--dtype into one concrete choice (nothing is built or loaded)."""
+    import torch
+
+    if backend not in BACKEND_CHOICES:
+        raise PluginError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKEND_CHOICES)}")
+    if isinstance(dtype, str):
+        dtype = {"float16": torch.float16, "float32": torch.float32}[dtype]
+    if backend == "tensorrt":
+        return EngineChoice("tensorrt", device or "cuda", torch.float16, "asked for")
+    explicit_device = device
+    device = device or default_device()
+    if dtype is None:
+        dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+    if backend in ("torch", "onnxruntime"):
+        return EngineChoice(backend, device, dtype, "asked for")
+    # auto
+    if explicit_device is not None and not str(explicit_device).startswith("cuda"):
+        from instantrestore.runtime.backend_onnxruntime import onnx_ready
+
+        ok, why = onnx_ready(bundle, dtype)
+        if ok and explicit_device == "cpu":
+            return EngineChoice("onnxruntime", "cpu", dtype, "ONNX graphs found")
+        return EngineChoice("torch", explicit_device, dtype, why or "device given")
+    if _tensorrt_usable():
+        from instantrestore.runtime.backend_tensorrt import tensorrt_ready
+
+        ok, _ = tensorrt_ready(bundle)
+        # TensorRT is the fast path: build its engines once (minutes) rather than skip it.
+        return EngineChoice("tensorrt", "cuda", torch.float16, "TensorRT and a GPU found" if ok else "build")
+    from instantrestore.runtime.backend_tensorrt import choose_auto_backend
+
+    name, dev, dt, reason = choose_auto_backend(bundle)
+    return EngineChoice(name, str(dev), dt, reason)
+
+
+def ensure_artifacts(bundle, choice: EngineChoice, progress=say) -> None:
+    """Export the ONNX graphs or build the TensorRT engines `choice` needs, when they are missing."""
+    if choice.backend == "onnxruntime":
+        from instantrestore.runtime.backend_onnxruntime import onnx_ready
+
+        ok, _ = onnx_ready(bundle, choice.dtype)
+        if not ok:
+            from instantrestore.export.onnx_export import export_onnx
+
+            progress(f"no {_precision(choice.dtype)} ONNX graphs for this bundle yet; exporting them once")
+            export_device = "cuda" if str(choice.device).startswith("cuda") else "cpu"
+            export_onnx(bundle.path, dtype=_precision(choice.dtype), device=export_device, progress=progress)
+    elif choice.backend == "tensorrt":
+        from instantrestore.runtime.backend_tensorrt import tensorrt_ready
+
+        ok, _ = tensorrt_ready(bundle)
+        if not ok:
+            from instantrestore.export.tensorrt_build import build_engines
+
+            progress("no TensorRT engines for this bundle and GPU yet; building them once (this takes minutes)")
+            build_engines(bundle.path, precision="fp16", progress=progress)
+
+
+def load_engine(bundle, backend: str = "auto", device: Optional[str] = None, dtype=None, progress=say):
+    """A Restorer for `bundle` on the chosen backend, building what that backend needs first."""
+    from instantrestore.runtime import load_restorer
+
+    choice = choose_engine(bundle, backend, device, dtype)
+    if choice.backend == "tensorrt" and choice.reason == "build":
+        try:
+            ensure_artifacts(bundle, choice, progress)
+            choice.reason = "TensorRT engines built"
+        except Exception as error:  # noqa: BLE001 - auto falls back instead of failing the job
+            progress(f"TensorRT engine build failed ({' '.join(str(error).split())[:200]}); using another backend")
+            from instantrestore.runtime.backend_tensorrt import choose_auto_backend
+
+            name, dev, dt, reason = choose_auto_backend(bundle)
+            choice = EngineChoice(name, str(dev), dt, reason)
+    else:
+        ensure_artifacts(bundle, choice, progress)
+    note = ""
+    if backend == "auto" and not str(choice.device).startswith("cuda") and choice.backend != "tensorrt":
+        note = "; no GPU backend is usable here (`instantrestore doctor` says why)"
+    progress(f"backend: {choice.backend} on {choice.device} ({_precision(choice.dtype)}){note}")
+    return load_restorer(bundle.path, backend=choice.backend, device=choice.device, dtype=choice.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Enroll
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An RGB uint8 image, upright as the camera held it (EXIF orientation applied)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not path.exists():
+        raise PluginError(f"{path}: file not found")
+    if path.is_dir():
+        raise PluginError(f"{path}: is a folder, not a photo")
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    except UnidentifiedImageError:
+        raise PluginError(f"{path}: not a readable image (use JPEG, PNG, WebP, BMP or TIFF; convert HEIC photos to JPEG)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise PluginError(f"{path}: cannot read the image ({' '.join(str(error).split())})") from None
+
+
+def selfie_crop(path: Path, image: np.ndarray, crop_size: int, detector):
+    """The aligned face of one selfie, or PluginError saying what is wrong with the photo."""
+    from instantrestore.runtime.align import face_crops
+
+    faces = face_crops(image, crop_size, detector=detector)
+    if not faces:
+        raise PluginError(f"{path}: no face found; use a photo where your face is clearly visible and facing the camera")
+    main = faces[0]
+    others = [face for face in faces[1:] if face.face_size >= SECOND_FACE_RATIO * main.face_size]
+    if others:
+        raise PluginError(f"{path}: {1 + len(others)} faces found; use a photo of you alone")
+    if main.face_size < MIN_FACE_PIXELS:
+        raise PluginError(
+            f"{path}: the face is too small ({main.face_size:.0f} pixels, need {MIN_FACE_PIXELS}+); use a closer or "
+            "higher-resolution photo"
+        )
+    return main
+
+
+def enroll(image_paths, name: str, bundle_arg=None, device: Optional[str] = None, progress=say) -> Path:
+    """Detect, align and enroll the selfies; write the profile `name`; returns its path."""
+    import torch
+
+    from instantrestore.runtime.artifacts import MAX_REFERENCES
+    from instantrestore.runtime.tracking import FaceDetector
+
+    home.check_profile_name(name)
+    paths = [Path(p) for p in image_paths]
+    if not paths:
+        raise PluginError("give at least one photo of your face")
+    limit = min(MAX_SELFIES, MAX_REFERENCES)
+    if len(paths) > limit:
+        raise PluginError(f"{len(paths)} photos given; use at most {limit} ({RECOMMENDED_SELFIES} is best)")
+    seen = {}
+    for path in paths:
+        key = os.path.realpath(path)
+        if key in seen:
+            raise PluginError(f"{path}: given twice (also as {seen[key]})")
+        seen[key] = path
+    bundle = home.resolve_bundle(bundle_arg)
+
+    # Every photo is checked before anything is refused, so one run lists all the problems.
+    problems, images = {}, {}
+    for path in paths:
+        try:
+            images[path] = read_image(path)
+        except PluginError as error:
+            problems[path] = str(error)
+    faces = []
+    if images:
+        with FaceDetector(mode="image", timeout_s=60.0) as detector:
+            for path, image in images.items():
+                try:
+                    faces.append(selfie_crop(path, image, bundle.crop_size, detector))
+                except PluginError as error:
+                    problems[path] = str(error)
+    if problems:
+        raise PluginError("; ".join(problems[path] for path in paths if path in problems))
+    for path, face in zip(paths, faces):
+        progress(f"{path.name}: face of {face.face_size:.0f} pixels (detector score {face.score:.2f})")
+        if face.face_size < bundle.crop_size / 4:
+            progress(f"{path.name}: the face is small for the model's {bundle.crop_size}-pixel crop; a closer photo "
+                     "keeps more detail")
+
+    restorer = load_engine(bundle, "torch", device, None, progress)
+    crops = np.stack([face.crop for face in faces])
+    refs = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    progress(f"enrolling {len(paths)} photo{'s' if len(paths) != 1 else ''} as {name!r}")
+    with torch.inference_mode():
+        profile = restorer.enroll(refs.to(restorer.device))
+    profile.metadata.update({
+        "name": name,
+        "sources": [path.name for path in paths],
+        "face_sizes": [round(float(face.face_size), 1) for face in faces],
+        "bundle_path": str(bundle.path),
+    })
+    path = home.profile_path(name)
+    replaced = path.exists()
+    profile.save(path)
+    if replaced:
+        progress(f"replaced the existing profile {name!r}")
+    if len(paths) < RECOMMENDED_SELFIES:
+        progress(f"tip: {RECOMMENDED_SELFIES} selfies (different angles, expressions and light) keep your identity "
+                 f"best; you gave {len(paths)}. Enroll again with more to improve it.")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Video file
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return b.exists() and os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def restore_video(in_path, out_path, profile_name: str, bundle_arg=None, backend: str = "auto",
+                  device: Optional[str] = None, batch_size: int = 1, blend: float = 1.0, progress=say) -> dict:
+    """Restore every frame of `in_path` into `out_path` (audio copied). Returns a summary dict."""
+    from instantrestore.runtime.media import FileSink, FileSource
+    from instantrestore.runtime.pipeline import FramePipeline, run_file
+
+    in_path, out_path = Path(in_path), Path(out_path)
+    if not in_path.exists():
+        raise PluginError(f"{in_path}: file not found")
+    if in_path.is_dir():
+        raise PluginError(f"{in_path}: is a folder, not a video")
+    if _same_file(in_path, out_path):
+        raise PluginError(f"the output {out_path} is the input video; choose another output file")
+    if out_path.is_dir():
+        raise PluginError(f"the output {out_path} is a folder; give a file name such as {out_path / in_path.name}")
+    folder = out_path.parent if str(out_path.parent) else Path(".")
+    if not folder.is_dir():
+        raise PluginError(f"the output folder {folder} does not exist")
+    if not (0.0 <= blend <= 1.0):
+        raise PluginError(f"--blend must be between 0 and 1, got {blend}")
+    if batch_size < 1:
+        raise PluginError(f"--batch-size must be at least 1, got {batch_size}")
+    bundle = home.resolve_bundle(bundle_arg)
+    profile = home.load_profile(profile_name, bundle)
+    source = FileSource(in_path)
+    if out_path.exists():
+        progress(f"{out_path} exists; it will be replaced when the new file is complete")
+
+    restorer = load_engine(bundle, backend, device, None, progress)
+    started = time.monotonic()
+    bar = ProgressBar(f"restoring {in_path.name}")
+    with FramePipeline(restorer.crop_restorer(profile), restorer.crop_size, blend=blend) as pipeline:
+        sink = FileSink(out_path, like=source)
+        try:
+            stats = run_file(pipeline, source, sink, progress=bar, batch_size=batch_size)
+        finally:
+            bar.close()
+    summary = stats.summary()
+    frames = sink.frames_written
+    elapsed = time.monotonic() - started
+    no_face = int(summary.get("no_face", 0))
+    progress(f"wrote {out_path}: {frames} frames at {float(source.fps):.3g} fps in {elapsed:.1f} s "
+             f"({frames / elapsed if elapsed else 0:.2f} frames/s); face restored in {frames - no_face} of {frames}")
+    return {"frames": frames, "no_face": no_face, "seconds": elapsed, "stats": summary}
+
+
+# ------------------------------------------------------------------------------------------------
+# Live camera
+
+
+def parse_size(text) -> Optional[tuple]:
+    if text is None:
+        return None
+    parts = str(text).lower().replace("*", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise PluginError(f"--size must look like 1280x720, got {text!r}")
+    width, height = int(parts[0]), int(parts[1])
+    if not (16 <= width <= 7680 and 16 <= height <= 4320):
+        raise PluginError(f"--size {width}x{height} is out of range")
+    return width, height
+
+
+def _is_device_node(path: Path) -> bool:
+    try:
+        return stat.S_ISCHR(path.stat().st_mode)
+    except OSError:
+        return False
+
+
+def open_input(spec, size: Optional[tuple], fps: Optional[float]):
+    """A camera (index or device path) or a video file (played at its own rate)."""
+    from instantrestore.runtime.media import CameraSource, CameraUnavailable, FileSource
+
+    spec = "0" if spec is None else str(spec)
+    path = Path(spec)
+    if spec.isdigit() or spec.startswith("/dev/") or _is_device_node(path):
+        if spec.startswith("/dev/") and not path.exists():
+            raise PluginError(f"--input {spec}: no such camera device")
+        try:
+            return CameraSource(int(spec) if spec.isdigit() else spec, size=size, fps=fps)
+        except CameraUnavailable as error:
+            raise PluginError(f"{error}; check that it exists and no other app is using it (`instantrestore doctor` "
+                              "lists cameras)") from None
+    if path.is_file():
+        return FileSource(path)
+    if path.is_dir():
+        raise PluginError(f"--input {spec}: is a folder, not a camera or video file")
+    raise PluginError(f"--input {spec}: no such camera index, device or video file")
+
+
+def _camera_device_path(source) -> Optional[str]:
+    device = getattr(source, "device", None)
+    if device is None:
+        return None
+    if isinstance(device, int) and vcam.platform_name() == "linux":
+        return f"/dev/video{device}"
+    return os.path.realpath(device) if isinstance(device, str) else None
+
+
+class OutputTee:
+    """The sinks of a camera run: the virtual camera plus an optional preview window, with frames
+    resized to the virtual camera's size and an optional stats overlay and log."""
+
+    def __init__(self, camera_sink, size: tuple, preview=None, stats=None, show_stats: bool = False, log_every_s: float = 2.0):
+        self.camera_sink = camera_sink
+        self.size = size
+        self.preview = preview
+        self.stats = stats
+        self.show_stats = show_stats
+        self.log_every_s = log_every_s
+        self._last_log = time.monotonic()
+
+    def write(self, image, timestamp=None):
+        import cv2
+
+        if image.shape[1] != self.size[0] or image.shape[0] != self.size[1]:
+            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        self.camera_sink.write(image, timestamp)
+        if self.preview is not None:
+            shown = self.stats.draw(image) if (self.show_stats and self.stats is not None) else image
+            self.preview.write(shown, timestamp)
+            if self.preview.closed_by_user:
+                raise PreviewClosed()
+        if self.stats is not None and self.show_stats and time.monotonic() - self._last_log >= self.log_every_s:
+            say("stats: " + self.stats.format_line())
+            self._last_log = time.monotonic()
+
+    def close(self):
+        if self.preview is not None:
+            self.preview.close()
+
+
+class PreviewClosed(Exception):
+    """The user closed the preview window: stop the camera like Ctrl+C."""
+
+
+def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str = "auto", device: Optional[str] = None,
+               size_text=None, fps: Optional[float] = None, vcam_backend: Optional[str] = None,
+               vcam_device: Optional[str] = None, max_frames: Optional[int] = None, preview: bool = False,
+               show_stats: bool = False, blend: float = 1.0, progress=say) -> dict:
+    """Live restore from a camera or a file into the virtual camera until Ctrl+C, the end of the
+    file, or `max_frames` captured frames."""
+    from instantrestore.runtime.media import PreviewSink, VirtualCameraSink, VirtualCameraUnavailable
+    from instantrestore.runtime.pipeline import FramePipeline, run_live
+
+    size = parse_size(size_text)
+    if fps is not None and not (1 <= fps <= 240):
+        raise PluginError(f"--fps must be between 1 and 240, got {fps}")
+    if max_frames is not None and max_frames < 1:
+        raise PluginError(f"--max-frames must be at least 1, got {max_frames}")
+    if not (0.0 <= blend <= 1.0):
+        raise PluginError(f"--blend must be between 0 and 1, got {blend}")
+    bundle = home.resolve_bundle(bundle_arg)
+    profile = home.load_profile(profile_name, bundle)
+
+    with contextlib.ExitStack() as stack:
+        source = open_input(input_spec, size, fps)
+        stack.callback(source.close)
+        out_size = size or (source.width, source.height)
+        out_fps = float(fps or source.fps or 30)
+        if source.live is False:
+            progress(f"playing {Path(str(input_spec)).name} at {float(source.fps):.3g} fps as the camera")
+
+        backends = vcam.available_backends()
+        if vcam_backend is None and not backends:
+            _explain_missing_camera(progress)
+            raise PluginError(f"no virtual camera backend on this system; {vcam.missing_camera_summary()}")
+        try:
+            camera_sink = VirtualCameraSink(out_size[0], out_size[1], out_fps, backend=vcam_backend, device=vcam_device)
+        except VirtualCameraUnavailable as error:
+            if vcam_backend is not None and vcam_backend not in backends:
+                raise PluginError(f"{error}") from None
+            _explain_missing_camera(progress)
+            raise PluginError(f"{error}; {vcam.missing_camera_summary()}") from None
+        stack.callback(camera_sink.close)
+        input_device = _camera_device_path(source)
+        if input_device is not None and camera_sink.device and input_device == os.path.realpath(str(camera_sink.device)):
+            raise PluginError(f"the input {input_device} is the virtual camera itself; pick your real camera with --input")
+
+        restorer = load_engine(bundle, backend, device, None, progress)
+        pipeline = stack.enter_context(FramePipeline(restorer.crop_restorer(profile), restorer.crop_size, blend=blend))
+        preview_sink = PreviewSink() if preview else None
+        tee = OutputTee(camera_sink, out_size, preview_sink, pipeline.stats, show_stats=show_stats)
+        stack.callback(tee.close)
+        shown_as = vcam.camera_name_in_apps(camera_sink.backend, camera_sink.device)
+        progress(f"virtual camera: {camera_sink.device} ({camera_sink.backend}) {out_size[0]}x{out_size[1]} at "
+                 f"{out_fps:.3g} fps; pick \"{shown_as}\" in your call app. Ctrl+C stops.")
+        stopped_by = "end of input"
+        try:
+            report = run_live(pipeline, source, tee, max_frames=max_frames, fps=out_fps)
+            if max_frames is not None and report.captured >= max_frames:
+                stopped_by = f"{max_frames} frames"
+        except (KeyboardInterrupt, PreviewClosed):
+            report = None
+            stopped_by = "user"
+        summary = pipeline.stats.summary()
+        sent = camera_sink.frames_written
+        progress(f"stopped ({stopped_by}): {sent} frames sent to the virtual camera"
+                 + (f", {report.processed} restored, {report.dropped} dropped, {report.repeated} repeated, "
+                    f"latency {report.mean_latency_s * 1000:.0f} ms mean" if report is not None else ""))
+        if show_stats:
+            progress("stats: " + pipeline.stats.format_line())
+        return {"sent": sent, "report": report, "stats": summary}
+
+
+def _explain_missing_camera(progress) -> None:
+    for line in vcam.setup_instructions():
+        progress(line)
+    note = vcam.environment_note()
+    if note:
+        progress(note)
