@@ -76,9 +76,27 @@ def _sample_inputs(bundle, graph: str, restorer_kv, dtype, device):
     return (rand(3, 3, S, S).clamp(-1, 1), rand(3, c, s, s))
 
 
-def _export_proto(net, args, graph: str, num_layers: int, opset: int, exporter: str, workdir: Path) -> onnx.ModelProto:
+def _weight_bytes(net: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
+
+
+def _is_large(nbytes: int) -> bool:
+    # Leave headroom for the graph itself under protobuf's 2 GB limit.
+    return nbytes >= PROTOBUF_LIMIT - 64 * 1024**2
+
+
+def _save_proto(proto: onnx.ModelProto, path: Path, large: bool) -> None:
+    if large:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(path))
+
+
+def _export_file(net, args, graph: str, num_layers: int, opset: int, exporter: str, path: Path, workdir: Path) -> None:
+    """Write the graph to `path`, with weights in `path.name + '.data'` when over 2 GB."""
     names_in, names_out = input_names(graph, num_layers), output_names(graph, num_layers)
-    axis = "batch" if graph == "restorer" else "refs"
+    large = _is_large(_weight_bytes(net))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes are expected
         if exporter == "dynamo":
@@ -96,20 +114,24 @@ def _export_proto(net, args, graph: str, num_layers: int, opset: int, exporter: 
             )
             if program is None:
                 raise OnnxExportError(f"torch.onnx.export returned nothing for the {graph}")
-            return program.model_proto
+            # Streams the weights to disk; the external-data file is named <file>.data, like ours.
+            program.save(str(path), external_data=large)
+            return
         # TorchScript tracer: runs the model once and keeps the declared axes symbolic.
-        dynamic = {n: {0: axis} for n in names_in}
+        dynamic = {n: {0: "batch" if graph == "restorer" else "refs"} for n in names_in}
         if graph == "restorer":
             dynamic.update({n: {0: "refs"} for n in names_in[2:]})
             dynamic["restored"] = {0: "batch"}
         else:
             dynamic.update({n: {0: "refs"} for n in names_out})
-        path = workdir / f"{graph}.legacy.onnx"
+        traced = workdir / f"{graph}.traced" / "model.onnx"
+        traced.parent.mkdir(parents=True, exist_ok=True)
         torch.onnx.export(
-            net, args, str(path), input_names=names_in, output_names=names_out, opset_version=opset,
+            net, args, str(traced), input_names=names_in, output_names=names_out, opset_version=opset,
             dynamic_axes=dynamic, dynamo=False, do_constant_folding=True,
         )
-        return onnx.load(str(path), load_external_data=True)
+        # The tracer scatters large weights over one file per tensor: gather them into one.
+        _save_proto(onnx.load(str(traced), load_external_data=True), path, large)
 
 
 def _check_signature(proto: onnx.ModelProto, graph: str, num_layers: int, dtype: torch.dtype) -> None:
@@ -128,44 +150,22 @@ def _check_signature(proto: onnx.ModelProto, graph: str, num_layers: int, dtype:
             raise OnnxExportError(f"{graph} tensor {vi.name} has a fixed first axis ({first.dim_value}); export lost the dynamic axis")
 
 
-def _proto_size(proto: onnx.ModelProto) -> int:
-    # Tensor payloads dominate; ByteSize() itself fails on protos over 2 GB.
-    total = 0
-    for init in proto.graph.initializer:
-        total += len(init.raw_data) if init.raw_data else init.ByteSize()
-    return total + 10 * 1024**2
-
-
-def _save_atomic(proto: onnx.ModelProto, path: Path, key: artifacts.ArtifactKey, info: dict, progress: Progress) -> Path:
-    """Save `proto` to `path` (external data when large), check it, then commit with a sidecar."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    large = _proto_size(proto) >= PROTOBUF_LIMIT - 64 * 1024**2
+def _commit(tmp: Path, path: Path, key: artifacts.ArtifactKey, info: dict) -> Path:
+    """Move a checked graph (and its .data file) from the temp folder into place, then write the sidecar."""
     data_name = path.name + ".data"
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        tmp = tmpdir / path.name
-        if large:
-            _say(progress, f"onnx: graph is over 2 GB, weights go to {data_name}")
-            onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
-            onnx.checker.check_model(str(tmp))  # the path form reads external data and copes with > 2 GB
-        else:
-            onnx.save_model(proto, str(tmp))
-            onnx.checker.check_model(proto)
-        # The sidecar from an earlier export is removed first: it must not vouch for new files.
-        old_side = artifacts.sidecar_path(path)
-        if old_side.exists():
-            old_side.unlink()
-        extra = []
-        if large:
-            os.replace(tmpdir / data_name, path.with_name(data_name))
-            extra.append(path.with_name(data_name))
-        elif path.with_name(data_name).exists():
-            path.with_name(data_name).unlink()
-        os.replace(tmp, path)
-        artifacts.write_sidecar(path, key, extra_files=extra, **info)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+    tmp_data = tmp.with_name(data_name)
+    # The sidecar from an earlier export goes first: it must never vouch for new files.
+    old_side = artifacts.sidecar_path(path)
+    if old_side.exists():
+        old_side.unlink()
+    extra = []
+    if tmp_data.exists():
+        os.replace(tmp_data, path.with_name(data_name))
+        extra.append(path.with_name(data_name))
+    elif path.with_name(data_name).exists():
+        path.with_name(data_name).unlink()
+    os.replace(tmp, path)
+    artifacts.write_sidecar(path, key, extra_files=extra, **info)
     return path
 
 
@@ -229,6 +229,7 @@ def export_onnx(
     )
     nets = {"restorer": restorer, "enroller": enroller}
 
+    folder.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="instantrestore-onnx-"))
     try:
         for g in todo:
@@ -236,31 +237,43 @@ def export_onnx(
             t0 = time.monotonic()
             used = exporter
             _say(progress, f"onnx: exporting the {g} (opset {opset}, {exporter} exporter)")
-            try:
-                proto = _export_proto(nets[g], args, g, num_layers, opset, exporter, workdir)
-            except Exception as exc:  # noqa: BLE001 - fall back, and report the original error if both fail
-                if exporter != "dynamo":
-                    raise OnnxExportError(f"ONNX export of the {g} failed: {type(exc).__name__}: {exc}") from exc
-                _say(progress, f"onnx: dynamo exporter failed ({type(exc).__name__}: {str(exc)[:200]}); trying the legacy exporter")
-                used = "legacy"
-                try:
-                    proto = _export_proto(nets[g], args, g, num_layers, opset, "legacy", workdir)
-                except Exception as exc2:  # noqa: BLE001
-                    raise OnnxExportError(f"ONNX export of the {g} failed with both exporters: {type(exc2).__name__}: {exc2}") from exc2
-            _check_signature(proto, g, num_layers, torch_dtype)
-            assert_no_spectral_ops(proto, f"{g} graph")
-            report = check_ops(proto)
-            if not report.ok:
-                msg = f"{g} graph: {report.summary()}"
-                if check_tensorrt:
-                    raise OpCheckError(msg + " (pass check_tensorrt=False to export for onnxruntime only)")
-                _say(progress, "onnx: warning: " + msg)
             path = keys[g].path("onnx", folder)
-            info = {"opset": report.opset, "exporter": used, "torch": torch.__version__, "onnx": onnx.__version__,
-                    "inputs": input_names(g, num_layers), "outputs": output_names(g, num_layers),
-                    "max_batch": MAX_BATCH, "max_references": MAX_REFERENCES}
-            _save_atomic(proto, path, keys[g], info, progress)
-            del proto
+            stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=folder))  # same filesystem: renames are atomic
+            try:
+                tmp = stage / path.name
+                try:
+                    _export_file(nets[g], args, g, num_layers, opset, exporter, tmp, workdir)
+                except Exception as exc:  # noqa: BLE001 - fall back, and report the original error if both fail
+                    if exporter != "dynamo":
+                        raise OnnxExportError(f"ONNX export of the {g} failed: {type(exc).__name__}: {exc}") from exc
+                    _say(progress, f"onnx: dynamo exporter failed ({type(exc).__name__}: {str(exc)[:200]}); trying the legacy exporter")
+                    used = "legacy"
+                    for leftover in stage.iterdir():
+                        leftover.unlink()
+                    try:
+                        _export_file(nets[g], args, g, num_layers, opset, "legacy", tmp, workdir)
+                    except Exception as exc2:  # noqa: BLE001
+                        raise OnnxExportError(f"ONNX export of the {g} failed with both exporters: {type(exc2).__name__}: {exc2}") from exc2
+                if tmp.with_name(tmp.name + ".data").exists():
+                    _say(progress, f"onnx: the {g} is over 2 GB; its weights go to {path.name}.data")
+                # The path form reads external data and copes with graphs over 2 GB.
+                onnx.checker.check_model(str(tmp))
+                light = onnx.load(str(tmp), load_external_data=False)  # structure only, for the checks below
+                _check_signature(light, g, num_layers, torch_dtype)
+                assert_no_spectral_ops(light, f"{g} graph")
+                report = check_ops(light)
+                del light
+                if not report.ok:
+                    msg = f"{g} graph: {report.summary()}"
+                    if check_tensorrt:
+                        raise OpCheckError(msg + " (pass check_tensorrt=False to export for onnxruntime only)")
+                    _say(progress, "onnx: warning: " + msg)
+                info = {"opset": report.opset, "exporter": used, "torch": torch.__version__, "onnx": onnx.__version__,
+                        "inputs": input_names(g, num_layers), "outputs": output_names(g, num_layers),
+                        "max_batch": MAX_BATCH, "max_references": MAX_REFERENCES}
+                _commit(tmp, path, keys[g], info)
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
             _say(progress, f"onnx: wrote {path} ({sum(report.ops.values())} nodes, {time.monotonic() - t0:.0f} s)")
             out[g] = path
     finally:

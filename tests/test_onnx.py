@@ -148,18 +148,21 @@ def test_export_refuses_old_opset(tiny_bundle, tmp_path):
         export_onnx(tiny_bundle, out_dir=tmp_path, opset=17)
 
 
-def test_external_data_when_large(fp32_graphs, tiny_bundle, tmp_path, monkeypatch):
-    """Graphs over 2 GB keep their weights in one .data file; simulated by lowering the limit."""
-    paths, _ = fp32_graphs
+def test_external_data_when_large(tiny_bundle, tmp_path, monkeypatch):
+    """Graphs over 2 GB keep their weights in one .data file (simulated by lowering the limit; this also
+    runs the TorchScript exporter in fp32)."""
     bundle = load_bundle(tiny_bundle)
-    proto = onnx.load(str(paths["enroller"]))
     monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 1)
-    key = artifacts.onnx_key("enroller", bundle.bundle_id, "fp32")
-    path = onnx_export._save_atomic(proto, key.path("onnx", tmp_path), key, {"opset": 18}, None)
+    messages = []
+    paths = export_onnx(tiny_bundle, out_dir=tmp_path, graphs=("enroller",), exporter="legacy", progress=messages.append)
+    path = paths["enroller"]
     data = path.with_name(path.name + ".data")
     assert data.is_file() and data.stat().st_size > path.stat().st_size
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, data.name, path.name + ".json"])
+    assert any("over 2 GB" in m for m in messages)
+    key = artifacts.onnx_key("enroller", bundle.bundle_id, "fp32")
     assert artifacts.classify(path, key, verify_hash=True)[0] == "valid"
+    assert data.name in artifacts.read_sidecar(path)["files"]
     onnx.checker.check_model(str(path))
     import onnxruntime as ort
 
