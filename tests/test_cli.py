@@ -1,0 +1,439 @@
+"""The plugin's commands end to end through `instantrestore.plugin.cli.main` on the miniature model:
+enroll from astronaut selfies, restore a clip with audio, run the camera from a file into a recording
+virtual camera; and every mistake a user can make gets one clear line, exit code 2, nothing written."""
+
+import hashlib
+import os
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import pyvirtualcam
+import torch
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(__file__))
+from media_helpers import (  # noqa: E402
+    BrokenVirtualCamera,
+    RecordingVirtualCamera,
+    astronaut,
+    audio_packets,
+    no_face_image,
+    placed_face,
+    read_frames,
+    stream_info,
+    write_clip,
+)
+
+from instantrestore.plugin import home, jobs, vcam  # noqa: E402
+from instantrestore.plugin.cli import main  # noqa: E402
+from instantrestore.runtime import Profile  # noqa: E402
+
+# MediaPipe runs in most of these: never let a hang stall the suite.
+pytestmark = pytest.mark.timeout(240)
+
+CLIP_FRAMES, CLIP_FPS, CLIP_SIZE = 12, 24, (320, 240)
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def listing(folder) -> set:
+    """Every file under folder (temp files included), to prove a failed command wrote nothing."""
+    return {os.path.relpath(os.path.join(root, name), folder) for root, _, names in os.walk(folder) for name in names}
+
+
+def run(capsys, *argv):
+    """(exit code, stdout, stderr) of one command."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def face_regions(frame):
+    """Boolean masks of a frame: well away from the clip's (drifting) face, and the middle of the face."""
+    from instantrestore.runtime.align import face_crops
+
+    x0, y0, x1, y1 = (int(round(v)) for v in face_crops(frame, 128)[0].box)
+    size = x1 - x0
+    outside = np.ones(frame.shape[:2], bool)
+    drift = 2 * CLIP_FRAMES  # the face moves 2 px right and 1 px down per frame
+    outside[max(0, y0 - size): y1 + size + drift, max(0, x0 - size): x1 + size + drift] = False
+    inner = np.zeros(frame.shape[:2], bool)
+    inner[y0 + size // 4: y1 - size // 4, x0 + size // 4: x1 - size // 4] = True
+    return outside, inner
+
+
+def assert_clear_error(code, err, *fragments):
+    assert code == 2, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("instantrestore: error: "), err
+    for fragment in fragments:
+        assert fragment in last, last
+    return last
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # Two threads on a shared 2-core runner can be 10x slower than one (spinning OpenMP workers).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def selfies(tmp_path_factory):
+    """Four astronaut "selfies": as is, mirrored, cropped, brighter; JPEG and PNG."""
+    folder = tmp_path_factory.mktemp("selfies")
+    face = astronaut()
+    variants = {
+        "me1.jpg": face,
+        "me2.png": face[:, ::-1],
+        "me3.jpg": face[16:470, 24:478],
+        "me4.jpg": np.clip(face.astype(np.int16) + 30, 0, 255).astype(np.uint8),
+    }
+    paths = []
+    for name, image in variants.items():
+        Image.fromarray(np.ascontiguousarray(image)).save(folder / name)
+        paths.append(folder / name)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def bad_photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad_photos")
+    face = astronaut()[20:260, 100:340]
+    Image.fromarray(no_face_image(400, 300)).save(folder / "landscape.jpg")
+    Image.fromarray(np.ascontiguousarray(np.concatenate([face, face[:, ::-1]], axis=1))).save(folder / "two_people.jpg")
+    Image.fromarray(cv2.resize(astronaut(), (128, 128), interpolation=cv2.INTER_AREA)).save(folder / "far_away.jpg")
+    (folder / "notes.jpg").write_bytes(b"this is not a JPEG")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A short clip of a face drifting over a grey background, with an AAC tone."""
+    folder = tmp_path_factory.mktemp("clip")
+    frames = [placed_face(CLIP_SIZE, 0.45, (60.0 + 2 * i, 10.0 + i))[0] for i in range(CLIP_FRAMES)]
+    return write_clip(folder / "talk.mp4", frames, fps=CLIP_FPS, audio=True)
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory, tiny_bundle, selfies):
+    """A state folder with the miniature bundle recorded as the default and the profile "me" enrolled
+    through the CLI."""
+    folder = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INSTANTRESTORE_HOME", str(folder))
+        home.remember_bundle(tiny_bundle)
+        code = main(["enroll", *map(str, selfies), "--name", "me"])
+    assert code == 0
+    return folder
+
+
+@pytest.fixture
+def in_state(state, monkeypatch):
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(state))
+    return state
+
+
+@pytest.fixture
+def fresh_home(tmp_path, monkeypatch):
+    folder = tmp_path / "fresh-home"
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(folder))
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------ state
+
+
+def test_state_lives_under_instantrestore_home(fresh_home, tiny_bundle):
+    from instantrestore.runtime.artifacts import state_dir
+
+    assert state_dir() == fresh_home.resolve()
+    assert home.last_bundle_dir() is None
+    home.remember_bundle(tiny_bundle)
+    assert home.last_bundle_dir() == tiny_bundle.resolve()
+    assert home.resolve_bundle().bundle_id == home.resolve_bundle(tiny_bundle).bundle_id
+
+
+# ------------------------------------------------------------------------------------------------ enroll
+
+
+def test_enroll_writes_a_profile_with_thumbnails(in_state, tiny_bundle, selfies, capsys):
+    path = home.profile_path("me")
+    assert path.is_file()
+    profile = Profile.load(path, bundle_id=home.resolve_bundle().bundle_id)
+    assert profile.count == 4
+    assert profile.thumbnails.dtype == torch.uint8 and profile.thumbnails.shape[0] == 4
+    assert profile.thumbnails.shape[-1] == 3
+    assert profile.metadata["name"] == "me"
+    assert profile.metadata["sources"] == [p.name for p in selfies]
+    # the aligned thumbnails show a face in the middle, not the grey of an empty crop
+    assert profile.thumbnails.float().std() > 20
+    code, out, err = run(capsys, "profiles")
+    assert code == 0 and out.startswith("me\t4 photos") and "current bundle" in out
+
+
+def test_enroll_with_one_photo_hints_at_four_and_profiles_remove(in_state, selfies, capsys):
+    code, out, err = run(capsys, "enroll", selfies[0], "--name", "solo")
+    assert code == 0
+    assert out.strip() == str(home.profile_path("solo"))
+    assert "tip: 4 selfies" in err
+    assert Profile.load(home.profile_path("solo")).count == 1
+    code, out, err = run(capsys, "profiles", "remove", "solo")
+    assert code == 0 and not home.profile_path("solo").exists()
+    code, out, err = run(capsys, "profiles", "remove", "solo")
+    assert_clear_error(code, err, "no profile named 'solo'")
+
+
+@pytest.mark.parametrize(
+    "photo, message",
+    [
+        ("landscape.jpg", "no face found"),
+        ("two_people.jpg", "2 faces found"),
+        ("far_away.jpg", "the face is too small"),
+        ("notes.jpg", "not a readable image"),
+        ("missing.jpg", "file not found"),
+    ],
+)
+def test_enroll_refuses_a_bad_photo_naming_it(in_state, selfies, bad_photos, photo, message, capsys):
+    before = listing(in_state)
+    code, out, err = run(capsys, "enroll", selfies[0], bad_photos / photo, "--name", "bad")
+    assert_clear_error(code, err, photo, message)
+    assert listing(in_state) == before and out == ""
+
+
+def test_enroll_lists_every_bad_photo_in_one_line(in_state, bad_photos, capsys):
+    photos = [bad_photos / name for name in ("notes.jpg", "landscape.jpg", "two_people.jpg")]
+    code, _, err = run(capsys, "enroll", *photos, "--name", "bad")
+    last = assert_clear_error(code, err, "notes.jpg", "landscape.jpg", "two_people.jpg")
+    assert last.index("notes.jpg") < last.index("landscape.jpg") < last.index("two_people.jpg")
+
+
+def test_enroll_refuses_bad_names_and_missing_bundle(fresh_home, selfies, capsys):
+    code, _, err = run(capsys, "enroll", selfies[0], "--name", "../escape")
+    assert_clear_error(code, err, "bad profile name")
+    code, _, err = run(capsys, "enroll", selfies[0], "--name", "me")  # fresh home: no bundle recorded
+    assert_clear_error(code, err, "no model bundle yet", "instantrestore export")
+    code, _, err = run(capsys, "enroll", selfies[0], "--name", "me", "--bundle", fresh_home / "nowhere")
+    assert_clear_error(code, err, "does not exist")
+    assert not fresh_home.exists() or listing(fresh_home) == set()
+
+
+# ------------------------------------------------------------------------------------------------ video
+
+
+def test_video_restores_the_face_and_keeps_frames_rate_duration_audio(in_state, clip, tmp_path, capsys):
+    before = sha256(clip)
+    out_path = tmp_path / "talk.restored.mp4"
+    code, out, err = run(capsys, "video", clip, "-o", out_path, "--profile", "me", "--backend", "torch")
+    assert code == 0, err
+    assert out.strip() == str(out_path)
+    assert f"{CLIP_FRAMES}/{CLIP_FRAMES} frames" in err and "Traceback" not in err
+    assert sha256(clip) == before  # the input is never written to
+    assert listing(tmp_path) == {"talk.restored.mp4"}  # no temp file left beside it
+
+    source, result = stream_info(clip), stream_info(out_path)
+    assert result["frames"] == source["frames"] == CLIP_FRAMES
+    assert result["fps"] == source["fps"]
+    assert result["duration"] == pytest.approx(source["duration"], abs=1.0 / CLIP_FPS)
+    assert audio_packets(out_path) == audio_packets(clip)  # copied, not re-encoded
+
+    # only the face changed: compare against the decoded input where the face is and is not
+    originals, restored = read_frames(clip), read_frames(out_path)
+    outside, inner = face_regions(originals[0])
+    diff = np.abs(np.stack(restored).astype(np.int16) - np.stack(originals).astype(np.int16))
+    assert diff[:, outside].mean() < 2.0  # re-encoding noise only
+    assert diff[0][inner].mean() > 5.0  # the (random miniature) restorer visibly replaced the face
+
+
+def test_video_refuses_to_overwrite_its_input(in_state, clip, tmp_path, capsys):
+    before = sha256(clip)
+    link = tmp_path / "link.mp4"
+    link.symlink_to(clip)
+    folder_before = listing(clip.parent)
+    for target in (clip, link, clip.parent / "sub" / ".." / clip.name):
+        code, _, err = run(capsys, "video", clip, "-o", target, "--profile", "me")
+        assert_clear_error(code, err, "is the input video")
+    assert sha256(clip) == before and listing(clip.parent) == folder_before
+
+
+def test_video_refuses_truncated_and_unreadable_inputs(in_state, clip, tmp_path, capsys):
+    data = open(clip, "rb").read()
+    cut = tmp_path / "cut.mp4"  # moov at the end: cannot even be opened
+    cut.write_bytes(data[: len(data) // 2])
+    frames = [placed_face(CLIP_SIZE, 0.45, (60.0, 10.0))[0]] * CLIP_FRAMES
+    streaming = write_clip(tmp_path / "stream.mp4", frames, fps=CLIP_FPS, faststart=True)
+    cut_streaming = tmp_path / "cut_stream.mp4"  # opens, then runs out of frames mid-way
+    cut_streaming.write_bytes(open(streaming, "rb").read()[: int(os.path.getsize(streaming) * 0.6)])
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(os.urandom(5000))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for bad, fragment in ((cut, "cut.mp4"), (cut_streaming, "truncated"), (garbage, "garbage.mp4"),
+                          (tmp_path / "none.mp4", "file not found")):
+        code, _, err = run(capsys, "video", bad, "-o", out_dir / "x.mp4", "--profile", "me", "--backend", "torch")
+        assert_clear_error(code, err, fragment)
+        assert listing(out_dir) == set()  # nothing left behind, not even a temp file
+
+
+def test_video_refuses_missing_profile_foreign_profile_and_missing_bundle(in_state, clip, tmp_path, capsys):
+    out_path = tmp_path / "out.mp4"
+    code, _, err = run(capsys, "video", clip, "-o", out_path, "--profile", "nobody")
+    assert_clear_error(code, err, "no profile named 'nobody'", "instantrestore enroll")
+    # a profile enrolled with another bundle
+    other = Profile.load(home.profile_path("me"))
+    other.bundle_id = "0" * 64
+    other.save(home.profile_path("other"))
+    try:
+        code, _, err = run(capsys, "video", clip, "-o", out_path, "--profile", "other")
+        assert_clear_error(code, err, "profile 'other'", "another model bundle", "enroll again")
+    finally:
+        home.profile_path("other").unlink()
+    code, _, err = run(capsys, "video", clip, "-o", out_path, "--profile", "me", "--bundle", tmp_path / "no-bundle")
+    assert_clear_error(code, err, "no-bundle", "does not exist")
+    not_a_bundle = tmp_path / "empty"
+    not_a_bundle.mkdir()
+    code, _, err = run(capsys, "video", clip, "-o", out_path, "--profile", "me", "--bundle", not_a_bundle)
+    assert_clear_error(code, err, "not a model bundle")
+    code, _, err = run(capsys, "video", clip, "-o", tmp_path / "no-folder" / "out.mp4", "--profile", "me")
+    assert_clear_error(code, err, "does not exist")
+    assert not out_path.exists() and listing(tmp_path) == set()
+
+
+# ------------------------------------------------------------------------------------------------ camera
+
+
+@pytest.fixture
+def recording_backend():
+    pyvirtualcam.register_backend("recording", RecordingVirtualCamera)
+    pyvirtualcam.register_backend("broken", BrokenVirtualCamera)
+    RecordingVirtualCamera.instances.clear()
+    yield RecordingVirtualCamera
+    pyvirtualcam.camera.BACKENDS.pop("recording", None)
+    pyvirtualcam.camera.BACKENDS.pop("broken", None)
+
+
+def test_camera_from_a_file_into_a_recording_virtual_camera(in_state, clip, recording_backend, capsys):
+    code, out, err = run(capsys, "camera", "--profile", "me", "--input", clip, "--vcam-backend", "recording",
+                         "--max-frames", 10, "--backend", "torch", "--stats")
+    assert code == 0, err
+    assert "virtual camera: recording-virtual-camera (recording) 320x240" in err
+    assert "stats: " in err and "Traceback" not in err
+    (camera,) = recording_backend.instances
+    assert camera.closed and (camera.width, camera.height) == CLIP_SIZE
+    assert camera.fps == pytest.approx(CLIP_FPS)
+    assert len(camera.frames) >= 3
+    frames = [frame.reshape(CLIP_SIZE[1], CLIP_SIZE[0], 3) for frame in camera.frames]
+    decoded = read_frames(clip)
+    outside, inner = face_regions(decoded[0])
+    originals = [frame.astype(np.int16) for frame in decoded]
+    for frame in frames:
+        frame = frame.astype(np.int16)
+        # each sent frame is some input frame with only its face replaced
+        best = min(range(len(originals)), key=lambda i: np.abs(frame - originals[i])[outside].mean())
+        assert np.abs(frame - originals[best])[outside].mean() < 2.0
+    changed = [min(np.abs(f.astype(np.int16) - o)[inner].mean() for o in originals) for f in frames]
+    assert max(changed) > 5.0
+
+
+def test_camera_without_a_virtual_camera_says_what_to_do(in_state, clip, recording_backend, capsys, tmp_path):
+    before = listing(in_state)
+    code, _, err = run(capsys, "camera", "--profile", "me", "--input", clip, "--vcam-backend", "broken")
+    last = assert_clear_error(code, err, "no virtual camera", "/dev/video42 does not exist")
+    if vcam.platform_name() == "linux":
+        assert vcam.MODPROBE in err and "exclusive_caps=1" in err and "Zoom" in err and "Chrome" in err
+        assert "v4l2loopback" in last
+    code, _, err = run(capsys, "camera", "--profile", "me", "--input", clip, "--vcam-backend", "nope")
+    assert_clear_error(code, err, "unknown virtual camera backend 'nope'")
+    code, _, err = run(capsys, "camera", "--profile", "me", "--input", tmp_path / "nothing.mp4")
+    assert_clear_error(code, err, "no such camera index, device or video file")
+    code, _, err = run(capsys, "camera", "--profile", "nobody", "--input", clip)
+    assert_clear_error(code, err, "no profile named 'nobody'")
+    code, _, err = run(capsys, "camera", "--profile", "me", "--input", clip, "--size", "big")
+    assert_clear_error(code, err, "--size must look like 1280x720")
+    assert listing(in_state) == before
+    assert not recording_backend.instances
+
+
+def test_setup_instructions_per_os():
+    linux = "\n".join(vcam.setup_instructions("linux"))
+    assert 'sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label="InstantRestore Camera"' in linux
+    assert "Chrome" in linux and "Zoom" in linux
+    for os_name in ("windows", "macos"):
+        text = "\n".join(vcam.setup_instructions(os_name))
+        assert "OBS" in text and "Start Virtual Camera" in text and "OBS Virtual Camera" in text
+        assert "OBS" in vcam.missing_camera_summary(os_name)
+
+
+def test_linux_loopback_devices_are_found_in_sysfs(tmp_path):
+    real = tmp_path / "devices" / "pci0000:00" / "video4linux" / "video0"
+    virtual = tmp_path / "devices" / "virtual" / "video4linux" / "video10"
+    for folder, name in ((real, "Integrated Camera"), (virtual, "InstantRestore Camera")):
+        folder.mkdir(parents=True)
+        (folder / "name").write_text(name + "\n")
+    classes = tmp_path / "class"
+    classes.mkdir()
+    (classes / "video0").symlink_to(real)
+    (classes / "video10").symlink_to(virtual)
+    devices = vcam.linux_video_devices(classes)
+    assert [(d.path, d.name, d.loopback) for d in devices] == [
+        ("/dev/video0", "Integrated Camera", False), ("/dev/video10", "InstantRestore Camera", True)]
+
+
+# ------------------------------------------------------------------------------------------------ doctor, export
+
+
+def test_doctor_reports_each_part_with_next_steps(fresh_home, capsys):
+    code, out, _ = run(capsys, "doctor")
+    assert code == 1  # no bundle, no profile yet
+    for topic in ("python", "packages", "gpu", "tensorrt", "onnxruntime", "face detector", "cameras",
+                  "virtual camera", "state folder", "bundle", "profiles"):
+        assert any(line.split("  ")[0].strip() in ("ok", "warn", "missing") and f" {topic} " in line
+                   for line in out.splitlines()), topic
+    assert "next: download final_model_ckpt.pt from the hub repo hwdz15508/InstantRestore" in out
+    assert "next: `instantrestore enroll" in out
+    assert "to fix before the camera can run" in out.splitlines()[-1]
+
+
+def test_doctor_with_bundle_and_profile(in_state, capsys):
+    code, out, _ = run(capsys, "doctor")
+    bundle_line = next(line for line in out.splitlines() if " bundle " in line)
+    assert bundle_line.startswith("ok")
+    assert any(line.startswith("ok") and "me: 4 photos" in line for line in out.splitlines())
+
+
+def test_export_records_the_default_bundle_and_needs_something_to_do(fresh_home, tiny_release, tmp_path, capsys):
+    code, _, err = run(capsys, "export")
+    assert_clear_error(code, err, "nothing to do")
+    out_dir = tmp_path / "bundle"
+    code, out, err = run(capsys, "export", "--checkpoint", tiny_release["checkpoint"], "--base", tiny_release["base"],
+                         "--vae", tiny_release["vae"], "--out", out_dir, "--dtype", "float32")
+    assert code == 0, err
+    assert out.strip() == str(out_dir)
+    assert home.last_bundle_dir() == out_dir.resolve()
+
+
+def test_auto_backend_on_a_cpu_machine_is_torch_fp32(tiny_bundle):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    choice = jobs.choose_engine(home.resolve_bundle(tiny_bundle), "auto")
+    assert (choice.backend, choice.device, choice.dtype) in (("torch", "cpu", torch.float32),
+                                                             ("onnxruntime", "cpu", torch.float32))
+
+
+def test_unexpected_errors_are_one_line_too(in_state, monkeypatch, capsys):
+    def explode(*args, **kwargs):
+        raise RuntimeError("something\nbroke")
+
+    monkeypatch.setattr(jobs, "restore_video", explode)
+    code, _, err = run(capsys, "video", "a.mp4", "-o", "b.mp4", "--profile", "me")
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        "instantrestore: internal error (RuntimeError): something broke (set INSTANTRESTORE_DEBUG=1 to see where; "
+        "please report it)"]
