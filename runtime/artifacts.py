@@ -99,7 +99,8 @@ def _check_bundle_id(bundle_id: str) -> None:
 class ShapeProfile:
     """Dynamic-axis ranges an engine is built for: (min, opt, max) of batch and reference count."""
 
-    batch: tuple = (1, 1, 2)
+    # Live video runs batch 1; file jobs may batch a few frames (larger batches are split by the backend).
+    batch: tuple = (1, 1, 4)
     refs: tuple = (1, 4, MAX_REFERENCES)
 
     def __post_init__(self):

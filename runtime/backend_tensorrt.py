@@ -13,6 +13,7 @@ bound while the same list object is passed frame after frame.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Optional
@@ -160,7 +161,7 @@ class EngineRunner:
         self.trt = trt
         self.device = device
         self.what = what
-        with torch.cuda.device(device):
+        with self._device_scope():
             self.runtime = trt.Runtime(_TRTLogger.get(trt))
             self.engine = self.runtime.deserialize_cuda_engine(plan)
             if self.engine is None:
@@ -180,6 +181,13 @@ class EngineRunner:
         self._shapes: dict = {}
         self._addresses: dict = {}
         self._keep: dict = {}  # tensors whose addresses are bound: keep them alive
+
+    def _device_scope(self):
+        # TensorRT deserialises onto the current CUDA device.
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
+    def _stream_handle(self) -> int:
+        return torch.cuda.current_stream(self.device).cuda_stream
 
     def profile_shape(self, name: str) -> tuple:
         """(min, opt, max) shapes of an input in profile 0."""
@@ -215,8 +223,8 @@ class EngineRunner:
             self.context.set_tensor_address(name, out.data_ptr())
             self._addresses[name] = out.data_ptr()
             outs[name] = out
-        stream = torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
+        # Torch's current stream: ordered after the ops that produced the inputs, before those that read outputs.
+        if not self.context.execute_async_v3(self._stream_handle()):
             raise TensorRTError(f"TensorRT failed to enqueue the {self.what}")
         return outs
 
@@ -264,11 +272,15 @@ class TensorRTBackend:
 
     @torch.inference_mode()
     def enroll(self, refs: torch.Tensor, noise: torch.Tensor) -> list:
+        names = [f"{kv}{i}" for i in range(self.num_layers) for kv in ("k", "v")]
+        step = self._runners["enroller"].profile_shape("refs")[2][0]
+        if refs.shape[0] > step:  # references are independent: run them in engine-sized chunks
+            parts = [self.enroll(refs[i:i + step], noise[i:i + step]) for i in range(0, refs.shape[0], step)]
+            return [torch.cat(ts) for ts in zip(*parts)]
         r = self._runners["enroller"]
         r.bind_input("refs", refs)
         r.bind_input("noise", noise)
         outs = r.run()
-        names = [f"{kv}{i}" for i in range(self.num_layers) for kv in ("k", "v")]
         return [outs[n] for n in names]
 
     @torch.inference_mode()
@@ -276,6 +288,10 @@ class TensorRTBackend:
         r = self._runners["restorer"]
         if len(layer_inputs) != 2 * self.num_layers:
             raise ValueError(f"expected {2 * self.num_layers} K/V tensors, got {len(layer_inputs)}")
+        step = self.max_batch
+        if images.shape[0] > step:  # frames are independent: run larger batches in engine-sized chunks
+            return torch.cat([self.restore(images[i:i + step], noise[i:i + step], layer_inputs)
+                              for i in range(0, images.shape[0], step)])
         ptrs = [t.data_ptr() for t in layer_inputs]
         if layer_inputs is not self._bound_src or ptrs != self._bound_ptrs:
             # A new profile: bind its K/V once; later frames only rebind images and noise.

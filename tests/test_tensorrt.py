@@ -103,7 +103,7 @@ def test_engine_keys_cover_every_field(home):
     base = _key()
     variants = [
         _key(bundle_id=OTHER_BID), _key(precision="fp32"), _key(trt="10.4.0"), _key(gpu="NVIDIA L4"),
-        _key(cc="8.9"), _key(profile=ShapeProfile(batch=(1, 1, 4))), _key(graph="enroller"),
+        _key(cc="8.9"), _key(profile=ShapeProfile(batch=(1, 1, 2))), _key(graph="enroller"),
     ]
     digests = {base.digest} | {k.digest for k in variants}
     assert len(digests) == len(variants) + 1
@@ -111,7 +111,7 @@ def test_engine_keys_cover_every_field(home):
     assert len(names) == len(variants) + 1
     assert bt.engine_key("restorer", BID, torch.float16, artifacts.DEFAULT_PROFILE, "10.3.0", "NVIDIA H100", (9, 0)) == base
     assert base.path("plan").parent == artifacts.bundle_cache_dir(BID)
-    assert base.filename("plan").startswith("trt-restorer-fp16-b1-1-2_r1-4-8-")
+    assert base.filename("plan").startswith("trt-restorer-fp16-b1-1-4_r1-4-8-")
     with pytest.raises(artifacts.ArtifactError):
         _key(bundle_id="not-a-hash")
     with pytest.raises(ValueError):
@@ -495,7 +495,7 @@ def test_tensorrt_matches_torch_fp16(trt_engines, tiny_bundle, monkeypatch):
         p_trt, p_ref = trt_r.enroll(refs), ref_r.enroll(refs)
         for a, b in zip(p_trt.keys, p_ref.keys):
             assert (a.float() - b.float()).abs().max().item() < 5e-2
-        for batch in (1, 2):
+        for batch in (1, 2, 5):  # 5: over the profile's maximum, run in chunks
             x = (torch.rand(batch, 3, S, S, generator=g) * 2 - 1).cuda().half()
             got, want = trt_r.restore(x, p_ref), ref_r.restore(x, p_ref)
             assert got.device.type == "cuda" and got.shape == x.shape
@@ -509,3 +509,158 @@ def test_tensorrt_engine_cache_is_reused(trt_engines, tiny_bundle, monkeypatch):
     messages = []
     assert tensorrt_build.build_engines(tiny_bundle, precision="fp16", progress=messages.append) == trt_engines
     assert sum("is cached" in m for m in messages) == 2
+
+
+# ------------------------------------------------------------- the runtime against a stand-in engine
+
+
+class _FakeEngine:
+    """A plan is JSON: {"inputs": {name: [[min], [opt], [max]]}, "outputs": {...}, "kind": ...}. Executing
+    copies `images` into `restored` through the bound raw addresses (so wrong addresses show) and zeroes
+    the enroller's outputs."""
+
+    def __init__(self, trt, spec):
+        self.trt, self.spec = trt, spec
+        self.names = list(spec["inputs"]) + list(spec["outputs"])
+        self.contexts = []
+
+    @property
+    def num_io_tensors(self):
+        return len(self.names)
+
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    def get_tensor_mode(self, name):
+        return self.trt.TensorIOMode.INPUT if name in self.spec["inputs"] else self.trt.TensorIOMode.OUTPUT
+
+    def get_tensor_dtype(self, name):
+        return self.trt.float16
+
+    def get_tensor_profile_shape(self, name, index):
+        assert index == 0
+        return self.spec["inputs"][name]
+
+    def create_execution_context(self):
+        ctx = _FakeContext(self)
+        self.contexts.append(ctx)
+        return ctx
+
+
+class _FakeContext:
+    def __init__(self, engine):
+        self.engine, self.shapes, self.addresses, self.log = engine, {}, {}, []
+
+    def set_input_shape(self, name, shape):
+        lo, _, hi = self.engine.spec["inputs"][name]
+        if not all(a <= d <= b for a, d, b in zip(lo, shape, hi)):
+            return False
+        self.shapes[name] = tuple(shape)
+        self.log.append(("shape", name, tuple(shape)))
+        return True
+
+    def get_tensor_shape(self, name):
+        spec = self.engine.spec
+        if name == "restored":
+            return self.shapes.get("images", (-1, 3, 8, 8))
+        n = self.shapes.get("refs", (-1,))[0]
+        return (n, *spec["outputs"][name])
+
+    def set_tensor_address(self, name, ptr):
+        self.addresses[name] = ptr
+        self.log.append(("address", name))
+
+    def execute_async_v3(self, stream):
+        import ctypes
+        import math
+
+        self.log.append(("execute", stream))
+        if "restored" in self.addresses:
+            nbytes = math.prod(self.shapes["images"]) * 2
+            ctypes.memmove(self.addresses["restored"], self.addresses["images"], nbytes)
+        else:
+            n = self.shapes["refs"][0]
+            for name, (t, c) in self.engine.spec["outputs"].items():
+                ctypes.memset(self.addresses[name], 0, n * t * c * 2)
+        return True
+
+
+@pytest.fixture
+def fake_runtime(home, monkeypatch, tiny_bundle):
+    """TensorRT stand-in with plans in the cache for the tiny bundle, on the CPU."""
+    bundle = load_bundle(tiny_bundle)
+    fake = _FakeTRT()
+    fake.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
+    fake.float16, fake.float32, fake.int32, fake.int64, fake.bool, fake.int8, fake.uint8 = (
+        "f16", "f32", "i32", "i64", "b", "i8", "u8")
+    engines = []
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, plan):
+            engines.append(_FakeEngine(fake, json.loads(plan)))
+            return engines[-1]
+
+    fake.Runtime = Runtime
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(bt._TRTLogger, "_instance", None)
+    monkeypatch.setattr(bt, "require_cuda", lambda device=None: torch.device("cpu"))
+    monkeypatch.setattr(artifacts, "cuda_identity", lambda device=None: ("NVIDIA H100", "9.0"))
+    monkeypatch.setattr(bt.EngineRunner, "_stream_handle", lambda self: 1234)
+    profile = artifacts.DEFAULT_PROFILE
+    keys = bt.current_engine_keys(bundle.bundle_id, "fp16", profile)
+    for graph in ("restorer", "enroller"):
+        shapes = tensorrt_build.profile_shapes(bundle, graph, profile)
+        outputs = ({"restored": None} if graph == "restorer"
+                   else {f"{c}{i}": [t, ch] for i, (t, ch) in enumerate(bundle.layer_shapes) for c in "kv"})
+        spec = {"inputs": {n: [list(s) for s in v] for n, v in shapes.items()}, "outputs": outputs}
+        _write_plan(keys[graph], json.dumps(spec).encode())
+    return bundle, engines
+
+
+def test_runtime_binds_references_once_per_profile(fake_runtime):
+    from instantrestore.runtime.restorer import Restorer
+
+    bundle, engines = fake_runtime
+    backend = bt.TensorRTBackend(bundle)
+    restorer = Restorer(bundle, backend)
+    assert backend.max_batch == 4 and backend.max_references == 8
+    restorer_ctx = engines[0].contexts[0]
+    S = bundle.crop_size
+    g = torch.Generator().manual_seed(0)
+    profile_a = restorer.enroll(torch.rand(2, 3, S, S, generator=g) * 2 - 1)
+    profile_b = restorer.enroll(torch.rand(3, 3, S, S, generator=g) * 2 - 1)
+    assert all(k.dtype == torch.float16 and k.shape[0] == 2 for k in profile_a.keys)
+    restorer_ctx.log.clear()
+    x = (torch.rand(1, 3, S, S, generator=g) * 2 - 1).half()
+    for _ in range(3):
+        y = restorer.restore(x, profile_a)
+        assert torch.equal(y, x)  # the stand-in copies images -> restored through the bound addresses
+    kv_binds = [e for e in restorer_ctx.log if e[0] == "address" and e[1][0] in "kv"]
+    assert len(kv_binds) == 2 * len(bundle.layer_shapes)  # once for three frames
+    assert [e for e in restorer_ctx.log if e[0] == "execute"] == [("execute", 1234)] * 3
+    restorer_ctx.log.clear()
+    restorer.restore(x, profile_b)
+    assert len([e for e in restorer_ctx.log if e[0] == "address" and e[1][0] in "kv"]) == 2 * len(bundle.layer_shapes)
+    # batches over the engine's maximum run in chunks; float32 input comes back as float32
+    x6 = torch.rand(6, 3, S, S, generator=g) * 2 - 1
+    y6 = restorer.restore(x6, profile_b)
+    assert y6.dtype == torch.float32 and torch.allclose(y6, x6.half().float())
+    assert [e[2][0] for e in restorer_ctx.log if e[0] == "shape" and e[1] == "images"][-2:] == [4, 2]
+
+
+def test_runtime_rejects_shapes_outside_the_profile_and_mismatched_engines(fake_runtime, monkeypatch):
+    bundle, engines = fake_runtime
+    backend = bt.TensorRTBackend(bundle)
+    runner = backend._runners["restorer"]
+    S = bundle.crop_size
+    with pytest.raises(bt.TensorRTError, match="outside the engine's profile"):
+        runner.bind_input("images", torch.zeros(1, 3, S + 8, S + 8))
+    with pytest.raises(ValueError, match="K/V tensors"):
+        backend.restore(torch.zeros(1, 3, S, S), torch.zeros(1, 4, 1, 1), [])
+    # an engine whose inputs do not fit the bundle (e.g. exported from another one) is refused
+    monkeypatch.setattr(bundle, "config", {**bundle.config, "shared_layers": bundle.config["shared_layers"][:-1]})
+    with pytest.raises(bt.TensorRTError, match="do not match"):
+        bt.TensorRTBackend(bundle)
