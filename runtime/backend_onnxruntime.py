@@ -114,7 +114,7 @@ def find_graphs(bundle, precision: str, folder=None) -> dict:
 class _Session:
     """One InferenceSession plus the IO-binding state for device tensors."""
 
-    def __init__(self, path: Path, providers: list, threads: Optional[int]):
+    def __init__(self, path: Path, providers: list, threads: Optional[int], io_binding: bool):
         ort = _ort()
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -125,7 +125,7 @@ class _Session:
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.provider = self.session.get_providers()[0]
-        self.binding = self.session.io_binding() if self.provider == "CUDAExecutionProvider" else None
+        self.binding = self.session.io_binding() if io_binding else None
         self._keep: dict = {}
 
 
@@ -134,7 +134,9 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, bundle, device="cpu", dtype=torch.float32, onnx_dir=None, threads: Optional[int] = None):
+    def __init__(self, bundle, device="cpu", dtype=torch.float32, onnx_dir=None, threads: Optional[int] = None,
+                 io_binding: Optional[bool] = None):
+        """io_binding: bind torch tensors' memory directly (default: on CUDA, where it saves host copies)."""
         self.bundle = bundle
         self.precision = artifacts.precision_name(dtype)
         self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
@@ -149,7 +151,8 @@ class OnnxRuntimeBackend:
         self.num_layers = len(bundle.layer_shapes)
         paths = find_graphs(bundle, self.precision, onnx_dir)
         self.paths = paths
-        self._sessions = {g: _Session(paths[g], self.providers, threads) for g in GRAPHS}
+        self.io_binding = self.device.type == "cuda" if io_binding is None else bool(io_binding)
+        self._sessions = {g: _Session(paths[g], self.providers, threads, self.io_binding) for g in GRAPHS}
         expect_in = ["images", "noise"] + [f"{c}{i}" for i in range(self.num_layers) for c in ("k", "v")]
         got = self._sessions["restorer"].inputs
         if got != expect_in:
@@ -171,17 +174,18 @@ class OnnxRuntimeBackend:
 
     def _bind_torch(self, sess: _Session, name: str, t: torch.Tensor) -> None:
         t = self._prep(t)
-        sess.binding.bind_input(name, "cuda", self.device.index or 0, NUMPY_TYPES[self.dtype], tuple(t.shape), t.data_ptr())
+        sess.binding.bind_input(name, self.device.type, self.device.index or 0, NUMPY_TYPES[self.dtype], tuple(t.shape), t.data_ptr())
         sess._keep[name] = t  # the binding holds a raw pointer: keep the tensor alive
 
     def _run_bound(self, sess: _Session, out_shapes: dict) -> list:
         outs = []
         for name in sess.outputs:
             t = torch.empty(out_shapes[name], dtype=self.dtype, device=self.device)
-            sess.binding.bind_output(name, "cuda", self.device.index or 0, NUMPY_TYPES[self.dtype], tuple(t.shape), t.data_ptr())
+            sess.binding.bind_output(name, self.device.type, self.device.index or 0, NUMPY_TYPES[self.dtype], tuple(t.shape), t.data_ptr())
             outs.append(t)
-        # onnxruntime runs on its own stream: let torch's pending work finish first.
-        torch.cuda.current_stream(self.device).synchronize()
+        if self.device.type == "cuda":
+            # onnxruntime runs on its own stream: let torch's pending work finish first.
+            torch.cuda.current_stream(self.device).synchronize()
         sess.session.run_with_iobinding(sess.binding)
         return outs
 
@@ -193,7 +197,7 @@ class OnnxRuntimeBackend:
         if layer_inputs is self._bound_src and ptrs == self._bound_ptrs:
             return False
         names = self._sessions["restorer"].inputs[2:]
-        if self.device.type == "cuda":
+        if self.io_binding:
             for name, t in zip(names, layer_inputs):
                 self._bind_torch(self._sessions["restorer"], name, t)
             self._bound_feed = {}
@@ -207,7 +211,7 @@ class OnnxRuntimeBackend:
     @torch.inference_mode()
     def enroll(self, refs: torch.Tensor, noise: torch.Tensor) -> list:
         sess = self._sessions["enroller"]
-        if self.device.type == "cuda":
+        if self.io_binding:
             self._bind_torch(sess, "refs", refs)
             self._bind_torch(sess, "noise", noise)
             n = refs.shape[0]
@@ -222,7 +226,7 @@ class OnnxRuntimeBackend:
     def restore(self, images: torch.Tensor, noise: torch.Tensor, layer_inputs: list) -> torch.Tensor:
         sess = self._sessions["restorer"]
         self._bind_references(layer_inputs)
-        if self.device.type == "cuda":
+        if self.io_binding:
             self._bind_torch(sess, "images", images)
             self._bind_torch(sess, "noise", noise)
             return self._run_bound(sess, {"restored": tuple(images.shape)})[0]
