@@ -437,3 +437,33 @@ def test_unexpected_errors_are_one_line_too(in_state, monkeypatch, capsys):
     assert err.strip().splitlines() == [
         "instantrestore: internal error (RuntimeError): something broke (set INSTANTRESTORE_DEBUG=1 to see where; "
         "please report it)"]
+
+
+class StopExport(ValueError):
+    pass
+
+
+def test_onnx_backend_exports_missing_graphs_first(in_state, clip, tmp_path, monkeypatch, capsys):
+    """The glue only: the real export (minutes on this CPU) is covered by test_onnx.py."""
+    import instantrestore.export.onnx_export as onnx_export
+
+    calls = []
+
+    def fake_export(bundle_dir, **options):
+        calls.append((str(bundle_dir), options))
+        raise StopExport("export stopped by the test")
+
+    monkeypatch.setattr(onnx_export, "export_onnx", fake_export)
+    code, _, err = run(capsys, "video", clip, "-o", tmp_path / "out.mp4", "--profile", "me", "--backend",
+                       "onnxruntime", "--device", "cpu")
+    assert_clear_error(code, err, "export stopped by the test")
+    assert "exporting them once" in err
+    (bundle_dir, options), = calls
+    assert bundle_dir == str(home.resolve_bundle().path)
+    assert options["dtype"] == "fp32" and options["device"] == "cpu"
+    assert listing(tmp_path) == set()
+    calls.clear()
+    code, _, err = run(capsys, "export", "--onnx", "--dtype", "float32")
+    assert_clear_error(code, err, "export stopped by the test")
+    (bundle_dir, options), = calls
+    assert bundle_dir == str(home.resolve_bundle().path) and options["dtype"] == "float32"
