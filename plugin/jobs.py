@@ -26,6 +26,8 @@ MAX_SELFIES = 8  # the exported graphs and engines take 1..8 references
 MIN_FACE_PIXELS = 64
 # A second face at least this big relative to the main one makes the photo ambiguous.
 SECOND_FACE_RATIO = 0.4
+# Windows of a photo show BlazeFace more texture out of context: it needs to be surer there.
+WINDOW_MIN_SCORE = 0.75
 BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
 
 
@@ -174,11 +176,57 @@ def read_image(path: Path) -> np.ndarray:
         raise PluginError(f"{path}: cannot read the image ({' '.join(str(error).split())})") from None
 
 
-def selfie_crop(path: Path, image: np.ndarray, crop_size: int, detector):
-    """The aligned face of one selfie, or PluginError saying what is wrong with the photo."""
-    from instantrestore.runtime.align import face_crops
+def _window_starts(length: int, side: int) -> list:
+    if side >= length:
+        return [0]
+    stride = max(1, side // 2)
+    starts = list(range(0, length - side + 1, stride))
+    if starts[-1] != length - side:
+        starts.append(length - side)
+    return starts
+
+
+def find_faces(image: np.ndarray, crop_size: int, detector) -> list:
+    """Every face of a still photo, aligned like the live crop, largest first.
+
+    The whole photo is searched first. BlazeFace looks at its input at 128x128, so a face that is
+    small in a large photo can be missed; only then is the photo searched again in overlapping
+    square windows (half and a quarter of its short side), so a good selfie is never refused for
+    a false detection in a window.
+    """
+    from instantrestore.runtime.align import align_face, face_crops
+    from instantrestore.runtime.tracking import box_iou, refine_near
 
     faces = face_crops(image, crop_size, detector=detector)
+    if faces:
+        return faces
+    height, width = image.shape[:2]
+    found = []
+    for fraction in (2, 4):
+        side = min(height, width) // fraction
+        if side < 128:
+            break
+        for top in _window_starts(height, side):
+            for left in _window_starts(width, side):
+                window = np.ascontiguousarray(image[top: top + side, left: left + side])
+                for face in detector.detect(window, None):
+                    if face.score < WINDOW_MIN_SCORE:
+                        continue
+                    face.keypoints = face.keypoints + np.array([left, top], np.float32)
+                    face.box = (face.box[0] + left, face.box[1] + top, face.box[2] + left, face.box[3] + top)
+                    same = [other for other in found if box_iou(other.box, face.box) > 0.3]
+                    if not same:
+                        found.append(face)
+                    elif face.score > max(other.score for other in same):
+                        replaced = {id(other) for other in same}
+                        found = [other for other in found if id(other) not in replaced] + [face]
+    found = sorted((refine_near(detector, image, face) for face in found), key=lambda face: face.area, reverse=True)
+    return [align_face(image, face, crop_size) for face in found]
+
+
+def selfie_crop(path: Path, image: np.ndarray, crop_size: int, detector):
+    """The aligned face of one selfie, or PluginError saying what is wrong with the photo."""
+    faces = find_faces(image, crop_size, detector)
     if not faces:
         raise PluginError(f"{path}: no face found; use a photo where your face is clearly visible and facing the camera")
     main = faces[0]

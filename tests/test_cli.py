@@ -111,6 +111,10 @@ def bad_photos(tmp_path_factory):
     Image.fromarray(np.ascontiguousarray(np.concatenate([face, face[:, ::-1]], axis=1))).save(folder / "two_people.jpg")
     Image.fromarray(cv2.resize(astronaut(), (128, 128), interpolation=cv2.INTER_AREA)).save(folder / "far_away.jpg")
     (folder / "notes.jpg").write_bytes(b"this is not a JPEG")
+    group = np.full((1500, 2000, 3), 120, np.uint8)  # two people, each small in a large photo
+    group[200:712, 100:612] = astronaut()
+    group[600:1112, 1200:1712] = astronaut()[:, ::-1]
+    Image.fromarray(group).save(folder / "group.jpg")
     return folder
 
 
@@ -196,6 +200,7 @@ def test_enroll_with_one_photo_hints_at_four_and_profiles_remove(in_state, selfi
     [
         ("landscape.jpg", "no face found"),
         ("two_people.jpg", "2 faces found"),
+        ("group.jpg", "2 faces found"),
         ("far_away.jpg", "the face is too small"),
         ("notes.jpg", "not a readable image"),
         ("missing.jpg", "file not found"),
@@ -206,6 +211,17 @@ def test_enroll_refuses_a_bad_photo_naming_it(in_state, selfies, bad_photos, pho
     code, out, err = run(capsys, "enroll", selfies[0], bad_photos / photo, "--name", "bad")
     assert_clear_error(code, err, photo, message)
     assert listing(in_state) == before and out == ""
+
+
+@pytest.mark.parametrize("canvas, scale", [((2000, 1500), 1.0), ((1200, 900), 0.8)])
+def test_a_face_small_in_a_large_photo_is_found(canvas, scale):
+    from instantrestore.runtime.tracking import FaceDetector
+
+    photo, _ = placed_face(canvas, scale, (0.3 * canvas[0], 0.2 * canvas[1]))
+    with FaceDetector(mode="image", timeout_s=60.0) as detector:
+        faces = jobs.find_faces(photo, 128, detector)
+        assert len(faces) == 1 and faces[0].face_size == pytest.approx(102 * scale, rel=0.15)
+        assert jobs.find_faces(np.ascontiguousarray(cv2.resize(no_face_image(), canvas)), 128, detector) == []
 
 
 def test_enroll_lists_every_bad_photo_in_one_line(in_state, bad_photos, capsys):
