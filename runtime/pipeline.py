@@ -342,9 +342,9 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
     """Camera-style run: capture, track+restore and output on separate threads.
 
     The capture thread keeps only the newest frame for the worker (older ones are dropped), so a
-    frame waits at most one capture period before the model takes it. The output loop ticks at the
-    source's rate and re-sends the last restored frame when nothing new is ready, so the call never
-    stalls. A source with live=False (a file) is played at its own frame rate. max_frames stops
+    frame waits at most one capture period before the model takes it. The output loop sends each
+    restored frame as soon as it is ready and re-sends the last one when nothing new comes within a
+    frame period, so the call keeps the source's rate and never stalls. A source with live=False (a file) is played at its own frame rate. max_frames stops
     after that many captured frames. The sink is left open (the caller owns it). Returns a
     LiveReport; counts also go to stats.
     """
@@ -416,37 +416,41 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
 
     latencies = []
     last_output = None
+    last_sent_at = 0.0
+    last_was_fresh = True
     started = time.monotonic()
-    next_tick = started
     try:
-        while not stop.is_set():
-            now = time.monotonic()
-            if next_tick > now:
-                time.sleep(next_tick - now)
+        while not errors:
+            # A restored frame is sent as soon as it is ready. When none comes, the last one is sent
+            # again: first after 1.25 periods (a little slack for a late result), then every period.
+            if last_output is None:
+                wait = 0.05
+            else:
+                due = last_sent_at + period * (1.25 if last_was_fresh else 1.0)
+                wait = max(0.0, due - time.monotonic())
             # Read the flag before the mailbox: a result posted just before the worker ends is kept.
             finished = worker_done.is_set()
             try:
-                output, captured_at = to_output.get_nowait()
+                output, captured_at = to_output.get(timeout=wait) if wait > 0 else to_output.get_nowait()
                 fresh = True
             except queue.Empty:
-                fresh = False
                 if finished:
                     break
+                if last_output is None:
+                    continue
+                fresh = False
             if fresh:
                 last_output = output
                 latencies.append(time.monotonic() - captured_at)
-            elif last_output is not None:
+            else:
                 report.repeated += 1
                 stats.count("repeated")
-            if last_output is not None:
-                with stats.time("encode"):
-                    sink.write(last_output, report.sent * period)
-                report.sent += 1
-                stats.frame_done()
-            next_tick += period
-            # A sink slower than the rate: skip the missed ticks instead of bursting to catch up.
-            if time.monotonic() - next_tick > period:
-                next_tick = time.monotonic()
+            with stats.time("encode"):
+                sink.write(last_output, report.sent * period)
+            last_sent_at = time.monotonic()
+            last_was_fresh = fresh
+            report.sent += 1
+            stats.frame_done()
     finally:
         stop.set()
         for thread in threads:

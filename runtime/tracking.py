@@ -15,7 +15,6 @@ import hashlib
 import math
 import os
 import threading
-import weakref
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -113,18 +112,29 @@ def _as_rgb_uint8(frame) -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
-# Detectors still open at interpreter exit are closed first: MediaPipe's own finaliser fails noisily
-# once its native library has been unloaded.
-_OPEN_DETECTORS: "weakref.WeakSet[FaceDetector]" = weakref.WeakSet()
+# Open detectors are held here until closed. MediaPipe closes a task from its finaliser by joining
+# the task's own dispatch thread; if the garbage collector runs that finaliser on that very thread
+# the process hangs. Holding a reference means a task is only ever closed by close() or at exit.
+_OPEN_DETECTORS: set = set()
+_OPEN_DETECTORS_LOCK = threading.Lock()
 
 
-@atexit.register
 def _close_open_detectors():
-    for detector in list(_OPEN_DETECTORS):
+    with _OPEN_DETECTORS_LOCK:
+        detectors = list(_OPEN_DETECTORS)
+    for detector in detectors:
         try:
             detector.close()
         except Exception:
             pass
+
+
+# threading's exit hooks run last-registered first, so this runs before concurrent.futures stops
+# the dispatch threads MediaPipe needs to close a task; plain atexit would be too late.
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_close_open_detectors)
+else:  # pragma: no cover
+    atexit.register(_close_open_detectors)
 
 
 class FaceDetector:
@@ -161,7 +171,8 @@ class FaceDetector:
         self._task = None
         self._uses_landmarker = landmarker_task is not None
         self._task = self._call(self._create, model_path, min_confidence, max_faces, landmarker_task)
-        _OPEN_DETECTORS.add(self)
+        with _OPEN_DETECTORS_LOCK:
+            _OPEN_DETECTORS.add(self)
 
     def _create(self, model_path, min_confidence, max_faces, landmarker_task):
         try:
@@ -254,7 +265,8 @@ class FaceDetector:
                     pass
         if self._executor is not None:
             self._executor.shutdown(wait=False)
-        _OPEN_DETECTORS.discard(self)
+        with _OPEN_DETECTORS_LOCK:
+            _OPEN_DETECTORS.discard(self)
 
     def __enter__(self):
         return self

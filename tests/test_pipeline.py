@@ -1,0 +1,379 @@
+"""The frame pipeline end to end: file mode with audio, failures, live mode under a slow restorer,
+the virtual camera sink through a recording pyvirtualcam backend."""
+
+import hashlib
+import os
+import sys
+import time
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import pyvirtualcam
+
+sys.path.insert(0, os.path.dirname(__file__))
+from media_helpers import (  # noqa: E402
+    MEDIAPIPE_TIMEOUT_S,
+    BrokenVirtualCamera,
+    FailingRestore,
+    FakeCamera,
+    RecordingSink,
+    RecordingVirtualCamera,
+    SlowRestore,
+    audio_packets,
+    invert_restore,
+    no_face_image,
+    placed_face,
+    read_frames,
+    stream_info,
+    write_clip,
+)
+
+from instantrestore.runtime import align  # noqa: E402
+from instantrestore.runtime.composite import face_mask  # noqa: E402
+from instantrestore.runtime.media import (  # noqa: E402
+    FileSink,
+    FileSource,
+    MediaError,
+    VirtualCameraSink,
+    VirtualCameraUnavailable,
+)
+from instantrestore.runtime.pipeline import FramePipeline, PipelineError, PipelineStats, run_file, run_live  # noqa: E402
+from instantrestore.runtime.tracking import FaceDetector, Tracker  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+
+CROP = 64  # tiny-model crop size; everything must work for any S
+
+
+def make_tracker():
+    return Tracker(FaceDetector(mode="video", timeout_s=MEDIAPIPE_TIMEOUT_S))
+
+
+def make_pipeline(restore=invert_restore, **options):
+    return FramePipeline(restore, CROP, tracker=make_tracker(), **options)
+
+
+def close_all(pipeline):
+    """Close the pipeline and the detector the test gave it (detectors are closed explicitly)."""
+    pipeline.close()
+    pipeline.tracker.detector.close()
+
+
+def face_frames(count=20, size=(320, 240)):
+    """A face drifting slowly across a small frame."""
+    return [placed_face(size, 0.9, (10.0 + 2.0 * index, -30.0 + 1.0 * index))[0] for index in range(count)]
+
+
+def sha256(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def face_clip(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    return write_clip(folder / "talk.mp4", face_frames(20), fps=25, audio=True)
+
+
+# ---------------------------------------------------------------- FramePipeline
+
+
+def test_no_face_frames_pass_through_bit_exact():
+    pipeline = make_pipeline()
+    try:
+        for index in range(5):
+            frame = no_face_image()
+            before = frame.copy()
+            out = pipeline.process(frame, index / 30.0)
+            assert out is frame
+            np.testing.assert_array_equal(out, before)
+        assert pipeline.stats.summary()["no_face"] == 5
+        batch = [no_face_image() for _ in range(3)]
+        outputs = pipeline.process_batch(batch, [1.0, 1.1, 1.2])
+        assert all(out is frame for out, frame in zip(outputs, batch))
+    finally:
+        close_all(pipeline)
+
+
+def test_only_the_face_region_changes():
+    pipeline = make_pipeline()
+    try:
+        for index, frame in enumerate(face_frames(6)):
+            out = pipeline.process(frame, index / 25.0)
+            matrix = pipeline.last_matrix
+            assert matrix is not None
+            inverse = align.invert_matrix(matrix)
+            import cv2
+
+            inside = cv2.warpAffine(face_mask(CROP), inverse, (frame.shape[1], frame.shape[0]), borderValue=0.0) > 0
+            np.testing.assert_array_equal(out[~inside], frame[~inside])
+            assert np.abs(out[inside].astype(int) - frame[inside].astype(int)).mean() > 20
+        summary = pipeline.stats.summary()
+        for stage in ("track", "align", "restore", "composite"):
+            assert summary["stages"][stage]["count"] == 6
+    finally:
+        close_all(pipeline)
+
+
+def test_batched_processing_matches_frame_by_frame():
+    frames = face_frames(8)
+    stamps = [index / 25.0 for index in range(8)]
+    single = make_pipeline()
+    batched = make_pipeline()
+    calls = []
+
+    def counting_restore(batch):
+        calls.append(len(batch))
+        return 255 - batch
+
+    batched.restore = counting_restore
+    try:
+        one_by_one = [single.process(frame, stamp) for frame, stamp in zip(frames, stamps)]
+        together = batched.process_batch(frames[:4], stamps[:4]) + batched.process_batch(frames[4:], stamps[4:])
+        for a, b in zip(one_by_one, together):
+            np.testing.assert_array_equal(a, b)
+        assert calls == [4, 4]
+    finally:
+        close_all(single)
+        close_all(batched)
+
+
+def test_restorer_returning_the_wrong_shape_is_a_clear_error():
+    pipeline = make_pipeline(restore=lambda batch: batch[:, ::2])
+    try:
+        with pytest.raises(PipelineError, match="restorer returned"):
+            pipeline.process(face_frames(1)[0], 0.0)
+        with pytest.raises(PipelineError):
+            pipeline.process(np.zeros((10, 10), np.uint8), 0.0)
+    finally:
+        close_all(pipeline)
+
+
+def test_stats_line_and_overlay():
+    stats = PipelineStats()
+    stats.add("restore", 0.030)
+    stats.add("restore", 0.010, frames=2)
+    stats.count("dropped", 3)
+    summary = stats.summary()
+    assert summary["stages"]["restore"]["count"] == 3
+    assert summary["stages"]["restore"]["mean_ms"] == pytest.approx((30 + 5 + 5) / 3)
+    assert "restore" in stats.format_line() and "dropped 3" in stats.format_line()
+    frame = np.zeros((120, 320, 3), np.uint8)
+    drawn = stats.draw(frame)
+    assert drawn.shape == frame.shape and drawn.any() and not frame.any()
+    with pytest.raises(PipelineError):
+        stats.add("nonsense", 1.0)
+
+
+# ---------------------------------------------------------------- file mode
+
+
+def test_file_mode_keeps_frames_rate_duration_and_audio(face_clip, tmp_path):
+    input_hash = sha256(face_clip)
+    source = FileSource(face_clip)
+    assert (source.width, source.height, source.fps, source.frame_count) == (320, 240, 25, 20)
+    assert source.audio_stream_count == 1
+    out_path = tmp_path / "talk.restored.mp4"
+    progress = []
+    pipeline = make_pipeline()
+    try:
+        stats = run_file(pipeline, source, FileSink(out_path, like=source), progress=lambda d, t: progress.append((d, t)), batch_size=3)
+    finally:
+        close_all(pipeline)
+    assert sha256(face_clip) == input_hash  # the input is never modified
+    assert progress[-1] == (20, 20) and len(progress) == 20
+    assert sorted(os.listdir(tmp_path)) == ["talk.restored.mp4"]  # no temp files left
+    before, after = stream_info(face_clip), stream_info(out_path)
+    assert after["frames"] == before["frames"] == 20
+    assert after["fps"] == before["fps"] == Fraction(25)
+    assert after["duration"] == pytest.approx(before["duration"], abs=1e-6)
+    # Audio is remuxed packet for packet: same payloads and timestamps.
+    assert audio_packets(out_path) == audio_packets(face_clip)
+    assert len(audio_packets(face_clip)) > 10
+    summary = stats.summary()
+    for stage in ("decode", "track", "restore", "composite", "encode"):
+        assert summary["stages"][stage]["count"] == 20
+
+    # Only the face changed: far from the face the re-encoded output equals the input up to codec noise.
+    inputs, outputs = read_frames(face_clip), read_frames(out_path)
+    corner_error = max(np.abs(a[:, :40].astype(int) - b[:, :40].astype(int)).mean() for a, b in zip(inputs, outputs))
+    face_change = np.mean([np.abs(a[50:120, 180:240].astype(int) - b[50:120, 180:240].astype(int)).mean() for a, b in zip(inputs, outputs)])
+    assert corner_error < 2.0 and face_change > 20.0
+
+
+def test_file_sink_without_audio_and_with_batching_equals_in_memory_result(tmp_path):
+    clip = write_clip(tmp_path / "silent.mp4", face_frames(6), fps=30)
+    source = FileSource(clip)
+    assert source.audio_stream_count == 0
+    sink = RecordingSink()
+    pipeline = make_pipeline()
+    try:
+        run_file(pipeline, source, sink, batch_size=4)
+    finally:
+        close_all(pipeline)
+    assert sink.closed and len(sink.frames) == 6
+    assert sink.timestamps == pytest.approx([index / 30.0 for index in range(6)])
+
+
+def test_failed_restore_leaves_no_partial_output(face_clip, tmp_path):
+    out_path = tmp_path / "broken.mp4"
+    source = FileSource(face_clip)
+    pipeline = make_pipeline(restore=FailingRestore(fail_at=5))
+    try:
+        with pytest.raises(RuntimeError, match="on purpose"):
+            run_file(pipeline, source, FileSink(out_path, like=source))
+    finally:
+        close_all(pipeline)
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_write_keeps_an_existing_output_untouched(face_clip, tmp_path):
+    out_path = tmp_path / "existing.mp4"
+    out_path.write_bytes(b"previous result")
+    source = FileSource(face_clip)
+    sink = FileSink(out_path, like=source)
+    with pytest.raises(MediaError):
+        sink.write(np.zeros((10, 10, 3), np.uint8))  # wrong frame size
+    sink.abort()
+    assert out_path.read_bytes() == b"previous result"
+    assert os.listdir(tmp_path) == ["existing.mp4"]
+
+
+def test_sink_refuses_to_overwrite_its_input(face_clip):
+    source = FileSource(face_clip)
+    with pytest.raises(MediaError, match="refusing"):
+        FileSink(face_clip, like=source)
+
+
+def test_unreadable_and_truncated_files_raise_media_error(face_clip, tmp_path):
+    with pytest.raises(MediaError, match="not found"):
+        FileSource(tmp_path / "missing.mp4")
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(os.urandom(4096))
+    with pytest.raises(MediaError):
+        FileSource(garbage)
+    # moov at the end: a cut file cannot even be opened.
+    data = open(face_clip, "rb").read()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MediaError):
+        list(FileSource(cut))
+    # moov at the front (streaming layout): it opens, then runs out of frames.
+    streaming = write_clip(tmp_path / "fast.mp4", face_frames(20), fps=25, faststart=True)
+    data = open(streaming, "rb").read()
+    cut_streaming = tmp_path / "cut_fast.mp4"
+    cut_streaming.write_bytes(data[: int(len(data) * 0.6)])
+    with pytest.raises(MediaError) as error:
+        list(FileSource(cut_streaming))
+    assert "\n" not in str(error.value)
+
+
+def test_no_face_clip_passes_through_bit_exact_in_file_mode(tmp_path):
+    clip = write_clip(tmp_path / "empty_room.mp4", [no_face_image() for _ in range(5)], fps=25)
+    source = FileSource(clip)
+    sink = RecordingSink()
+    pipeline = make_pipeline()
+    try:
+        run_file(pipeline, source, sink)
+    finally:
+        close_all(pipeline)
+    for decoded, written in zip((frame.image for frame in source), sink.frames):
+        np.testing.assert_array_equal(decoded, written)
+
+
+# ---------------------------------------------------------------- live mode
+
+
+def test_live_mode_drops_frames_under_a_slow_restorer_and_keeps_the_rate():
+    fps, seconds, delay = 30.0, 2.0, 0.1
+    frames = face_frames(int(fps * seconds), size=(320, 240))
+    camera = FakeCamera(frames, fps=fps)
+    restore = SlowRestore(delay)
+    sink = RecordingSink()
+    pipeline = make_pipeline(restore=restore)
+    try:
+        report = run_live(pipeline, camera, sink)
+    finally:
+        close_all(pipeline)
+    # The restorer can do ~10 frames/s: the rest are dropped, not queued.
+    assert report.captured == len(frames)
+    assert report.processed <= seconds / delay + 3
+    assert report.dropped >= len(frames) - report.processed - 2
+    assert report.processed + report.dropped >= report.captured - 1
+    # The output keeps the camera's rate by repeating frames, and finishes on time (no backlog).
+    assert report.repeated > 0
+    assert report.sent == len(sink.frames)
+    assert abs(report.sent - len(frames)) <= 6
+    gaps = np.diff(sink.arrivals)
+    assert np.median(gaps) == pytest.approx(1 / fps, rel=0.25)
+    assert report.duration_s < seconds + 4 * delay
+    # Latency: at most one camera frame of waiting beyond the model, plus one output tick.
+    assert report.max_latency_s < delay + 3.0 / fps + 0.05
+    assert sink.timestamps == pytest.approx([index / fps for index in range(report.sent)])
+
+
+def test_live_mode_with_a_fast_restorer_shows_every_frame():
+    frames = face_frames(30)
+    sink = RecordingSink()
+    pipeline = make_pipeline()
+    try:
+        report = run_live(pipeline, FakeCamera(frames, fps=20.0), sink)
+    finally:
+        close_all(pipeline)
+    assert report.processed >= len(frames) - 2
+    assert report.dropped <= 2
+
+
+def test_live_mode_plays_a_file_at_its_own_rate(face_clip):
+    source = FileSource(face_clip)  # 20 frames at 25 fps = 0.8 s
+    sink = RecordingSink()
+    pipeline = make_pipeline()
+    try:
+        start = time.monotonic()
+        report = run_live(pipeline, source, sink, max_frames=15)
+        elapsed = time.monotonic() - start
+    finally:
+        close_all(pipeline)
+    assert report.captured == 15
+    assert 14 / 25.0 - 0.02 < elapsed < 15 / 25.0 + 1.0
+    assert abs(report.sent - 15) <= 3
+
+
+def test_live_mode_passes_errors_to_the_caller():
+    pipeline = make_pipeline(restore=FailingRestore(fail_at=2))
+    try:
+        with pytest.raises(RuntimeError, match="on purpose"):
+            run_live(pipeline, FakeCamera(face_frames(20), fps=30.0), RecordingSink())
+    finally:
+        close_all(pipeline)
+
+
+# ---------------------------------------------------------------- virtual camera
+
+
+def test_virtual_camera_sink_through_a_registered_backend():
+    pyvirtualcam.register_backend("instantrestore-test-recorder", RecordingVirtualCamera)
+    RecordingVirtualCamera.instances.clear()
+    frames = face_frames(12)
+    sink = VirtualCameraSink(320, 240, 30, backend="instantrestore-test-recorder")
+    assert sink.backend == "instantrestore-test-recorder"
+    pipeline = make_pipeline()
+    try:
+        report = run_live(pipeline, FakeCamera(frames, fps=30.0), sink)
+    finally:
+        close_all(pipeline)
+        sink.close()
+    backend = RecordingVirtualCamera.instances[-1]
+    assert backend.closed
+    assert len(backend.frames) == report.sent >= 9
+    assert backend.frames[-1].shape == (320 * 240 * 3,)  # pyvirtualcam hands backends flat RGB
+    with pytest.raises(MediaError):
+        VirtualCameraSink(320, 240, 30, backend="instantrestore-test-recorder").write(np.zeros((10, 10, 3), np.uint8))
+
+
+def test_missing_virtual_camera_is_a_clear_error():
+    pyvirtualcam.register_backend("instantrestore-test-broken", BrokenVirtualCamera)
+    with pytest.raises(VirtualCameraUnavailable, match="/dev/video42 does not exist"):
+        VirtualCameraSink(320, 240, 30, backend="instantrestore-test-broken")
+    with pytest.raises(VirtualCameraUnavailable, match="unknown virtual camera backend"):
+        VirtualCameraSink(320, 240, 30, backend="no-such-backend")
