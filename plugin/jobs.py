@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -421,6 +422,47 @@ def _camera_device_path(source) -> Optional[str]:
     return os.path.realpath(device) if isinstance(device, str) else None
 
 
+def fit(image: np.ndarray, size: tuple) -> np.ndarray:
+    """The frame at the virtual camera's (width, height)."""
+    if image.shape[1] == size[0] and image.shape[0] == size[1]:
+        return image
+    import cv2
+
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+class Passthrough:
+    """Sends the camera's own frames to the virtual camera while the model loads (seconds; minutes
+    when TensorRT engines are built), so call apps can already list and select the device: with
+    v4l2loopback's exclusive_caps=1 it is only listed while it receives frames."""
+
+    def __init__(self, source, write):
+        self.source = source
+        self.write = write
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="instantrestore-passthrough", daemon=True)
+
+    def _run(self):
+        try:
+            for item in self.source:
+                if self._stop.is_set():
+                    return
+                self.write(item.image)
+                self.sent += 1
+        except Exception:  # noqa: BLE001 - the real run reports camera problems itself
+            return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        return False
+
+
 class OutputTee:
     """The sinks of a camera run: the virtual camera plus an optional preview window, with frames
     resized to the virtual camera's size and an optional stats overlay and log."""
@@ -435,10 +477,7 @@ class OutputTee:
         self._last_log = time.monotonic()
 
     def write(self, image, timestamp=None):
-        import cv2
-
-        if image.shape[1] != self.size[0] or image.shape[0] != self.size[1]:
-            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        image = fit(image, self.size)
         self.camera_sink.write(image, timestamp)
         if self.preview is not None:
             shown = self.stats.draw(image) if (self.show_stats and self.stats is not None) else image
@@ -479,7 +518,8 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
 
     with contextlib.ExitStack() as stack:
         source = open_input(input_spec, size, fps)
-        stack.callback(source.close)
+        if hasattr(source, "close"):
+            stack.callback(source.close)
         out_size = size or (source.width, source.height)
         out_fps = float(fps or source.fps or 30)
         if source.live is False:
@@ -501,14 +541,19 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
         if input_device is not None and camera_sink.device and input_device == os.path.realpath(str(camera_sink.device)):
             raise PluginError(f"the input {input_device} is the virtual camera itself; pick your real camera with --input")
 
-        restorer = load_engine(bundle, backend, device, None, progress)
+        shown_as = vcam.camera_name_in_apps(camera_sink.backend, camera_sink.device)
+        progress(f"virtual camera: {camera_sink.device} ({camera_sink.backend}) {out_size[0]}x{out_size[1]} at "
+                 f"{out_fps:.3g} fps; pick \"{shown_as}\" in your call app. Ctrl+C stops.")
+        if source.live:
+            progress("it shows your camera as it is until the model is loaded")
+            with Passthrough(source, lambda image: camera_sink.write(fit(image, out_size))):
+                restorer = load_engine(bundle, backend, device, None, progress)
+        else:
+            restorer = load_engine(bundle, backend, device, None, progress)
         pipeline = stack.enter_context(FramePipeline(restorer.crop_restorer(profile), restorer.crop_size, blend=blend))
         preview_sink = PreviewSink() if preview else None
         tee = OutputTee(camera_sink, out_size, preview_sink, pipeline.stats, show_stats=show_stats)
         stack.callback(tee.close)
-        shown_as = vcam.camera_name_in_apps(camera_sink.backend, camera_sink.device)
-        progress(f"virtual camera: {camera_sink.device} ({camera_sink.backend}) {out_size[0]}x{out_size[1]} at "
-                 f"{out_fps:.3g} fps; pick \"{shown_as}\" in your call app. Ctrl+C stops.")
         stopped_by = "end of input"
         try:
             report = run_live(pipeline, source, tee, max_frames=max_frames, fps=out_fps)

@@ -16,6 +16,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(__file__))
 from media_helpers import (  # noqa: E402
     BrokenVirtualCamera,
+    FakeCamera,
     RecordingVirtualCamera,
     astronaut,
     audio_packets,
@@ -356,6 +357,28 @@ def test_camera_from_a_file_into_a_recording_virtual_camera(in_state, clip, reco
         assert np.abs(frame - originals[best])[outside].mean() < 2.0
     changed = [min(np.abs(f.astype(np.int16) - o)[inner].mean() for o in originals) for f in frames]
     assert max(changed) > 5.0
+
+
+def test_live_camera_shows_the_raw_feed_while_the_model_loads(in_state, clip, recording_backend, monkeypatch, capsys):
+    frames = read_frames(clip)
+    monkeypatch.setattr(jobs, "open_input", lambda spec, size, fps: FakeCamera(frames * 20, fps=CLIP_FPS))
+    real_load = jobs.load_engine
+
+    def slow_load(*args, **kwargs):
+        import time
+
+        time.sleep(0.5)  # a model that takes a while to load
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "load_engine", slow_load)
+    code, _, err = run(capsys, "camera", "--profile", "me", "--vcam-backend", "recording", "--max-frames", 6,
+                       "--backend", "torch")
+    assert code == 0, err
+    assert "shows your camera as it is until the model is loaded" in err
+    (camera,) = recording_backend.instances
+    first = camera.frames[0].reshape(CLIP_SIZE[1], CLIP_SIZE[0], 3)
+    assert np.array_equal(first, frames[0])  # unrestored, straight from the camera
+    assert len(camera.frames) > 6  # passthrough frames, then the restored run
 
 
 def test_camera_without_a_virtual_camera_says_what_to_do(in_state, clip, recording_backend, capsys, tmp_path):
