@@ -13,7 +13,6 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import math
-import os
 import threading
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -462,7 +461,8 @@ class Tracker:
         # Defaults tuned on BlazeFace with sensor noise: under a pixel of crop jitter at S=512 on a
         # still face, while a face moving a face-width per second stays within ~10% of it.
         self._owns_detector = detector is None
-        self.detector = detector if detector is not None else FaceDetector(mode="video")
+        # A hung MediaPipe graph then raises DetectorTimeout instead of freezing the call.
+        self.detector = detector if detector is not None else FaceDetector(mode="video", timeout_s=10.0)
         self.choose_face = choose_face
         self.max_missed = int(max_missed)
         self.roi_scale = roi_scale

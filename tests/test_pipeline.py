@@ -7,6 +7,7 @@ import sys
 import time
 from fractions import Fraction
 
+import cv2
 import numpy as np
 import pytest
 import pyvirtualcam
@@ -103,8 +104,6 @@ def test_only_the_face_region_changes():
             matrix = pipeline.last_matrix
             assert matrix is not None
             inverse = align.invert_matrix(matrix)
-            import cv2
-
             inside = cv2.warpAffine(face_mask(CROP), inverse, (frame.shape[1], frame.shape[0]), borderValue=0.0) > 0
             np.testing.assert_array_equal(out[~inside], frame[~inside])
             assert np.abs(out[inside].astype(int) - frame[inside].astype(int)).mean() > 20
