@@ -80,6 +80,9 @@ def choose_engine(bundle, backend: str = "auto", device: Optional[str] = None, d
         raise PluginError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKEND_CHOICES)}")
     if isinstance(dtype, str):
         dtype = {"float16": torch.float16, "float32": torch.float32}[dtype]
+    if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise PluginError(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__} "
+                          "(`instantrestore doctor` says what is missing)")
     if backend == "tensorrt":
         return EngineChoice("tensorrt", device or "cuda", torch.float16, "asked for")
     explicit_device = device
@@ -351,15 +354,23 @@ def restore_video(in_path, out_path, profile_name: str, bundle_arg=None, backend
     if out_path.exists():
         progress(f"{out_path} exists; it will be replaced when the new file is complete")
 
-    restorer = load_engine(bundle, backend, device, None, progress)
+    # The output is opened (as a temp file) before the slow model load, so a bad name fails at once.
+    sink = FileSink(out_path, like=source)
+    try:
+        restorer = load_engine(bundle, backend, device, None, progress)
+    except BaseException:
+        sink.abort()
+        raise
     started = time.monotonic()
     bar = ProgressBar(f"restoring {in_path.name}")
-    with FramePipeline(restorer.crop_restorer(profile), restorer.crop_size, blend=blend) as pipeline:
-        sink = FileSink(out_path, like=source)
-        try:
+    try:
+        with FramePipeline(restorer.crop_restorer(profile), restorer.crop_size, blend=blend) as pipeline:
             stats = run_file(pipeline, source, sink, progress=bar, batch_size=batch_size)
-        finally:
-            bar.close()
+    except BaseException:
+        sink.abort()  # run_file aborts too; this covers a failure before it starts
+        raise
+    finally:
+        bar.close()
     summary = stats.summary()
     frames = sink.frames_written
     elapsed = time.monotonic() - started

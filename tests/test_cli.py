@@ -320,6 +320,11 @@ def test_video_refuses_missing_profile_foreign_profile_and_missing_bundle(in_sta
     assert_clear_error(code, err, "not a model bundle")
     code, _, err = run(capsys, "video", clip, "-o", tmp_path / "no-folder" / "out.mp4", "--profile", "me")
     assert_clear_error(code, err, "does not exist")
+    code, _, err = run(capsys, "video", clip, "-o", tmp_path / "out.notavideoformat", "--profile", "me")
+    assert_clear_error(code, err, "out.notavideoformat")
+    if not torch.cuda.is_available():
+        code, _, err = run(capsys, "video", clip, "-o", out_path, "--profile", "me", "--device", "cuda")
+        assert_clear_error(code, err, "no CUDA GPU")
     assert not out_path.exists() and listing(tmp_path) == set()
 
 
