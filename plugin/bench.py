@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instantrestore.runtime import load_restorer
+from instantrestore.runtime import load_bundle, load_restorer
 from instantrestore.runtime.artifacts import state_dir
 
 from .progress import say
@@ -209,14 +209,18 @@ def run(args) -> int:
         raise ValueError("--refs, --batch and --frames must be at least 1")
     dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
     if args.random:
-        bundle = random_bundle(args.random, dtype, device, say)
+        bundle = load_bundle(random_bundle(args.random, dtype, device, say))
     else:
         from .home import resolve_bundle
 
-        bundle = resolve_bundle(args.bundle).path
-    options = {"compile": True} if args.compile else {}
-    say(f"loading {bundle} on {device} ({args.backend}, {dtype})")
-    restorer = load_restorer(bundle, backend=args.backend, device=device, dtype=dtype, **options)
+        bundle = resolve_bundle(args.bundle)
+    say(f"loading {bundle.path} on {device} ({args.backend}, {dtype})")
+    if args.backend == "torch":
+        restorer = load_restorer(bundle.path, backend="torch", device=device, dtype=dtype, compile=args.compile)
+    else:  # builds the ONNX graphs or TensorRT engines first when they are missing
+        from .jobs import load_engine
+
+        restorer = load_engine(bundle, args.backend, device.type, dtype)
     if args.pipeline:
         result = bench_pipeline(restorer, frames=args.frames, batch=args.batch)
     else:
