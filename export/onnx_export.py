@@ -220,14 +220,16 @@ def export_onnx(
     todo = [g for g in graphs if g not in out]
 
     _say(progress, f"onnx: building the {precision} networks of bundle {bundle.bundle_id[:12]} on {device}")
-    restorer, enroller = build_nets(bundle, device, torch_dtype)
+    nets = dict(zip(GRAPHS, build_nets(bundle, device, torch_dtype)))
+    for g in GRAPHS:
+        if g not in todo:
+            del nets[g]  # the full model's nets are several GB each: keep only what is exported
     # Sample K/V of the right shapes (N = 3); their values do not shape the graph.
-    g = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(1)
     restorer_kv = tuple(
-        torch.randn(3, t, c, generator=g).to(device=device, dtype=torch_dtype)
+        torch.randn(3, t, c, generator=gen).to(device=device, dtype=torch_dtype)
         for t, c in bundle.layer_shapes for _ in range(2)
     )
-    nets = {"restorer": restorer, "enroller": enroller}
 
     folder.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="instantrestore-onnx-"))
@@ -254,8 +256,10 @@ def export_onnx(
                         _export_file(nets[g], args, g, num_layers, opset, "legacy", tmp, workdir)
                     except Exception as exc2:  # noqa: BLE001
                         raise OnnxExportError(f"ONNX export of the {g} failed with both exporters: {type(exc2).__name__}: {exc2}") from exc2
-                if tmp.with_name(tmp.name + ".data").exists():
-                    _say(progress, f"onnx: the {g} is over 2 GB; its weights go to {path.name}.data")
+                tmp_data = tmp.with_name(tmp.name + ".data")
+                if tmp_data.exists():
+                    size = tmp_data.stat().st_size / 2**30
+                    _say(progress, f"onnx: the {g}'s weights ({size:.2f} GiB) go to {path.name}.data beside the graph")
                 # The path form reads external data and copes with graphs over 2 GB.
                 onnx.checker.check_model(str(tmp))
                 light = onnx.load(str(tmp), load_external_data=False)  # structure only, for the checks below
@@ -276,6 +280,7 @@ def export_onnx(
                 shutil.rmtree(stage, ignore_errors=True)
             _say(progress, f"onnx: wrote {path} ({sum(report.ops.values())} nodes, {time.monotonic() - t0:.0f} s)")
             out[g] = path
+            del nets[g], args
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return {g: out[g] for g in graphs}

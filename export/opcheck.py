@@ -42,10 +42,11 @@ class OpReport:
     forbidden: list  # FFT-family ops
     complex_tensors: list  # names of complex-typed tensors
     opset_problem: Optional[str]
+    restrictions: list = dataclasses.field(default_factory=list)  # nodes breaking a documented restriction
 
     @property
     def ok(self) -> bool:
-        return not (self.unsupported or self.forbidden or self.complex_tensors or self.opset_problem)
+        return not (self.unsupported or self.forbidden or self.complex_tensors or self.opset_problem or self.restrictions)
 
     def summary(self) -> str:
         parts = []
@@ -57,6 +58,8 @@ class OpReport:
             parts.append("complex tensors: " + ", ".join(self.complex_tensors[:5]))
         if self.opset_problem:
             parts.append(self.opset_problem)
+        if self.restrictions:
+            parts.append("restrictions: " + "; ".join(self.restrictions[:5]))
         return "; ".join(parts) if parts else f"{sum(self.ops.values())} nodes, {len(self.ops)} op types, all supported"
 
 
@@ -147,6 +150,53 @@ def _walk_nodes(nodes):
                     yield from _walk_graph(g)
 
 
+# Restrictions of the support matrix that a static look at the graph can verify.
+RESIZE_MODES = {"nearest", "linear"}
+RESIZE_COORDS = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
+RESIZE_NEAREST = {"floor", "ceil", "round_prefer_floor", "round_prefer_ceil"}
+CONSTANT_INPUTS = {  # op -> (input index, what) that must be a build-time constant
+    "InstanceNormalization": ((1, "scale"), (2, "B")),
+    "Slice": ((3, "axes"),),
+    "Squeeze": ((1, "axes"),),
+    "Unsqueeze": ((1, "axes"),),
+    "CumSum": ((1, "axis"),),
+    "TopK": ((1, "K"),),
+}
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            value = onnx.helper.get_attribute_value(a)
+            return value.decode() if isinstance(value, bytes) else value
+    return default
+
+
+def check_restrictions(graph: onnx.GraphProto) -> list:
+    """Nodes of the main graph that break a restriction TensorRT's parser documents for its op."""
+    constants = {i.name for i in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    problems = []
+    for node in graph.node:
+        if node.domain not in DEFAULT_DOMAINS:
+            continue
+        label = node.name or node.op_type
+        for index, what in CONSTANT_INPUTS.get(node.op_type, ()):
+            if len(node.input) > index and node.input[index] and node.input[index] not in constants:
+                problems.append(f"{label}: {node.op_type} `{what}` must be a constant")
+        if node.op_type == "Resize":
+            mode = _attr(node, "mode", "nearest")
+            coords = _attr(node, "coordinate_transformation_mode", "half_pixel")
+            nearest = _attr(node, "nearest_mode", "round_prefer_floor")
+            if mode not in RESIZE_MODES or coords not in RESIZE_COORDS or (mode == "nearest" and nearest not in RESIZE_NEAREST):
+                problems.append(f"{label}: Resize mode {mode}/{coords}/{nearest} is unsupported")
+            if _attr(node, "antialias", 0):
+                problems.append(f"{label}: Resize antialiasing is unsupported")
+            if _attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
+                problems.append(f"{label}: Resize keep_aspect_ratio_policy must be stretch")
+    return problems
+
+
 def check_ops(model, supported: Optional[SupportedOps] = None) -> OpReport:
     """Report on every op in `model` (a ModelProto or a path) against TensorRT's supported list."""
     model = _load(model)
@@ -166,7 +216,8 @@ def check_ops(model, supported: Optional[SupportedOps] = None) -> OpReport:
         opset_problem = "no default-domain opset import"
     elif not supported.opset_min <= opset <= supported.opset_max:
         opset_problem = f"opset {opset} outside TensorRT's range {supported.opset_min}..{supported.opset_max}"
-    return OpReport(counts, opset, unsupported, forbidden, complex_tensors, opset_problem)
+    restrictions = check_restrictions(model.graph)
+    return OpReport(counts, opset, unsupported, forbidden, complex_tensors, opset_problem, restrictions)
 
 
 def assert_trt_compatible(model, what: str = "graph") -> OpReport:

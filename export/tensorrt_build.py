@@ -224,7 +224,7 @@ def build_engines(
     graphs = find_onnx(bundle, precision, onnx_dir)
     if graphs is None:
         _say(progress, "tensorrt: no ONNX graphs cached for this bundle; exporting them first")
-        graphs = export_onnx(bundle_dir, out_dir=onnx_dir, dtype=precision, progress=progress)
+        graphs = export_onnx(bundle_dir, out_dir=onnx_dir, dtype=precision, device=dev, progress=progress)
 
     tcache = timing_cache_path(trt.__version__, gpu_name, cc)
     out = {}

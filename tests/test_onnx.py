@@ -159,7 +159,7 @@ def test_external_data_when_large(tiny_bundle, tmp_path, monkeypatch):
     data = path.with_name(path.name + ".data")
     assert data.is_file() and data.stat().st_size > path.stat().st_size
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, data.name, path.name + ".json"])
-    assert any("over 2 GB" in m for m in messages)
+    assert any(f"go to {data.name}" in m for m in messages)
     key = artifacts.onnx_key("enroller", bundle.bundle_id, "fp32")
     assert artifacts.classify(path, key, verify_hash=True)[0] == "valid"
     assert data.name in artifacts.read_sidecar(path)["files"]
@@ -305,3 +305,22 @@ def test_op_check_looks_inside_functions_and_subgraphs():
 def test_op_check_opset_range():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     assert "outside" in check_ops(_model([helper.make_node("Relu", ["x"], ["y"])], [x], [x], opset=8)).summary()
+
+
+def test_op_check_static_restrictions():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    s = helper.make_tensor_value_info("s", TensorProto.FLOAT, [4])
+    scale = helper.make_tensor("scale", TensorProto.FLOAT, [4], [1.0] * 4)
+    bias = helper.make_tensor("bias", TensorProto.FLOAT, [4], [0.0] * 4)
+    good = helper.make_graph([helper.make_node("InstanceNormalization", ["x", "scale", "bias"], ["y"])], "g", [x], [y],
+                             initializer=[scale, bias])
+    assert check_ops(helper.make_model(good, opset_imports=[helper.make_opsetid("", 18)])).ok
+    bad = helper.make_graph([helper.make_node("InstanceNormalization", ["x", "s", "bias"], ["y"], name="norm")], "g",
+                            [x, s], [y], initializer=[bias])
+    report = check_ops(helper.make_model(bad, opset_imports=[helper.make_opsetid("", 18)]))
+    assert report.restrictions == ["norm: InstanceNormalization `scale` must be a constant"] and not report.ok
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])
+    cubic = helper.make_graph([helper.make_node("Resize", ["x", "", "scales"], ["y"], name="up", mode="cubic")], "g",
+                              [x], [y], initializer=[scales])
+    assert "up: Resize mode cubic" in check_ops(helper.make_model(cubic, opset_imports=[helper.make_opsetid("", 18)])).summary()
