@@ -254,6 +254,13 @@ def cuda_identity(device=None) -> tuple:
 # Atomic writes
 
 
+def set_ordinary_mode(path) -> None:
+    """mkstemp makes files 0600; what we write are ordinary user files (the umask's default mode)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix: str = "") -> Iterator[Path]:
     """Yield a temp path in the target's folder; on success it replaces `path` atomically."""
@@ -262,9 +269,7 @@ def atomic_path(path, suffix: str = "") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; cache files are ordinary user files
+    set_ordinary_mode(tmp)
     try:
         yield tmp
         _fsync_file(tmp)

@@ -16,6 +16,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from .artifacts import set_ordinary_mode
+
 
 class MediaError(Exception):
     """A video file, camera or virtual camera cannot be read or written."""
@@ -324,6 +326,7 @@ class FileSink:
             self._close_audio_input()
             if self.frames_written == 0:
                 raise MediaError(f"no frames were written to {self.out_path.name}")
+            set_ordinary_mode(self.temp_path)
             os.replace(self.temp_path, self.out_path)
             self._closed = True
         except Exception as error:

@@ -4,8 +4,6 @@ computed once at enrollment, stored as safetensors with the aligned reference th
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .artifacts import atomic_path
 from .network import ADAIN_EPS, value_statistics
 
 PROFILE_FORMAT = "instantrestore-profile"
@@ -20,20 +19,6 @@ PROFILE_FORMAT = "instantrestore-profile"
 
 class ProfileError(Exception):
     """A profile file is unreadable, of another format, or made for another model bundle."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(temp_path) for a temp file beside `path`, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Profile:
@@ -80,7 +65,8 @@ class Profile:
             "created": self.metadata.get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
             "info": json.dumps({k: v for k, v in self.metadata.items() if k != "created"}),
         }
-        atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
         return Path(path)
 
     @classmethod

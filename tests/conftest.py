@@ -10,6 +10,21 @@ from miniature import write_release  # noqa: E402
 _releases: dict = {}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def state_folder(tmp_path_factory):
+    """Tests never touch the developer's own state folder (profiles, default bundle, engine cache)."""
+    import os
+
+    folder = tmp_path_factory.mktemp("instantrestore-home")
+    previous = os.environ.get("INSTANTRESTORE_HOME")
+    os.environ["INSTANTRESTORE_HOME"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("INSTANTRESTORE_HOME", None)
+    else:
+        os.environ["INSTANTRESTORE_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def release_factory(tmp_path_factory):
     """The miniature release and its fp32 bundle for a (use_adain, train_input) pair, made once."""

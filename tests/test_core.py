@@ -103,6 +103,9 @@ def test_cached_profile_equals_enrolling_in_the_call(tiny_restorer, tmp_path):
     images, refs = crops(1, 11), crops(4, 12)
     profile = r.enroll(refs)
     path = profile.save(tmp_path / "me.safetensors")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's 0600
     loaded = Profile.load(path, bundle_id=r.bundle.bundle_id)
     assert loaded.count == 4 and tuple(loaded.thumbnails.shape) == (4, 128, 128, 3)
     cached = r.restore(images, loaded)
