@@ -269,9 +269,9 @@ def atomic_path(path, suffix: str = "") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
-    set_ordinary_mode(tmp)
     try:
         yield tmp
+        set_ordinary_mode(tmp)  # after writing: some writers replace the file rather than fill it
         _fsync_file(tmp)
         os.replace(tmp, path)
     finally:
