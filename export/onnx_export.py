@@ -5,7 +5,8 @@ restored (B,3,S,S). Enroller graph: refs (N,3,S,S), noise (N,4,s,s) -> k0, v0, .
 B (batch) and N (reference count) are dynamic, 1..8, so one graph serves every profile.
 
 Opset 18 or newer (the exporter's opset 17 writes a Split this model's graph cannot use). Graphs
-over 2 GB keep their weights in one external-data file beside the .onnx. Every graph is checked
+near or over protobuf's 2 GB limit keep their weights in one external-data file beside the .onnx
+(`<name>.onnx.data`; the full model's graphs do, in fp32 and in fp16). Every graph is checked
 with onnx.checker, for FFT/complex ops, and against TensorRT's supported operators, then written
 atomically into the engine cache (or `out_dir`) with a sidecar that commits it.
 """

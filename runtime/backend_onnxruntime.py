@@ -152,7 +152,9 @@ class OnnxRuntimeBackend:
         paths = find_graphs(bundle, self.precision, onnx_dir)
         self.paths = paths
         self.io_binding = self.device.type == "cuda" if io_binding is None else bool(io_binding)
-        self._sessions = {g: _Session(paths[g], self.providers, threads, self.io_binding) for g in GRAPHS}
+        self._threads = threads
+        # The enroller's session is opened on first use: a live session with a stored profile never needs it.
+        self._sessions = {"restorer": _Session(paths["restorer"], self.providers, threads, self.io_binding)}
         expect_in = ["images", "noise"] + [f"{c}{i}" for i in range(self.num_layers) for c in ("k", "v")]
         got = self._sessions["restorer"].inputs
         if got != expect_in:
@@ -210,6 +212,8 @@ class OnnxRuntimeBackend:
 
     @torch.inference_mode()
     def enroll(self, refs: torch.Tensor, noise: torch.Tensor) -> list:
+        if "enroller" not in self._sessions:
+            self._sessions["enroller"] = _Session(self.paths["enroller"], self.providers, self._threads, self.io_binding)
         sess = self._sessions["enroller"]
         if self.io_binding:
             self._bind_torch(sess, "refs", refs)

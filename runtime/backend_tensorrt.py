@@ -243,24 +243,32 @@ class TensorRTBackend:
         self.profile = profile or artifacts.DEFAULT_PROFILE
         self.keys = current_engine_keys(bundle.bundle_id, self.precision, self.profile, self.device)
         self.num_layers = len(bundle.layer_shapes)
+        # Both plans must exist now (so a missing one is reported at load), but the enroller is only
+        # deserialised on first use: a live session with a stored profile never needs its GPU memory.
+        self._paths = {graph: find_engine(self.keys[graph]) for graph in GRAPHS}
         self._runners = {}
-        for graph in GRAPHS:
-            path = find_engine(self.keys[graph])
-            log.info("tensorrt: loading %s engine %s", graph, path)
-            self._runners[graph] = EngineRunner(path.read_bytes(), self.device, what=graph)
-        self._check_io()
+        self._runner("restorer")
         self._bound_src = None
         self._bound_ptrs = None
 
-    def _check_io(self) -> None:
-        names = ["images", "noise"] + [f"{kv}{i}" for i in range(self.num_layers) for kv in ("k", "v")]
-        r = self._runners["restorer"]
-        if sorted(r.inputs) != sorted(names) or r.outputs != ["restored"]:
-            raise TensorRTError(f"restorer engine inputs {r.inputs} / outputs {r.outputs} do not match bundle "
-                                f"({self.num_layers} shared layers); rebuild with `instantrestore export --tensorrt`")
-        e = self._runners["enroller"]
-        if sorted(e.inputs) != ["noise", "refs"] or len(e.outputs) != 2 * self.num_layers:
-            raise TensorRTError(f"enroller engine inputs {e.inputs} do not match the bundle; rebuild it")
+    def _runner(self, graph: str) -> EngineRunner:
+        if graph not in self._runners:
+            path = self._paths[graph]
+            log.info("tensorrt: loading %s engine %s", graph, path)
+            runner = EngineRunner(path.read_bytes(), self.device, what=graph)
+            self._check_io(graph, runner)
+            self._runners[graph] = runner
+        return self._runners[graph]
+
+    def _check_io(self, graph: str, r: EngineRunner) -> None:
+        if graph == "restorer":
+            names = ["images", "noise"] + [f"{kv}{i}" for i in range(self.num_layers) for kv in ("k", "v")]
+            if sorted(r.inputs) != sorted(names) or r.outputs != ["restored"]:
+                raise TensorRTError(f"restorer engine inputs {r.inputs} / outputs {r.outputs} do not match the bundle "
+                                    f"({self.num_layers} shared layers); rebuild with `instantrestore export --tensorrt`")
+        elif sorted(r.inputs) != ["noise", "refs"] or len(r.outputs) != 2 * self.num_layers:
+            raise TensorRTError(f"enroller engine inputs {r.inputs} / outputs {r.outputs} do not match the bundle; "
+                                "rebuild with `instantrestore export --tensorrt`")
 
     @property
     def max_references(self) -> int:
@@ -273,11 +281,11 @@ class TensorRTBackend:
     @torch.inference_mode()
     def enroll(self, refs: torch.Tensor, noise: torch.Tensor) -> list:
         names = [f"{kv}{i}" for i in range(self.num_layers) for kv in ("k", "v")]
-        step = self._runners["enroller"].profile_shape("refs")[2][0]
+        r = self._runner("enroller")
+        step = r.profile_shape("refs")[2][0]
         if refs.shape[0] > step:  # references are independent: run them in engine-sized chunks
             parts = [self.enroll(refs[i:i + step], noise[i:i + step]) for i in range(0, refs.shape[0], step)]
             return [torch.cat(ts) for ts in zip(*parts)]
-        r = self._runners["enroller"]
         r.bind_input("refs", refs)
         r.bind_input("noise", noise)
         outs = r.run()

@@ -627,12 +627,14 @@ def test_runtime_binds_references_once_per_profile(fake_runtime):
     backend = bt.TensorRTBackend(bundle)
     restorer = Restorer(bundle, backend)
     assert backend.max_batch == 4 and backend.max_references == 8
+    assert len(engines) == 1  # the enroller plan is deserialised on first use only
     restorer_ctx = engines[0].contexts[0]
     S = bundle.crop_size
     g = torch.Generator().manual_seed(0)
     profile_a = restorer.enroll(torch.rand(2, 3, S, S, generator=g) * 2 - 1)
     profile_b = restorer.enroll(torch.rand(3, 3, S, S, generator=g) * 2 - 1)
     assert all(k.dtype == torch.float16 and k.shape[0] == 2 for k in profile_a.keys)
+    assert len(engines) == 2
     restorer_ctx.log.clear()
     x = (torch.rand(1, 3, S, S, generator=g) * 2 - 1).half()
     for _ in range(3):
