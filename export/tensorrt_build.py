@@ -131,7 +131,7 @@ def build_engine(
     if workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
     if fp16 and not strongly_typed:
-        if not builder.platform_has_fast_fp16:
+        if not getattr(builder, "platform_has_fast_fp16", True):  # deprecated attribute in later TensorRT 10
             _say(progress, "tensorrt: warning: this GPU has no fast fp16; building anyway")
         config.set_flag(trt.BuilderFlag.FP16)
 
