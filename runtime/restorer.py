@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ class Restorer:
         self.crop_size = bundle.crop_size
         self.latent_shape = (bundle.latent_channels, bundle.latent_size, bundle.latent_size)
         self._bound: tuple[Profile, list[torch.Tensor]] | None = None
+        self._default_noise: dict[tuple, torch.Tensor] = {}
 
     @property
     def device(self) -> torch.device:
@@ -63,8 +65,13 @@ class Restorer:
     def _noise(self, noise, count: int, per_item: bool) -> torch.Tensor:
         shape = (count, *self.latent_shape)
         if noise is None:
-            # restore: one fixed tensor for every frame and batch slot; enroll: one per reference
-            return seeded_noise(shape if per_item else (1, *self.latent_shape)).expand(shape)
+            # restore: one fixed tensor for every frame and batch slot; enroll: one per reference.
+            # Kept on the backend's device, so frames cost no host-to-device copy for it.
+            key = (count, per_item)
+            if key not in self._default_noise:
+                seeded = seeded_noise(shape if per_item else (1, *self.latent_shape)).expand(shape)
+                self._default_noise[key] = seeded.to(self.device, self.backend.dtype)
+            return self._default_noise[key]
         if tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
         return noise
@@ -128,10 +135,17 @@ class Restorer:
 
 def load_restorer(bundle_dir, backend: str = "torch", device="cpu", dtype=torch.float32, **options) -> Restorer:
     """A Restorer for a model bundle folder on `device` in `dtype` ("float16", torch.float16, ...);
-    `options` go to the backend (torch: cuda_graph, compile)."""
+    `options` go to the backend (torch: cuda_graph, compile). backend="auto" chooses backend, device and
+    dtype itself (TensorRT, onnxruntime-CUDA, torch-CUDA, onnxruntime-CPU, torch-CPU: the first that is
+    ready) and says which on stderr."""
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
     bundle = load_bundle(bundle_dir)
+    if backend == "auto":
+        from .backend_tensorrt import choose_auto_backend
+
+        backend, device, dtype, reason = choose_auto_backend(bundle)
+        print(f"instantrestore: backend auto -> {backend} on {device} ({reason or 'ready'})", file=sys.stderr)
     return Restorer(bundle, backend_class(backend)(bundle, device=device, dtype=dtype, **options))

@@ -208,3 +208,10 @@ def test_export_command(tiny_release, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == f"instantrestore: error: checkpoint {tmp_path / 'missing.pt'} does not exist"
+
+
+def test_auto_backend_says_what_it_picked(tiny_bundle, capsys):
+    r = load_restorer(tiny_bundle, backend="auto")
+    assert r.backend.name in ("torch", "onnxruntime") and r.device.type == "cpu"  # no GPU here
+    assert f"backend auto -> {r.backend.name} on cpu" in capsys.readouterr().err
+    assert r.restore(crops(1, 51), crops(1, 52)).shape == (1, 3, CROP_SIZE, CROP_SIZE)
