@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from instantrestore.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, CONFIG_NAME, DTYPES, WEIGHTS_NAME
-from instantrestore.runtime.network import shared_layer_names
+from instantrestore.runtime.network import shared_layer_names, up_block_resolution
 
 PROMPT = "A high-quality photo of a person; professional, 8k"
 RESTORE_TIMESTEP = 249
@@ -32,7 +32,8 @@ class CheckpointError(Exception):
     """The checkpoint, base or VAE given to the importer is not what the importer expects."""
 
 
-def _say(progress, message):
+def report(progress, message) -> None:
+    """Pass a progress message on to the caller's callback, if any."""
     if progress:
         progress(message)
 
@@ -168,7 +169,7 @@ def import_checkpoint(checkpoint, base="stabilityai/sd-turbo", vae="stabilityai/
 
     if dtype not in DTYPES:
         raise CheckpointError(f"unknown dtype {dtype!r}; choose float16 or float32")
-    _say(progress, f"reading checkpoint {checkpoint}")
+    report(progress, f"reading checkpoint {checkpoint}")
     nets, cfg = read_checkpoint(checkpoint)
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{checkpoint} is not an InstantRestore checkpoint ('cfg' is not a dict)")
@@ -182,7 +183,7 @@ def import_checkpoint(checkpoint, base="stabilityai/sd-turbo", vae="stabilityai/
     vae_config = _read_json(vae_dir / "config.json", "vae")
     scheduler_config = _read_json(base_dir / "scheduler" / "scheduler_config.json", "base")
 
-    _say(progress, "merging LoRA weights")
+    report(progress, "merging LoRA weights")
     unet, unet_loras = merge_lora(nets["unet"], ADAPTERS["unet"])
     vae_weights, vae_loras = merge_lora(nets["vae"], ADAPTERS["vae"])
     unet_module = _check_fits(UNet2DConditionModel, unet_config, unet, "restorer UNet")
@@ -191,9 +192,9 @@ def import_checkpoint(checkpoint, base="stabilityai/sd-turbo", vae="stabilityai/
     encoder_only = ("decoder.", "post_quant_conv.")
     original_vae = {k: v for k, v in nets["original_vae"].items() if not k.startswith(encoder_only)}
     _check_fits(AutoencoderKL, vae_config, original_vae, "reference VAE", optional=encoder_only)
-    _say(progress, f"merged {unet_loras} UNet and {vae_loras} VAE LoRA modules")
+    report(progress, f"merged {unet_loras} UNet and {vae_loras} VAE LoRA modules")
 
-    _say(progress, "encoding the prompt")
+    report(progress, "encoding the prompt")
     prompt_embedding = _prompt_embedding(base_dir, nets["text_encoder"])
     flags = {
         "use_adain": bool(model_cfg.get("use_adain", True)),
@@ -230,12 +231,11 @@ def write_bundle(out, unet, vae, scheduler_config: dict, flags: dict, nets: dict
     vae_config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
     scale_factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
     latent_size = int(unet_config["sample_size"])
-    levels = len(unet_config["block_out_channels"])
     reversed_channels = list(reversed(unet_config["block_out_channels"]))
     layers = []
     for name in shared_layer_names(unet):
         block = int(name.split(".")[1])
-        size = latent_size // 2 ** (levels - 1 - block)
+        size = up_block_resolution(unet_config, latent_size, block)
         layers.append({"name": name, "tokens": size * size, "channels": reversed_channels[block]})
 
     tensors = {"prompt_embedding": prompt_embedding}
@@ -266,9 +266,9 @@ def write_bundle(out, unet, vae, scheduler_config: dict, flags: dict, nets: dict
         "shared_layers": layers,
         "source": {**source, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     }
-    _say(progress, f"writing {len(tensors)} tensors ({dtype}) to {out}")
+    report(progress, f"writing {len(tensors)} tensors ({dtype}) to {out}")
     _write_bundle(out, config, tensors)
-    _say(progress, f"bundle {config['bundle_id'][:12]} written to {out}")
+    report(progress, f"bundle {config['bundle_id'][:12]} written to {out}")
     return out
 
 
@@ -297,7 +297,11 @@ def _write_bundle(out: Path, config: dict, tensors: dict[str, torch.Tensor]) -> 
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(out, old)
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)  # put the previous bundle back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)

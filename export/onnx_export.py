@@ -28,6 +28,7 @@ from ..runtime import artifacts
 from ..runtime.artifacts import MAX_BATCH, MAX_REFERENCES
 from ..runtime.bundle import load_bundle
 from ..runtime.network import build_nets
+from .checkpoint import report
 from .opcheck import OpCheckError, assert_no_spectral_ops, check_ops
 
 Progress = Optional[Callable[[str], None]]
@@ -43,11 +44,6 @@ __all__ = ["export_onnx", "find_onnx", "input_names", "output_names", "OnnxExpor
 
 class OnnxExportError(RuntimeError):
     """The ONNX export or one of its checks failed."""
-
-
-def _say(progress: Progress, msg: str) -> None:
-    if progress is not None:
-        progress(msg)
 
 
 def input_names(graph: str, num_layers: int) -> list:
@@ -202,7 +198,7 @@ def export_onnx(
     torch_dtype = torch.float16 if precision == "fp16" else torch.float32
     device = torch.device(device)
     if torch_dtype == torch.float16 and device.type == "cpu" and exporter == "legacy":
-        _say(progress, "onnx: tracing fp16 on the CPU (slow for the full model; pass device='cuda' where there is a GPU)")
+        report(progress, "onnx: tracing fp16 on the CPU (slow for the full model; pass device='cuda' where there is a GPU)")
 
     bundle = load_bundle(bundle_dir)
     folder = Path(out_dir) if out_dir is not None else artifacts.bundle_cache_dir(bundle.bundle_id)
@@ -216,11 +212,11 @@ def export_onnx(
             if found is not None:
                 out[g] = found
         if len(out) == len(graphs):
-            _say(progress, f"onnx: {precision} graphs are up to date in {folder}")
+            report(progress, f"onnx: {precision} graphs are up to date in {folder}")
             return out
     todo = [g for g in graphs if g not in out]
 
-    _say(progress, f"onnx: building the {precision} networks of bundle {bundle.bundle_id[:12]} on {device}")
+    report(progress, f"onnx: building the {precision} networks of bundle {bundle.bundle_id[:12]} on {device}")
     nets = dict(zip(GRAPHS, build_nets(bundle, device, torch_dtype)))
     for g in GRAPHS:
         if g not in todo:
@@ -239,7 +235,7 @@ def export_onnx(
             args = _sample_inputs(bundle, g, restorer_kv, torch_dtype, device)
             t0 = time.monotonic()
             used = exporter
-            _say(progress, f"onnx: exporting the {g} (opset {opset}, {exporter} exporter)")
+            report(progress, f"onnx: exporting the {g} (opset {opset}, {exporter} exporter)")
             path = keys[g].path("onnx", folder)
             stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=folder))  # same filesystem: renames are atomic
             try:
@@ -249,7 +245,7 @@ def export_onnx(
                 except Exception as exc:  # noqa: BLE001 - fall back, and report the original error if both fail
                     if exporter != "dynamo":
                         raise OnnxExportError(f"ONNX export of the {g} failed: {type(exc).__name__}: {exc}") from exc
-                    _say(progress, f"onnx: dynamo exporter failed ({type(exc).__name__}: {str(exc)[:200]}); trying the legacy exporter")
+                    report(progress, f"onnx: dynamo exporter failed ({type(exc).__name__}: {str(exc)[:200]}); trying the legacy exporter")
                     used = "legacy"
                     for leftover in stage.iterdir():
                         leftover.unlink()
@@ -260,26 +256,26 @@ def export_onnx(
                 tmp_data = tmp.with_name(tmp.name + ".data")
                 if tmp_data.exists():
                     size = tmp_data.stat().st_size / 2**30
-                    _say(progress, f"onnx: the {g}'s weights ({size:.2f} GiB) go to {path.name}.data beside the graph")
+                    report(progress, f"onnx: the {g}'s weights ({size:.2f} GiB) go to {path.name}.data beside the graph")
                 # The path form reads external data and copes with graphs over 2 GB.
                 onnx.checker.check_model(str(tmp))
                 light = onnx.load(str(tmp), load_external_data=False)  # structure only, for the checks below
                 _check_signature(light, g, num_layers, torch_dtype)
                 assert_no_spectral_ops(light, f"{g} graph")
-                report = check_ops(light)
+                op_report = check_ops(light)
                 del light
-                if not report.ok:
-                    msg = f"{g} graph: {report.summary()}"
+                if not op_report.ok:
+                    msg = f"{g} graph: {op_report.summary()}"
                     if check_tensorrt:
                         raise OpCheckError(msg + " (pass check_tensorrt=False to export for onnxruntime only)")
-                    _say(progress, "onnx: warning: " + msg)
-                info = {"opset": report.opset, "exporter": used, "torch": torch.__version__, "onnx": onnx.__version__,
+                    report(progress, "onnx: warning: " + msg)
+                info = {"opset": op_report.opset, "exporter": used, "torch": torch.__version__, "onnx": onnx.__version__,
                         "inputs": input_names(g, num_layers), "outputs": output_names(g, num_layers),
                         "max_batch": MAX_BATCH, "max_references": MAX_REFERENCES}
                 _commit(tmp, path, keys[g], info)
             finally:
                 shutil.rmtree(stage, ignore_errors=True)
-            _say(progress, f"onnx: wrote {path} ({sum(report.ops.values())} nodes, {time.monotonic() - t0:.0f} s)")
+            report(progress, f"onnx: wrote {path} ({sum(op_report.ops.values())} nodes, {time.monotonic() - t0:.0f} s)")
             out[g] = path
             del nets[g], args
     finally:

@@ -24,6 +24,7 @@ from ..runtime.backend_tensorrt import (
     import_tensorrt,
     require_cuda,
 )
+from .checkpoint import report
 
 Progress = Optional[Callable[[str], None]]
 
@@ -32,11 +33,6 @@ __all__ = ["build_engine", "build_engines", "TensorRTBuildError", "TensorRTUnava
 
 class TensorRTBuildError(TensorRTError):
     """The ONNX parser or the TensorRT builder failed."""
-
-
-def _say(progress: Progress, msg: str) -> None:
-    if progress is not None:
-        progress(msg)
 
 
 def _make_progress_monitor(trt, progress: Progress, min_interval: float = 2.0):
@@ -56,7 +52,7 @@ def _make_progress_monitor(trt, progress: Progress, min_interval: float = 2.0):
                 self._parents[phase_name] = parent_phase
                 depth = self._depth(phase_name)
             if depth <= 1:
-                _say(progress, f"tensorrt: {'  ' * depth}{phase_name} ({num_steps} steps)")
+                report(progress, f"tensorrt: {'  ' * depth}{phase_name} ({num_steps} steps)")
 
         def step_complete(self, phase_name, step):
             now = time.monotonic()
@@ -66,7 +62,7 @@ def _make_progress_monitor(trt, progress: Progress, min_interval: float = 2.0):
                 if top and due:
                     self._last = now
             if top and due:
-                _say(progress, f"tensorrt: {phase_name} {step + 1}/{self._steps.get(phase_name, '?')}")
+                report(progress, f"tensorrt: {phase_name} {step + 1}/{self._steps.get(phase_name, '?')}")
             return True  # False would cancel the build
 
         def phase_finish(self, phase_name):
@@ -121,7 +117,7 @@ def build_engine(
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger)
-    _say(progress, f"tensorrt: parsing {onnx_path.name}")
+    report(progress, f"tensorrt: parsing {onnx_path.name}")
     # parse_from_file resolves external data next to the model.
     if not parser.parse_from_file(str(onnx_path)):
         errors = [_parser_error_text(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -132,7 +128,7 @@ def build_engine(
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
     if fp16 and not strongly_typed:
         if not getattr(builder, "platform_has_fast_fp16", True):  # deprecated attribute in later TensorRT 10
-            _say(progress, "tensorrt: warning: this GPU has no fast fp16; building anyway")
+            report(progress, "tensorrt: warning: this GPU has no fast fp16; building anyway")
         config.set_flag(trt.BuilderFlag.FP16)
 
     profile = builder.create_optimization_profile()
@@ -159,12 +155,12 @@ def build_engine(
         monitor = _make_progress_monitor(trt, progress)
         config.progress_monitor = monitor
 
-    _say(progress, f"tensorrt: building {onnx_path.name} ({'strongly typed' if strongly_typed else 'fp16' if fp16 else 'fp32'}); this takes minutes")
+    report(progress, f"tensorrt: building {onnx_path.name} ({'strongly typed' if strongly_typed else 'fp16' if fp16 else 'fp32'}); this takes minutes")
     t0 = time.monotonic()
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise TensorRTBuildError(f"TensorRT failed to build an engine from {onnx_path.name} (see the tensorrt log)")
-    _say(progress, f"tensorrt: built {onnx_path.name} in {time.monotonic() - t0:.0f} s")
+    report(progress, f"tensorrt: built {onnx_path.name} in {time.monotonic() - t0:.0f} s")
 
     if timing_cache_path is not None:
         artifacts.atomic_write_bytes(timing_cache_path, bytes(config.get_timing_cache().serialize()))
@@ -219,11 +215,11 @@ def build_engines(
     precision = artifacts.precision_name(precision)
     profile = profile or artifacts.DEFAULT_PROFILE
     gpu_name, cc = artifacts.cuda_identity(dev)
-    _say(progress, f"tensorrt: {trt.__version__} on {gpu_name} (sm {cc}), {precision}, profile {profile.tag}")
+    report(progress, f"tensorrt: {trt.__version__} on {gpu_name} (sm {cc}), {precision}, profile {profile.tag}")
 
     graphs = find_onnx(bundle, precision, onnx_dir)
     if graphs is None:
-        _say(progress, "tensorrt: no ONNX graphs cached for this bundle; exporting them first")
+        report(progress, "tensorrt: no ONNX graphs cached for this bundle; exporting them first")
         graphs = export_onnx(bundle_dir, out_dir=onnx_dir, dtype=precision, device=dev, progress=progress)
 
     tcache = timing_cache_path(trt.__version__, gpu_name, cc)
@@ -231,10 +227,10 @@ def build_engines(
     for graph in GRAPHS:
         key = engine_key(graph, bundle.bundle_id, precision, profile, trt.__version__, gpu_name, cc)
         for path, reason in artifacts.prune_slot(key, PLAN_EXT):
-            _say(progress, f"tensorrt: removed stale engine {path.name} ({reason})")
+            report(progress, f"tensorrt: removed stale engine {path.name} ({reason})")
         cached = artifacts.find_artifact(key, PLAN_EXT)
         if cached is not None and not force:
-            _say(progress, f"tensorrt: {graph} engine is cached: {cached}")
+            report(progress, f"tensorrt: {graph} engine is cached: {cached}")
             out[graph] = cached
             continue
         shapes = profile_shapes(bundle, graph, profile)
@@ -244,7 +240,7 @@ def build_engines(
         path = key.path(PLAN_EXT)
         artifacts.atomic_write_bytes(path, plan)
         artifacts.write_sidecar(path, key, onnx=str(graphs[graph]), shapes={k: list(map(list, v)) for k, v in shapes.items()})
-        _say(progress, f"tensorrt: wrote {path} ({len(plan) / 2**20:.1f} MiB)")
+        report(progress, f"tensorrt: wrote {path} ({len(plan) / 2**20:.1f} MiB)")
         out[graph] = path
     return out
 

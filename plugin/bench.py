@@ -164,7 +164,7 @@ def bench_pipeline(restorer, frames: int = 120, batch: int = 1, size=(1920, 1080
 
 LABELS = {
     "encode_ms": "VAE encode", "unet_ms": "UNet (shared attention)", "decode_ms": "VAE decode",
-    "restore_ms": "restore step, eager", "restore_graph_ms": "restore step, CUDA graph",
+    "restore_ms": "restore step, no CUDA graph", "restore_graph_ms": "restore step, CUDA graph",
     "authors_per_image_ms": "authors' per-image structure", "enroll_ms": "enroll references",
 }
 

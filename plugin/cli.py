@@ -233,7 +233,20 @@ def _common_model_options(parser, backend: bool = True) -> None:
     if backend:
         parser.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"],
                             help="inference backend (default auto: TensorRT, then onnxruntime/torch on CUDA, then CPU)")
-    parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
+    parser.add_argument("--device", type=_device, help="cuda, cuda:1 or cpu (default: cuda when available)")
+
+
+def _device(text: str) -> str:
+    """A torch device name, checked while parsing so a typo is a usage error, not a crash later."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cuda, cuda:N or cpu") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return text
 
 
 BUILTIN_COMMANDS = (register_export, register_enroll, register_profiles, register_camera, register_video)

@@ -555,13 +555,20 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
         shown_as = vcam.camera_name_in_apps(camera_sink.backend, camera_sink.device)
         progress(f"virtual camera: {camera_sink.device} ({camera_sink.backend}) {out_size[0]}x{out_size[1]} at "
                  f"{out_fps:.3g} fps; pick \"{shown_as}\" in your call app. Ctrl+C stops.")
+        def load_and_warm_up():
+            engine = load_engine(bundle, backend, device, None, progress)
+            restore_crops = engine.crop_restorer(profile)
+            # the first restore pays for CUDA-graph capture, autotuning or the first engine run: not on air
+            restore_crops(np.zeros((1, engine.crop_size, engine.crop_size, 3), np.uint8))
+            return engine, restore_crops
+
         if source.live:
             progress("it shows your camera as it is until the model is loaded")
             with Passthrough(source, lambda image: camera_sink.write(fit(image, out_size))):
-                restorer = load_engine(bundle, backend, device, None, progress)
+                restorer, restore_crops = load_and_warm_up()
         else:
-            restorer = load_engine(bundle, backend, device, None, progress)
-        pipeline = stack.enter_context(FramePipeline(restorer.crop_restorer(profile), restorer.crop_size, blend=blend))
+            restorer, restore_crops = load_and_warm_up()
+        pipeline = stack.enter_context(FramePipeline(restore_crops, restorer.crop_size, blend=blend))
         preview_sink = PreviewSink() if preview else None
         tee = OutputTee(camera_sink, out_size, preview_sink, pipeline.stats, show_stats=show_stats)
         stack.callback(tee.close)

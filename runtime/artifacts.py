@@ -254,11 +254,14 @@ def cuda_identity(device=None) -> tuple:
 # Atomic writes
 
 
-def set_ordinary_mode(path) -> None:
-    """mkstemp makes files 0600; what we write are ordinary user files (the umask's default mode)."""
+def commit_temp_file(tmp, path) -> None:
+    """Give a finished temp file the ordinary mode (mkstemp makes 0600), flush it to disk and rename it
+    over `path`: readers see the old file or the whole new one, never a part."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    _fsync_file(Path(tmp))
+    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -271,9 +274,7 @@ def atomic_path(path, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
-        set_ordinary_mode(tmp)  # after writing: some writers replace the file rather than fill it
-        _fsync_file(tmp)
-        os.replace(tmp, path)
+        commit_temp_file(tmp, path)  # after writing: some writers replace the file rather than fill it
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -39,6 +39,8 @@ class TorchBackend:
             # CUDA graphs are ours (one per shape, inputs bound once), so inductor must not add its own
             self._step = torch.compile(self.restorer_net, mode="max-autotune-no-cudagraphs", dynamic=False)
         self._captured: dict[tuple, _CapturedStep] = {}
+        # one memory pool for all captured shapes: replays are sequential and outputs are cloned at once
+        self._pool = torch.cuda.graph_pool_handle() if self.cuda_graph else None
 
     @torch.inference_mode()
     def enroll(self, refs: torch.Tensor, noise: torch.Tensor) -> list[torch.Tensor]:
@@ -51,15 +53,16 @@ class TorchBackend:
         if not self.cuda_graph:
             return self._step(images, noise, *layer_inputs)
         key = (tuple(images.shape), tuple(tuple(t.shape) for t in layer_inputs))
-        step = self._captured.get(key) or self._capture(key, images, noise, layer_inputs)
-        step.images.copy_(images)
-        step.noise.copy_(noise)
-        if step.bound is not layer_inputs:  # a new profile: copy its K/V in once
-            for static, value in zip(step.layer_inputs, layer_inputs):
-                static.copy_(value)
-            step.bound = layer_inputs
-        step.graph.replay()
-        return step.output.clone()
+        with torch.cuda.device(self.device):  # graphs, streams and pools belong to the backend's GPU
+            step = self._captured.get(key) or self._capture(key, images, noise, layer_inputs)
+            step.images.copy_(images)
+            step.noise.copy_(noise)
+            if step.bound is not layer_inputs:  # a new profile: copy its K/V in once
+                for static, value in zip(step.layer_inputs, layer_inputs):
+                    static.copy_(value)
+                step.bound = layer_inputs
+            step.graph.replay()
+            return step.output.clone()
 
     def _capture(self, key, images, noise, layer_inputs) -> _CapturedStep:
         static_images = images.clone().contiguous(memory_format=torch.channels_last)
@@ -71,7 +74,7 @@ class TorchBackend:
                 self._step(static_images, static_noise, *static_inputs)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=self._pool, stream=side):
             output = self._step(static_images, static_noise, *static_inputs)
         step = _CapturedStep(graph, static_images, static_noise, static_inputs, output, bound=layer_inputs)
         self._captured[key] = step

@@ -56,7 +56,8 @@ class Bundle:
         return [(layer["tokens"], layer["channels"]) for layer in self.config["shared_layers"]]
 
     @property
-    def min_references(self) -> int:
+    def reference_slots(self) -> int:
+        """Fewer references than this are repeated in turn up to it (the release trains with 4)."""
         return int(self.config["max_references"])
 
     def settings(self) -> dict:

@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .artifacts import set_ordinary_mode
+from .artifacts import commit_temp_file
 
 
 class MediaError(Exception):
@@ -326,8 +326,7 @@ class FileSink:
             self._close_audio_input()
             if self.frames_written == 0:
                 raise MediaError(f"no frames were written to {self.out_path.name}")
-            set_ordinary_mode(self.temp_path)
-            os.replace(self.temp_path, self.out_path)
+            commit_temp_file(self.temp_path, self.out_path)
             self._closed = True
         except Exception as error:
             self.abort()

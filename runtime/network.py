@@ -29,6 +29,11 @@ def shared_layer_names(unet: nn.Module) -> list[str]:
     return names
 
 
+def up_block_resolution(unet_config, latent_size: int, block: int) -> int:
+    """Latent pixels per side in decoder block `block` (block 0 works at the lowest resolution)."""
+    return latent_size // 2 ** (len(unet_config["block_out_channels"]) - 1 - block)
+
+
 # ---------------------------------------------------------------------------------------------- FreeU
 
 
@@ -55,11 +60,10 @@ class FreeU(nn.Module):
     def __init__(self, unet: nn.Module, latent_size: int, b1: float, b2: float, s1: float, s2: float):
         super().__init__()
         block_out = list(reversed(unet.config.block_out_channels))
-        levels = len(block_out)
         self._handles = []
         for index, (b, s) in enumerate(((b1, s1), (b2, s2))):
             block = unet.up_blocks[index]
-            size = latent_size // 2 ** (levels - 1 - index)  # the block's resolution in latent pixels
+            size = up_block_resolution(unet.config, latent_size, index)
             filt = fourier_filter_matrix(size, size, s).T.to(torch.float32)
             self.register_buffer(f"filter{index}", filt, persistent=False)
             previous_out = block_out[max(index - 1, 0)]

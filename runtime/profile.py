@@ -86,15 +86,18 @@ class Profile:
                 f"{path} was enrolled with another model bundle ({metadata.get('bundle_id', '?')[:12]}, this one is "
                 f"{bundle_id[:12]}); enroll again with this bundle"
             )
-        layers = int(metadata["layers"])
-        info = json.loads(metadata.get("info", "{}"))
-        info["created"] = metadata.get("created")
-        return cls(
-            metadata["bundle_id"],
-            [tensors[f"layer{i}.k"] for i in range(layers)],
-            [tensors[f"layer{i}.v"] for i in range(layers)],
-            [tensors[f"layer{i}.v_mean"] for i in range(layers)],
-            [tensors[f"layer{i}.v_std"] for i in range(layers)],
-            tensors["thumbnails"],
-            info,
-        )
+        try:
+            layers = int(metadata["layers"])
+            info = json.loads(metadata.get("info", "{}"))
+            info["created"] = metadata.get("created")
+            return cls(
+                metadata["bundle_id"],
+                [tensors[f"layer{i}.k"] for i in range(layers)],
+                [tensors[f"layer{i}.v"] for i in range(layers)],
+                [tensors[f"layer{i}.v_mean"] for i in range(layers)],
+                [tensors[f"layer{i}.v_std"] for i in range(layers)],
+                tensors["thumbnails"],
+                info,
+            )
+        except (KeyError, ValueError) as e:
+            raise ProfileError(f"{path} is a damaged profile (missing or bad {e}); enroll again") from None

@@ -91,7 +91,7 @@ class Restorer:
             if profile.bundle_id != self.bundle.bundle_id:
                 raise ProfileError("this profile was enrolled with another model bundle; enroll again with this one")
             inputs = profile.layer_inputs(
-                self.bundle.settings()["use_adain"], self.bundle.min_references, self.device, self.backend.dtype
+                self.bundle.settings()["use_adain"], self.bundle.reference_slots, self.device, self.backend.dtype
             )
             self._bound = (profile, inputs)
         return self._bound[1]

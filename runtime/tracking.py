@@ -516,10 +516,11 @@ class Tracker:
             return self._track
 
         new_person = self._track is None or box_iou(face.box, self._track.box) < 0.1
-        if new_person and self.roi_scale is not None:
-            # Start the track from a detection near the face too, so the next frames (detected
-            # near the track) do not pull the smoothed keypoints by the full-frame detection's bias.
-            face = refine_near(self.detector, frame, face, self.roi_scale, timestamp_s)
+        if new_person:
+            if self.roi_scale is not None:
+                # Start the track from a detection near the face too, so the next frames (detected
+                # near the track) do not pull the smoothed keypoints by the full-frame detection's bias.
+                face = refine_near(self.detector, frame, face, self.roi_scale, timestamp_s)
             self._filter.reset()
             self._unit = max(face.size, 1.0)
             self._next_id += 1

@@ -215,3 +215,13 @@ def test_auto_backend_says_what_it_picked(tiny_bundle, capsys):
     assert r.backend.name in ("torch", "onnxruntime") and r.device.type == "cpu"  # no GPU here
     assert f"backend auto -> {r.backend.name} on cpu" in capsys.readouterr().err
     assert r.restore(crops(1, 51), crops(1, 52)).shape == (1, 3, CROP_SIZE, CROP_SIZE)
+
+
+def test_damaged_profile_is_a_clear_error(tiny_restorer, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "damaged.safetensors"
+    save_file({"thumbnails": torch.zeros(1, 4, 4, 3, dtype=torch.uint8)}, str(path),
+              metadata={"format": "instantrestore-profile", "bundle_id": "x", "layers": "9"})
+    with pytest.raises(ProfileError, match="damaged profile"):
+        Profile.load(path)

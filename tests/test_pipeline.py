@@ -276,8 +276,10 @@ def test_no_face_clip_passes_through_bit_exact_in_file_mode(tmp_path):
         run_file(pipeline, source, sink)
     finally:
         close_all(pipeline)
-    for decoded, written in zip((frame.image for frame in source), sink.frames):
-        np.testing.assert_array_equal(decoded, written)
+    decoded = [frame.image for frame in source]
+    assert len(decoded) == len(sink.frames) == 5
+    for original, written in zip(decoded, sink.frames):
+        np.testing.assert_array_equal(original, written)
 
 
 # ---------------------------------------------------------------- live mode

@@ -429,3 +429,15 @@ def test_landmark_mesh_maps_to_six_keypoints():
         atol=1e-4,
     )
 
+
+
+def test_a_new_face_starts_a_fresh_track():
+    frame = np.zeros((480, 640, 3), np.uint8)
+    first, second = fake_face(150, 240, size=100), fake_face(500, 240, size=100)
+    tracker = Tracker(ScriptedDetector([[first], [first], [second]]), roi_scale=None)
+    tracker.update(frame, 0.0)
+    old = tracker.update(frame, 1 / 30)
+    new = tracker.update(frame, 2 / 30)
+    assert new.track_id == old.track_id + 1
+    # no smoothing across people: the new track starts exactly on the new face
+    np.testing.assert_allclose(new.keypoints, second.keypoints, atol=1e-3)
