@@ -83,7 +83,7 @@ def _make_progress_monitor(trt, progress: Progress, min_interval: float = 2.0):
 
 def profile_shapes(bundle, graph: str, profile: artifacts.ShapeProfile) -> dict:
     """{input name: (min, opt, max)} for one graph of `bundle` under `profile`."""
-    return profile.input_shapes(bundle.crop_size, bundle.latent_size, bundle.layer_shapes, graph)
+    return profile.input_shapes(bundle, graph)
 
 
 def build_engine(

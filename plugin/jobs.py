@@ -102,9 +102,10 @@ def choose_engine(bundle, backend: str = "auto", device: Optional[str] = None, d
     if _tensorrt_usable():
         from instantrestore.runtime.backend_tensorrt import tensorrt_ready
 
-        ok, _ = tensorrt_ready(bundle)
+        gpu = explicit_device or "cuda"
+        ok, _ = tensorrt_ready(bundle, device=gpu)
         # TensorRT is the fast path: build its engines once (minutes) rather than skip it.
-        return EngineChoice("tensorrt", "cuda", torch.float16, "TensorRT and a GPU found" if ok else "build")
+        return EngineChoice("tensorrt", gpu, torch.float16, "TensorRT and a GPU found" if ok else "build")
     from instantrestore.runtime.backend_tensorrt import choose_auto_backend
 
     name, dev, dt, reason = choose_auto_backend(bundle)
@@ -126,12 +127,12 @@ def ensure_artifacts(bundle, choice: EngineChoice, progress=say) -> None:
     elif choice.backend == "tensorrt":
         from instantrestore.runtime.backend_tensorrt import tensorrt_ready
 
-        ok, _ = tensorrt_ready(bundle)
+        ok, _ = tensorrt_ready(bundle, device=choice.device)
         if not ok:
             from instantrestore.export.tensorrt_build import build_engines
 
             progress("no TensorRT engines for this bundle and GPU yet; building them once (this takes minutes)")
-            build_engines(bundle.path, precision="fp16", progress=progress)
+            build_engines(bundle.path, precision="fp16", progress=progress, device=choice.device)
 
 
 def load_engine(bundle, backend: str = "auto", device: Optional[str] = None, dtype=None, progress=say):

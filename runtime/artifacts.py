@@ -129,19 +129,20 @@ class ShapeProfile:
     def from_dict(cls, d: dict) -> "ShapeProfile":
         return cls(batch=tuple(d["batch"]), refs=tuple(d["refs"]))
 
-    def input_shapes(self, crop_size: int, latent_size: int, layer_shapes, graph: str = "restorer") -> dict:
-        """Per input name, the (min, opt, max) shapes of this profile for the given graph.
+    def input_shapes(self, bundle, graph: str = "restorer") -> dict:
+        """Per input name, the (min, opt, max) shapes of this profile for one of a bundle's graphs.
 
-        Restorer inputs: images (B,3,S,S), noise (B,4,s,s), k{i}/v{i} (N,T_i,C_i).
-        Enroller inputs: refs (N,3,S,S), noise (N,4,s,s); its batch axis is the reference count.
+        Restorer inputs: images (B,3,S,S), noise (B,L,s,s), k{i}/v{i} (N,T_i,C_i).
+        Enroller inputs: refs (N,3,S,S), noise (N,L,s,s) with L latent channels; its batch axis is the reference count.
         """
-        S, s = int(crop_size), int(latent_size)
+        S, s, latent = bundle.crop_size, bundle.latent_size, bundle.latent_channels
+        layer_shapes = bundle.layer_shapes
         shapes = {}
         if graph == "restorer":
             for j, key in enumerate(("min", "opt", "max")):
                 b, n = self.batch[j], self.refs[j]
                 shapes.setdefault("images", {})[key] = (b, 3, S, S)
-                shapes.setdefault("noise", {})[key] = (b, 4, s, s)
+                shapes.setdefault("noise", {})[key] = (b, latent, s, s)
                 for i, (t, c) in enumerate(layer_shapes):
                     shapes.setdefault(f"k{i}", {})[key] = (n, int(t), int(c))
                     shapes.setdefault(f"v{i}", {})[key] = (n, int(t), int(c))
@@ -149,7 +150,7 @@ class ShapeProfile:
             for j, key in enumerate(("min", "opt", "max")):
                 n = self.refs[j]
                 shapes.setdefault("refs", {})[key] = (n, 3, S, S)
-                shapes.setdefault("noise", {})[key] = (n, 4, s, s)
+                shapes.setdefault("noise", {})[key] = (n, latent, s, s)
         else:
             raise ValueError(f"unknown graph {graph!r} (expected 'restorer' or 'enroller')")
         return {name: (v["min"], v["opt"], v["max"]) for name, v in shapes.items()}
