@@ -123,18 +123,12 @@ class ProfileInfo:
 
 def read_profile_info(path: Path) -> ProfileInfo:
     """What `profiles list` shows, read from the file's header only (no tensors)."""
-    from safetensors import SafetensorError, safe_open
-
     info = ProfileInfo(name=path.name[: -len(PROFILE_SUFFIX)], path=path)
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
+        meta = Profile.read_header(path)
         extra = json.loads(meta.get("info", "{}"))
-    except (OSError, SafetensorError, ValueError) as error:
+    except (ProfileError, ValueError) as error:  # ValueError: the info field is not JSON
         info.error = f"unreadable ({' '.join(str(error).split())})"
-        return info
-    if meta.get("format") != "instantrestore-profile":
-        info.error = "not an InstantRestore profile"
         return info
     info.bundle_id = meta.get("bundle_id", "")
     info.count = int(meta.get("count", 0) or 0)

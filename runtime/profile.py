@@ -69,18 +69,27 @@ class Profile:
             save_file(tensors, str(tmp), metadata=metadata)
         return Path(path)
 
+    @staticmethod
+    def read_header(path) -> dict:
+        """A profile file's metadata (format, bundle_id, layers, count, created, info) without its tensors."""
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+        except (OSError, SafetensorError) as e:
+            raise ProfileError(f"{path}: not a readable profile ({' '.join(str(e).split())})") from None
+        if metadata.get("format") != PROFILE_FORMAT:
+            raise ProfileError(f"{path} is not an InstantRestore profile")
+        return metadata
+
     @classmethod
     def load(cls, path, bundle_id: str | None = None) -> "Profile":
         """Read a profile; with `bundle_id`, refuse one made for another model bundle."""
         path = Path(path)
+        metadata = cls.read_header(path)
         try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
             tensors = load_file(str(path))
         except (OSError, SafetensorError) as e:
             raise ProfileError(f"{path}: not a readable profile ({e})") from None
-        if metadata.get("format") != PROFILE_FORMAT:
-            raise ProfileError(f"{path} is not an InstantRestore profile")
         if bundle_id is not None and metadata.get("bundle_id") != bundle_id:
             raise ProfileError(
                 f"{path} was enrolled with another model bundle ({metadata.get('bundle_id', '?')[:12]}, this one is "
