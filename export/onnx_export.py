@@ -25,7 +25,7 @@ import onnx
 import torch
 
 from ..runtime import artifacts
-from ..runtime.artifacts import MAX_BATCH, MAX_REFERENCES
+from ..runtime.artifacts import GRAPHS, MAX_BATCH, MAX_REFERENCES
 from ..runtime.bundle import load_bundle
 from ..runtime.network import build_nets
 from .checkpoint import report
@@ -36,7 +36,6 @@ Progress = Optional[Callable[[str], None]]
 MIN_OPSET = 18
 DEFAULT_OPSET = 18
 PROTOBUF_LIMIT = 2 * 1024**3  # a single protobuf cannot exceed 2 GB
-GRAPHS = ("restorer", "enroller")
 EXPORTERS = ("dynamo", "legacy")
 
 __all__ = ["export_onnx", "find_onnx", "input_names", "output_names", "OnnxExportError"]

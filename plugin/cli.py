@@ -44,7 +44,6 @@ def user_errors() -> tuple:
     return tuple(errors)
 
 
-_progress = say  # the export stage's progress callback (kept under its old name)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -62,7 +61,7 @@ def cmd_export(args) -> int:
 
         out = Path(args.out) if args.out else home.default_bundle_dir()
         bundle_dir = import_checkpoint(checkpoint=args.checkpoint, base=args.base, vae=args.vae, out=out,
-                                       dtype=args.dtype or "float16", progress=_progress)
+                                       dtype=args.dtype or "float16", progress=say)
         _remember(bundle_dir)
     else:
         bundle_dir = home.resolve_bundle(args.bundle).path
@@ -74,13 +73,13 @@ def cmd_export(args) -> int:
         on_gpu = torch.cuda.is_available()
         # fp16 graphs for GPUs, fp32 for onnxruntime on the CPU, unless --dtype says otherwise
         dtype = args.dtype or ("float16" if on_gpu else "float32")
-        graphs = export_onnx(bundle_dir, dtype=dtype, device="cuda" if on_gpu else "cpu", progress=_progress)
+        graphs = export_onnx(bundle_dir, dtype=dtype, device="cuda" if on_gpu else "cpu", progress=say)
         for graph, path in graphs.items():
             _progress(f"onnx {graph}: {path}")
     if args.tensorrt:
         from instantrestore.export.tensorrt_build import build_engines
 
-        engines = build_engines(bundle_dir, precision="fp16", progress=_progress)
+        engines = build_engines(bundle_dir, precision="fp16", progress=say)
         for graph, path in engines.items():
             _progress(f"tensorrt {graph}: {path}")
     print(bundle_dir)

@@ -39,6 +39,7 @@ HOME_ENV = "INSTANTRESTORE_HOME"
 
 # Limits the graphs are exported and engines are built for: one graph serves every profile.
 MAX_REFERENCES = 8
+GRAPHS = ("restorer", "enroller")  # the two networks a bundle exports, engines and graphs are named by
 MAX_BATCH = 8
 
 VALID, MISSING, STALE, FOREIGN, CORRUPT = "valid", "missing", "stale", "foreign", "corrupt"

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from . import artifacts
+from .artifacts import GRAPHS
 
 log = logging.getLogger(__name__)
 
-GRAPHS = ("restorer", "enroller")
 # Preference order when a device does not pin one.
 PROVIDER_ORDER = ("CUDAExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider", "CPUExecutionProvider")
 DEVICE_PROVIDERS = {

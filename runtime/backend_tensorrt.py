@@ -21,11 +21,11 @@ from typing import Optional
 import torch
 
 from . import artifacts
+from .artifacts import GRAPHS
 
 log = logging.getLogger(__name__)
 
 PLAN_EXT = "plan"
-GRAPHS = ("restorer", "enroller")
 MIN_TRT_MAJOR = 10
 
 

@@ -158,7 +158,6 @@ class FramePipeline:
         self.tracker = tracker if tracker is not None else Tracker()
         self.compositor = Compositor(blend=blend, color_match=color_match)
         self.stats = stats if stats is not None else PipelineStats()
-        self.last_track = None
         self.last_matrix = None
 
     def _check_frame(self, frame) -> np.ndarray:
@@ -181,7 +180,6 @@ class FramePipeline:
         """Track and align one frame; returns (matrix, crop) or None when there is no face."""
         with self.stats.time("track"):
             track = self.tracker.update(frame, timestamp)
-        self.last_track = track
         if track is None:
             self.stats.count("no_face")
             self.last_matrix = None
