@@ -92,14 +92,7 @@ def _load(model) -> onnx.ModelProto:
 
 
 def _walk_graph(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _walk_graph(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _walk_graph(g)
+    yield from _walk_nodes(graph.node)
 
 
 def _graph_value_types(graph: onnx.GraphProto):
