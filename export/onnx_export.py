@@ -194,7 +194,7 @@ def export_onnx(
     if bad:
         raise OnnxExportError(f"unknown graphs {bad}; choose from {GRAPHS}")
     precision = artifacts.precision_name(dtype)
-    torch_dtype = torch.float16 if precision == "fp16" else torch.float32
+    torch_dtype = artifacts.precision_dtype(precision)
     device = torch.device(device)
     if torch_dtype == torch.float16 and device.type == "cpu" and exporter == "legacy":
         report(progress, "onnx: tracing fp16 on the CPU (slow for the full model; pass device='cuda' where there is a GPU)")

@@ -18,6 +18,8 @@ from typing import Optional
 
 import numpy as np
 
+from instantrestore.runtime.artifacts import precision_dtype, precision_name
+
 from . import home, vcam
 from .progress import ProgressBar, say
 
@@ -54,12 +56,6 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _precision(dtype) -> str:
-    from instantrestore.runtime.artifacts import precision_name
-
-    return precision_name(dtype)
-
-
 def _tensorrt_usable() -> bool:
     import torch
 
@@ -78,8 +74,8 @@ def choose_engine(bundle, backend: str = "auto", device: Optional[str] = None, d
 
     if backend not in BACKEND_CHOICES:
         raise PluginError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKEND_CHOICES)}")
-    if isinstance(dtype, str):
-        dtype = {"float16": torch.float16, "float32": torch.float32}[dtype]
+    if dtype is not None:
+        dtype = precision_dtype(dtype)
     if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
         raise PluginError(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__} "
                           "(`instantrestore doctor` says what is missing)")
@@ -121,9 +117,9 @@ def ensure_artifacts(bundle, choice: EngineChoice, progress=say) -> None:
         if not ok:
             from instantrestore.export.onnx_export import export_onnx
 
-            progress(f"no {_precision(choice.dtype)} ONNX graphs for this bundle yet; exporting them once")
+            progress(f"no {precision_name(choice.dtype)} ONNX graphs for this bundle yet; exporting them once")
             export_device = "cuda" if str(choice.device).startswith("cuda") else "cpu"
-            export_onnx(bundle.path, dtype=_precision(choice.dtype), device=export_device, progress=progress)
+            export_onnx(bundle.path, dtype=precision_name(choice.dtype), device=export_device, progress=progress)
     elif choice.backend == "tensorrt":
         from instantrestore.runtime.backend_tensorrt import tensorrt_ready
 
@@ -155,7 +151,7 @@ def load_engine(bundle, backend: str = "auto", device: Optional[str] = None, dty
     note = ""
     if backend == "auto" and not str(choice.device).startswith("cuda") and choice.backend != "tensorrt":
         note = "; no GPU backend is usable here (`instantrestore doctor` says why)"
-    progress(f"backend: {choice.backend} on {choice.device} ({_precision(choice.dtype)}){note}")
+    progress(f"backend: {choice.backend} on {choice.device} ({precision_name(choice.dtype)}){note}")
     return load_restorer(bundle.path, backend=choice.backend, device=choice.device, dtype=choice.dtype)
 
 

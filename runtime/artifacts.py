@@ -169,6 +169,13 @@ def precision_name(dtype) -> str:
     return table[text]
 
 
+def precision_dtype(dtype):
+    """The torch dtype of a precision (anything precision_name takes)."""
+    import torch
+
+    return torch.float16 if precision_name(dtype) == "fp16" else torch.float32
+
+
 # ----------------------------------------------------------------------------------------------
 # Keys
 

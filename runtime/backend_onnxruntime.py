@@ -139,7 +139,7 @@ class OnnxRuntimeBackend:
         """io_binding: bind torch tensors' memory directly (default: on CUDA, where it saves host copies)."""
         self.bundle = bundle
         self.precision = artifacts.precision_name(dtype)
-        self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        self.dtype = artifacts.precision_dtype(dtype)
         self.providers = choose_providers(device)
         main = self.providers[0][0]
         # Torch tensors live on the CUDA device with the CUDA provider, else on the CPU (DirectML and

@@ -239,7 +239,7 @@ class TensorRTBackend:
         self.device = require_cuda(device)
         self.bundle = bundle
         self.precision = artifacts.precision_name(dtype)
-        self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        self.dtype = artifacts.precision_dtype(dtype)
         self.profile = profile or artifacts.DEFAULT_PROFILE
         self.keys = current_engine_keys(bundle.bundle_id, self.precision, self.profile, self.device)
         self.num_layers = len(bundle.layer_shapes)
