@@ -192,33 +192,39 @@ class FramePipeline:
 
     def process(self, frame, timestamp: Optional[float] = None) -> np.ndarray:
         """Restore the face in one RGB uint8 frame; timestamp (s) drives the keypoint smoothing."""
-        frame = self._check_frame(frame)
-        located = self._locate(frame, timestamp)
-        if located is None:
-            return frame
-        matrix, crop = located
-        restored = self._restore_batch(crop[None])[0]
-        with self.stats.time("composite"):
-            return self.compositor(frame, restored, matrix, original_crop=crop)
+        return self.process_batch([frame], [timestamp])[0]
 
     def process_batch(self, frames, timestamps=None) -> list:
         """Like process() for several consecutive frames, with one restorer call for all faces."""
+        frames, located = self.locate_batch(frames, timestamps)
+        return self.composite_batch(frames, located, self.restore_located(located))
+
+    # The three steps of process_batch, which run_file runs on three threads.
+
+    def locate_batch(self, frames, timestamps=None) -> tuple[list, list]:
+        """Check, track and align consecutive frames: (frames, [(matrix, crop) or None per frame])."""
         frames = [self._check_frame(frame) for frame in frames]
         if timestamps is None:
             timestamps = [None] * len(frames)
         if len(timestamps) != len(frames):
             raise PipelineError(f"{len(frames)} frames but {len(timestamps)} timestamps")
-        located = [self._locate(frame, stamp) for frame, stamp in zip(frames, timestamps)]
-        with_face = [index for index, item in enumerate(located) if item is not None]
-        outputs = list(frames)
-        if not with_face:
-            return outputs
-        crops = np.stack([located[index][1] for index in with_face])
-        restored = self._restore_batch(crops)
-        for slot, index in enumerate(with_face):
-            matrix, crop = located[index]
+        return frames, [self._locate(frame, stamp) for frame, stamp in zip(frames, timestamps)]
+
+    def restore_located(self, located) -> Optional[np.ndarray]:
+        """One restorer call for every located face, in order; None when no frame has a face."""
+        crops = [item[1] for item in located if item is not None]
+        return self._restore_batch(np.stack(crops)) if crops else None
+
+    def composite_batch(self, frames, located, restored) -> list:
+        """Each frame with its restored face pasted back; frames without a face are returned as they are."""
+        outputs, slot = list(frames), 0
+        for index, item in enumerate(located):
+            if item is None:
+                continue
+            matrix, crop = item
             with self.stats.time("composite"):
                 outputs[index] = self.compositor(frames[index], restored[slot], matrix, original_crop=crop)
+            slot += 1
         return outputs
 
     def close(self):
@@ -244,10 +250,43 @@ def _timed_frames(source, stats: PipelineStats):
         yield item
 
 
+class _Stopped(Exception):
+    """Another stage of the run failed or was interrupted."""
+
+
+class _Handoff:
+    """A small bounded queue between two stages of run_file; waiting gives up once the run stops."""
+
+    def __init__(self, stop: threading.Event, size: int = 2):
+        self._queue = queue.Queue(maxsize=size)
+        self._stop = stop
+
+    def put(self, item):
+        while not self._stop.is_set():
+            try:
+                return self._queue.put(item, timeout=0.05)
+            except queue.Full:
+                pass
+        raise _Stopped
+
+    def get(self):
+        while not self._stop.is_set():
+            try:
+                return self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        raise _Stopped
+
+
+_END = object()
+
+
 def run_file(pipeline: FramePipeline, source, sink, progress=None, batch_size: int = 1) -> PipelineStats:
     """Restore every frame of source, in order, into sink, then close the sink.
 
-    batch_size > 1 sends several frames' faces to the restorer at once (throughput on a GPU).
+    Three stages overlap on three threads: decode + track + align, restore (this thread), composite +
+    encode; so the restorer (the GPU) works on one batch while the CPU prepares the next and writes
+    the last. batch_size > 1 sends several frames' faces to the restorer at once (throughput on a GPU).
     progress(done, total) is called after each written frame (total may be 0 if unknown).
     On any error the sink is aborted (no partial output file) and the error is raised.
     """
@@ -255,33 +294,65 @@ def run_file(pipeline: FramePipeline, source, sink, progress=None, batch_size: i
         raise PipelineError(f"batch size must be at least 1, got {batch_size}")
     stats = pipeline.stats
     total = int(getattr(source, "frame_count", 0) or 0)
-    done = 0
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    to_restore, to_write = _Handoff(stop), _Handoff(stop)
 
-    def flush(batch):
-        nonlocal done
-        if batch_size == 1:
-            outputs = [pipeline.process(batch[0].image, batch[0].time)]
-        else:
-            outputs = pipeline.process_batch([item.image for item in batch], [item.time for item in batch])
-        for item, output in zip(batch, outputs):
-            with stats.time("encode"):
-                sink.write(output, item.time)
-            stats.frame_done()
-            done += 1
-            if progress is not None:
-                progress(done, total)
+    def stage(body):
+        def run():
+            try:
+                body()
+            except _Stopped:
+                pass
+            except BaseException as error:  # handed to the caller, which stops the other stages
+                errors.append(error)
+                stop.set()
+        return run
 
-    try:
+    def prepare():
         batch = []
         for item in _timed_frames(source, stats):
             batch.append(item)
             if len(batch) == batch_size:
-                flush(batch)
+                to_restore.put((batch, *pipeline.locate_batch([i.image for i in batch], [i.time for i in batch])))
                 batch = []
         if batch:
-            flush(batch)
+            to_restore.put((batch, *pipeline.locate_batch([i.image for i in batch], [i.time for i in batch])))
+        to_restore.put(_END)
+
+    def restore():
+        while (work := to_restore.get()) is not _END:
+            batch, frames, located = work
+            to_write.put((batch, frames, located, pipeline.restore_located(located)))
+        to_write.put(_END)
+
+    def finish():
+        done = 0
+        while (work := to_write.get()) is not _END:
+            batch, frames, located, restored = work
+            for item, output in zip(batch, pipeline.composite_batch(frames, located, restored)):
+                with stats.time("encode"):
+                    sink.write(output, item.time)
+                stats.frame_done()
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+
+    threads = [threading.Thread(target=stage(body), name=f"instantrestore-{body.__name__}", daemon=True)
+               for body in (prepare, finish)]
+    try:
+        for thread in threads:
+            thread.start()
+        stage(restore)()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
         sink.close()
     except BaseException:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30.0)  # the writer must be done before the sink is aborted
         abort = getattr(sink, "abort", None)
         if abort is not None:
             abort()

@@ -226,6 +226,92 @@ def test_failed_restore_leaves_no_partial_output(face_clip, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+class _HandshakeSink(RecordingSink):
+    """Writing frame k waits until the restorer has started on frame k+1: only a run_file whose
+    stages overlap gets through (a serial one writes k before it restores k+1, and times out)."""
+
+    def __init__(self, restore_started):
+        super().__init__()
+        self.restore_started = restore_started
+        self.overlapped = []
+
+    def write(self, image, timestamp=None):
+        following = len(self.frames) + 1
+        if following < 5:
+            self.overlapped.append(self.restore_started[following].wait(timeout=10))
+        super().write(image, timestamp)
+
+
+def test_file_mode_restores_the_next_frame_while_writing_the_last(tmp_path):
+    import threading
+
+    clip = write_clip(tmp_path / "overlap.mp4", face_frames(6), fps=25)
+    started = [threading.Event() for _ in range(6)]
+    calls = []
+
+    def restore(batch):
+        started[len(calls)].set()
+        calls.append(len(batch))
+        return invert_restore(batch)
+
+    sink = _HandshakeSink(started)
+    pipeline = make_pipeline(restore=restore)
+    try:
+        run_file(pipeline, FileSource(clip), sink)
+    finally:
+        close_all(pipeline)
+    assert sink.overlapped == [True] * 4 and len(sink.frames) == 6 and sink.closed
+    # Order is kept: the i-th written frame is the i-th decoded frame, restored.
+    reference = make_pipeline()
+    try:
+        expected = [reference.process(frame.image, frame.time) for frame in FileSource(clip)]
+    finally:
+        close_all(reference)
+    for written, wanted in zip(sink.frames, expected):
+        np.testing.assert_array_equal(written, wanted)
+
+
+class _FailingSource:
+    """Yields the frames of a clip, then fails partway like a damaged file."""
+
+    def __init__(self, clip, fail_after):
+        self.frames = list(FileSource(clip))[:fail_after]
+        self.frame_count = 20
+
+    def __iter__(self):
+        yield from self.frames
+        raise MediaError("talk.mp4: the file ends early (damaged)")
+
+
+class _FailingSink(RecordingSink):
+    def __init__(self, fail_at):
+        super().__init__()
+        self.fail_at = fail_at
+        self.aborted = False
+
+    def write(self, image, timestamp=None):
+        if len(self.frames) == self.fail_at:
+            raise MediaError("disk full")
+        super().write(image, timestamp)
+
+    def abort(self):
+        self.aborted = True
+
+
+@pytest.mark.parametrize("failing", ["source", "sink"])
+def test_file_mode_failure_in_any_stage_aborts_the_output(face_clip, failing):
+    source = _FailingSource(face_clip, 7) if failing == "source" else FileSource(face_clip)
+    sink = _FailingSink(fail_at=3 if failing == "sink" else 100)
+    pipeline = make_pipeline()
+    try:
+        with pytest.raises(MediaError, match="ends early" if failing == "source" else "disk full"):
+            run_file(pipeline, source, sink, batch_size=2)
+    finally:
+        close_all(pipeline)
+    assert sink.aborted and not sink.closed
+    assert len(sink.frames) <= (7 if failing == "source" else 3)
+
+
 def test_failed_write_keeps_an_existing_output_untouched(face_clip, tmp_path):
     out_path = tmp_path / "existing.mp4"
     out_path.write_bytes(b"previous result")
