@@ -52,8 +52,10 @@ def _check_image(image, width, height) -> np.ndarray:
 class FileSource:
     """Frames of a video file, decoded with PyAV. Iterating again decodes from the start again.
 
-    Attributes: path, width, height, fps (Fraction), frame_count (as declared by the container, or
-    estimated from the duration), duration (s), time_base, start_pts, audio_stream_count.
+    Attributes: path, width, height (as displayed), fps (Fraction), frame_count (as declared by the
+    container, or estimated from the duration), duration (s), time_base, start_pts, audio_stream_count,
+    rotation (degrees counter-clockwise, from the display matrix phones write). Frames come out upright,
+    as a player shows them, so faces are upright for the detector and the output needs no rotation tag.
     A truncated or unreadable file raises MediaError.
     """
 
@@ -87,6 +89,10 @@ class FileSource:
                 self.declared_frames = int(stream.frames or 0)
                 self.frame_count = self.declared_frames or int(round(self.duration * float(self.fps)))
                 self.audio_stream_count = len(container.streams.audio)
+                first = next(container.decode(stream), None)
+                self.rotation = int(round((first.rotation if first is not None else 0) / 90.0)) % 4 * 90
+                if self.rotation in (90, 270):
+                    self.width, self.height = self.height, self.width
         except MediaError:
             raise
         except (av.FFmpegError, OSError, ValueError) as error:
@@ -106,6 +112,8 @@ class FileSource:
                     pts = frame.pts if frame.pts is not None else self.start_pts + decoded
                     seconds = float((pts - self.start_pts) * self.time_base)
                     image = frame.to_ndarray(format="rgb24")
+                    if self.rotation:
+                        image = np.ascontiguousarray(np.rot90(image, self.rotation // 90))
                     yield SourceFrame(image, seconds, decoded)
                     decoded += 1
         except (av.FFmpegError, OSError) as error:

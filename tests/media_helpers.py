@@ -53,14 +53,17 @@ def no_face_image(width=320, height=240) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def write_clip(path, frames, fps=25, audio=False, faststart=False, codec="libx264"):
-    """Encode RGB frames to a video file; with audio, add a mono AAC 440 Hz tone of the same length."""
+def write_clip(path, frames, fps=25, audio=False, faststart=False, codec="libx264", rotation=0):
+    """Encode RGB frames to a video file; with audio, add a mono AAC 440 Hz tone of the same length.
+    rotation (degrees counter-clockwise) goes into the display matrix, as phones write it."""
     fps = Fraction(fps)
     height, width = frames[0].shape[:2]
     options = {"movflags": "+faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as container:
         video = container.add_stream(codec, rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        if rotation:
+            video.set_display_rotation(rotation)
         if codec == "libx264":
             video.options = {"crf": "12", "preset": "ultrafast"}
         if audio:

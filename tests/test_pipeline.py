@@ -312,6 +312,27 @@ def test_file_mode_failure_in_any_stage_aborts_the_output(face_clip, failing):
     assert len(sink.frames) <= (7 if failing == "source" else 3)
 
 
+def test_phone_video_with_a_rotation_tag_is_restored_upright(tmp_path):
+    # A portrait phone clip: pixels stored sideways, a display matrix saying "turn 90 degrees clockwise".
+    upright = [placed_face((240, 320), 0.6, (-30.0 + index, 10.0))[0] for index in range(6)]
+    clip = write_clip(tmp_path / "phone.mp4", [np.rot90(frame, 1) for frame in upright], fps=30, rotation=-90)
+    source = FileSource(clip)
+    assert source.rotation == 270 and (source.width, source.height) == (240, 320)
+    decoded = [item.image for item in source]
+    assert decoded[0].shape == (320, 240, 3)
+    assert np.abs(decoded[0].astype(int) - upright[0].astype(int)).mean() < 3  # as a player shows it
+    out_path = tmp_path / "phone.restored.mp4"
+    pipeline = make_pipeline()
+    try:
+        stats = run_file(pipeline, source, FileSink(out_path, like=source))
+    finally:
+        close_all(pipeline)
+    assert stats.summary().get("no_face", 0) == 0  # the face was found upright in every frame
+    written = read_frames(out_path)
+    assert len(written) == 6 and written[0].shape == (320, 240, 3)
+    assert FileSource(out_path).rotation == 0  # stored upright: plays the same everywhere
+
+
 def test_failed_write_keeps_an_existing_output_untouched(face_clip, tmp_path):
     out_path = tmp_path / "existing.mp4"
     out_path.write_bytes(b"previous result")
