@@ -159,6 +159,44 @@ class RecordingSink:
         self.closed = True
 
 
+class FakeVideoCapture:
+    """cv2.VideoCapture as a webcam driver behaves: BGR frames, settable size and rate, a few failed
+    reads while it warms up, and nothing more after `frames` run out (unplugged). Tests set the class
+    attributes (monkeypatch) and put the class in place of cv2.VideoCapture."""
+
+    opened = True
+    frames: list = []
+    period = 0.0  # seconds per read, like a real camera's frame interval
+
+    def __init__(self, device):
+        self.device, self.props, self.reads, self.released = device, {}, 0, False
+
+    def isOpened(self):
+        return type(self).opened
+
+    def set(self, prop, value):
+        self.props[prop] = value
+        return True
+
+    def get(self, prop):
+        height, width = self.frames[0].shape[:2]
+        return self.props.get(prop, {cv2.CAP_PROP_FRAME_WIDTH: width, cv2.CAP_PROP_FRAME_HEIGHT: height,
+                                     cv2.CAP_PROP_FPS: 30.0}.get(prop, 0.0))
+
+    def read(self):
+        self.reads += 1
+        time.sleep(self.period)
+        if self.reads <= 2:  # warming up
+            return False, None
+        index = self.reads - 3
+        if index >= len(self.frames):
+            return False, None
+        return True, cv2.cvtColor(self.frames[index], cv2.COLOR_RGB2BGR)
+
+    def release(self):
+        self.released = True
+
+
 class RecordingVirtualCamera:
     """A pyvirtualcam backend (see pyvirtualcam.register_backend) that records the frames it gets."""
 

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from media_helpers import (  # noqa: E402
     BrokenVirtualCamera,
     FakeCamera,
+    FakeVideoCapture,
     RecordingVirtualCamera,
     astronaut,
     audio_packets,
@@ -384,6 +385,22 @@ def test_live_camera_shows_the_raw_feed_while_the_model_loads(in_state, clip, re
     first = camera.frames[0].reshape(CLIP_SIZE[1], CLIP_SIZE[0], 3)
     assert np.array_equal(first, frames[0])  # unrestored, straight from the camera
     assert len(camera.frames) > 6  # passthrough frames, then the restored run
+
+
+def test_webcam_by_index_through_opencv(in_state, clip, recording_backend, monkeypatch, capsys):
+    frames = read_frames(clip)
+    monkeypatch.setattr(FakeVideoCapture, "frames", frames * 20)
+    monkeypatch.setattr(FakeVideoCapture, "period", 1.0 / CLIP_FPS)
+    monkeypatch.setattr(cv2, "VideoCapture", FakeVideoCapture)
+    code, _, err = run(capsys, "camera", "--profile", "me", "--input", "0", "--vcam-backend", "recording",
+                       "--max-frames", 8, "--backend", "torch", "--fps", CLIP_FPS)
+    assert code == 0, err
+    (camera,) = recording_backend.instances
+    assert camera.closed and (camera.width, camera.height) == CLIP_SIZE and len(camera.frames) >= 8
+
+    monkeypatch.setattr(FakeVideoCapture, "opened", False)  # busy in another app, or not there
+    code, _, err = run(capsys, "camera", "--profile", "me", "--input", "1", "--vcam-backend", "recording")
+    assert_clear_error(code, err, "cannot open camera 1; check that it exists and no other app is using it")
 
 
 def test_camera_without_a_virtual_camera_says_what_to_do(in_state, clip, recording_backend, capsys, tmp_path):

@@ -18,6 +18,7 @@ from media_helpers import (  # noqa: E402
     BrokenVirtualCamera,
     FailingRestore,
     FakeCamera,
+    FakeVideoCapture,
     RecordingSink,
     RecordingVirtualCamera,
     SlowRestore,
@@ -387,6 +388,35 @@ def test_no_face_clip_passes_through_bit_exact_in_file_mode(tmp_path):
     assert len(decoded) == len(sink.frames) == 5
     for original, written in zip(decoded, sink.frames):
         np.testing.assert_array_equal(original, written)
+
+
+# ---------------------------------------------------------------- camera source
+
+
+def test_camera_source_delivers_rgb_frames_and_reports_an_unplugged_camera(monkeypatch):
+    from instantrestore.runtime.media import CameraSource, CameraUnavailable
+
+    frames = face_frames(5)
+    monkeypatch.setattr(FakeVideoCapture, "frames", frames)
+    monkeypatch.setattr(cv2, "VideoCapture", FakeVideoCapture)
+    camera = CameraSource("0", fps=24)
+    assert camera.live and camera.device == 0
+    assert (camera.width, camera.height, camera.fps) == (320, 240, 24)
+    got = []
+    with pytest.raises(CameraUnavailable, match="camera 0 stopped delivering frames"):
+        for item in camera:
+            got.append(item)
+    assert [item.index for item in got] == list(range(5))
+    for item, frame in zip(got, frames):
+        np.testing.assert_array_equal(item.image, frame)  # RGB, not the driver's BGR
+    assert got[0].time == 0.0 and all(b.time >= a.time for a, b in zip(got, got[1:]))
+    capture = camera._capture
+    camera.close()
+    assert capture.released and list(camera) == []
+
+    monkeypatch.setattr(FakeVideoCapture, "opened", False)
+    with pytest.raises(CameraUnavailable, match="cannot open camera '/dev/video7'"):
+        CameraSource("/dev/video7")
 
 
 # ---------------------------------------------------------------- live mode
