@@ -1,8 +1,9 @@
 """One frame pipeline for the live camera and for files: track -> align -> restore -> composite.
 
-FramePipeline turns frames into restored frames; run_file drives it over every frame of a source,
-run_live runs capture, processing and output on three threads so a slow restorer costs frames, not
-latency or output rate.
+FramePipeline turns frames into restored frames. run_file drives it over every frame of a source with
+its stages overlapped on three threads (the restorer never waits for decoding or encoding); run_live
+runs capture, processing and output on three threads so a slow restorer costs frames, not latency or
+output rate.
 """
 
 from __future__ import annotations
@@ -408,13 +409,14 @@ class _LatestSlot:
 
 
 def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = None, stats=None, fps=None) -> LiveReport:
-    """Camera-style run: capture, track+restore and output on separate threads.
+    """Camera-style run: capture, track+align+restore, and composite+output on separate threads.
 
     The capture thread keeps only the newest frame for the worker (older ones are dropped), so a
-    frame waits at most one capture period before the model takes it. The output loop sends each
-    restored frame as soon as it is ready and re-sends the last one when nothing new comes within a
-    frame period, so the call keeps the source's rate and never stalls. A source with live=False (a file) is played at its own frame rate. max_frames stops
-    after that many captured frames. The sink is left open (the caller owns it). Returns a
+    frame waits at most one capture period before the model takes it. The output loop composites and
+    sends each restored frame as soon as it is ready and re-sends the last one when nothing new comes
+    within a frame period, so the call keeps the source's rate and never stalls. A source with
+    live=False (a file) is played at its own frame rate. max_frames stops after that many captured
+    frames. The sink is left open (the caller owns it). Returns a
     LiveReport; counts also go to stats.
     """
     stats = stats if stats is not None else pipeline.stats
@@ -463,10 +465,11 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
                     if capture_done.is_set() and to_worker.qsize() == 0:
                         break
                     continue
-                output = pipeline.process(item.image, item.time)
+                frames, located = pipeline.locate_batch([item.image], [item.time])
+                restored = pipeline.restore_located(located)
                 with lock:
                     report.processed += 1
-                if to_output.put((output, captured_at)):
+                if to_output.put(((frames, located, restored), captured_at)):
                     with lock:
                         report.dropped += 1
                     stats.count("dropped")
@@ -508,8 +511,8 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
                 if last_output is None:
                     continue
                 fresh = False
-            if fresh:
-                last_output = output
+            if fresh:  # compositing here lets the worker start on the next frame meanwhile
+                last_output = pipeline.composite_batch(*output)[0]
                 latencies.append(time.monotonic() - captured_at)
             else:
                 report.repeated += 1
