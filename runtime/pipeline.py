@@ -310,14 +310,18 @@ def run_file(pipeline: FramePipeline, source, sink, progress=None, batch_size: i
                 stop.set()
         return run
 
-    def prepare():
+    def batches():
         batch = []
         for item in _timed_frames(source, stats):
             batch.append(item)
             if len(batch) == batch_size:
-                to_restore.put((batch, *pipeline.locate_batch([i.image for i in batch], [i.time for i in batch])))
+                yield batch
                 batch = []
         if batch:
+            yield batch
+
+    def prepare():
+        for batch in batches():
             to_restore.put((batch, *pipeline.locate_batch([i.image for i in batch], [i.time for i in batch])))
         to_restore.put(_END)
 
