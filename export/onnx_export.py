@@ -27,7 +27,7 @@ import torch
 from ..runtime import artifacts
 from ..runtime.artifacts import GRAPHS, MAX_BATCH, MAX_REFERENCES
 from ..runtime.bundle import load_bundle
-from ..runtime.network import build_nets
+from ..runtime.network import build_net
 from .checkpoint import report
 from .opcheck import OpCheckError, assert_no_spectral_ops, check_ops
 
@@ -215,11 +215,6 @@ def export_onnx(
             return out
     todo = [g for g in graphs if g not in out]
 
-    report(progress, f"onnx: building the {precision} networks of bundle {bundle.bundle_id[:12]} on {device}")
-    nets = dict(zip(GRAPHS, build_nets(bundle, device, torch_dtype)))
-    for g in GRAPHS:
-        if g not in todo:
-            del nets[g]  # the full model's nets are several GB each: keep only what is exported
     # Sample K/V of the right shapes (N = 3); their values do not shape the graph.
     gen = torch.Generator().manual_seed(1)
     restorer_kv = tuple(
@@ -231,6 +226,9 @@ def export_onnx(
     workdir = Path(tempfile.mkdtemp(prefix="instantrestore-onnx-"))
     try:
         for g in todo:
+            # one network at a time: the full model's are several GB each
+            report(progress, f"onnx: building the {precision} {g} of bundle {bundle.bundle_id[:12]} on {device}")
+            net = build_net(bundle, g, device, torch_dtype)
             args = _sample_inputs(bundle, g, restorer_kv, torch_dtype, device)
             t0 = time.monotonic()
             used = exporter
@@ -240,7 +238,7 @@ def export_onnx(
             try:
                 tmp = stage / path.name
                 try:
-                    _export_file(nets[g], args, g, num_layers, opset, exporter, tmp, workdir)
+                    _export_file(net, args, g, num_layers, opset, exporter, tmp, workdir)
                 except Exception as exc:  # noqa: BLE001 - fall back, and report the original error if both fail
                     if exporter != "dynamo":
                         raise OnnxExportError(f"ONNX export of the {g} failed: {type(exc).__name__}: {exc}") from exc
@@ -249,7 +247,7 @@ def export_onnx(
                     for leftover in stage.iterdir():
                         leftover.unlink()
                     try:
-                        _export_file(nets[g], args, g, num_layers, opset, "legacy", tmp, workdir)
+                        _export_file(net, args, g, num_layers, opset, "legacy", tmp, workdir)
                     except Exception as exc2:  # noqa: BLE001
                         raise OnnxExportError(f"ONNX export of the {g} failed with both exporters: {type(exc2).__name__}: {exc2}") from exc2
                 tmp_data = tmp.with_name(tmp.name + ".data")
@@ -276,7 +274,7 @@ def export_onnx(
                 shutil.rmtree(stage, ignore_errors=True)
             report(progress, f"onnx: wrote {path} ({sum(op_report.ops.values())} nodes, {time.monotonic() - t0:.0f} s)")
             out[g] = path
-            del nets[g], args
+            del net, args
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return {g: out[g] for g in graphs}

@@ -264,25 +264,25 @@ def _module_from_weights(cls, config: dict, weights: dict, device, dtype, allowe
     return module.eval().requires_grad_(False)
 
 
-def build_nets(bundle, device="cpu", dtype=torch.float32) -> tuple[RestorerNet, EnrollerNet]:
-    """The restorer and the enroller of a bundle, on `device` in `dtype`."""
+def build_net(bundle, graph: str, device="cpu", dtype=torch.float32) -> RestorerNet | EnrollerNet:
+    """One network of a bundle ("restorer" or "enroller", the names in artifacts.GRAPHS) on `device`."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    config, settings = bundle.config, bundle.settings()
+    if graph not in ("restorer", "enroller"):
+        raise ValueError(f"unknown network {graph!r}; a bundle has a restorer and an enroller")
+    config = bundle.config
     prompt = bundle.tensors("prompt_embedding", device).pop("").to(dtype)
-    restorer = RestorerNet(
-        _module_from_weights(UNet2DConditionModel, config["unet_config"], bundle.tensors("restorer.unet."), device, dtype),
-        _module_from_weights(AutoencoderKL, config["vae_config"], bundle.tensors("restorer.vae."), device, dtype),
-        prompt,
-        settings,
+    unet = _module_from_weights(UNet2DConditionModel, config["unet_config"], bundle.tensors(f"{graph}.unet."), device, dtype)
+    if graph == "restorer":
+        vae = _module_from_weights(AutoencoderKL, config["vae_config"], bundle.tensors("restorer.vae."), device, dtype)
+        return RestorerNet(unet, vae, prompt, bundle.settings()).to(device)
+    vae = _module_from_weights(  # the enroller only encodes
+        AutoencoderKL, config["vae_config"], bundle.tensors("enroller.vae."), device, dtype,
+        allowed_missing=("decoder", "post_quant_conv"),
     )
-    enroller = EnrollerNet(
-        _module_from_weights(UNet2DConditionModel, config["unet_config"], bundle.tensors("enroller.unet."), device, dtype),
-        _module_from_weights(
-            AutoencoderKL, config["vae_config"], bundle.tensors("enroller.vae."), device, dtype,
-            allowed_missing=("decoder", "post_quant_conv"),
-        ),
-        prompt,
-        settings,
-    )
-    return restorer.to(device), enroller.to(device)
+    return EnrollerNet(unet, vae, prompt, bundle.settings()).to(device)
+
+
+def build_nets(bundle, device="cpu", dtype=torch.float32) -> tuple[RestorerNet, EnrollerNet]:
+    """The restorer and the enroller of a bundle, on `device` in `dtype`."""
+    return build_net(bundle, "restorer", device, dtype), build_net(bundle, "enroller", device, dtype)
