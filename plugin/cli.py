@@ -75,13 +75,13 @@ def cmd_export(args) -> int:
         dtype = args.dtype or ("float16" if on_gpu else "float32")
         graphs = export_onnx(bundle_dir, dtype=dtype, device="cuda" if on_gpu else "cpu", progress=say)
         for graph, path in graphs.items():
-            _progress(f"onnx {graph}: {path}")
+            say(f"onnx {graph}: {path}")
     if args.tensorrt:
         from instantrestore.export.tensorrt_build import build_engines
 
         engines = build_engines(bundle_dir, precision="fp16", progress=say)
         for graph, path in engines.items():
-            _progress(f"tensorrt {graph}: {path}")
+            say(f"tensorrt {graph}: {path}")
     print(bundle_dir)
     return 0
 
@@ -92,7 +92,7 @@ def _remember(bundle_dir) -> None:
     try:
         home.remember_bundle(bundle_dir)
     except OSError as error:  # the bundle is fine; only the default for --bundle is not recorded
-        _progress(f"warning: could not record {bundle_dir} as the default bundle ({error}); pass --bundle")
+        say(f"warning: could not record {bundle_dir} as the default bundle ({error}); pass --bundle")
 
 
 def register_export(commands) -> None:

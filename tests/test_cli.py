@@ -5,6 +5,7 @@ virtual camera; and every mistake a user can make gets one clear line, exit code
 import hashlib
 import os
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -528,3 +529,20 @@ def test_onnx_backend_exports_missing_graphs_first(in_state, clip, tmp_path, mon
     assert_clear_error(code, err, "export stopped by the test")
     (bundle_dir, options), = calls
     assert bundle_dir == str(home.resolve_bundle().path) and options["dtype"] == "float32"
+
+
+def test_export_lists_what_it_built(in_state, monkeypatch, capsys):
+    """The glue again (real exports: test_onnx.py, test_tensorrt.py): each built graph and engine is named."""
+    import instantrestore.export.onnx_export as onnx_export
+    import instantrestore.export.tensorrt_build as tensorrt_build
+
+    bundle_dir = home.resolve_bundle().path
+    monkeypatch.setattr(onnx_export, "export_onnx",
+                        lambda bundle, **options: {g: Path(bundle) / f"{g}.onnx" for g in ("restorer", "enroller")})
+    monkeypatch.setattr(tensorrt_build, "build_engines",
+                        lambda bundle, **options: {g: Path(bundle) / f"{g}.plan" for g in ("restorer", "enroller")})
+    code, out, err = run(capsys, "export", "--onnx", "--tensorrt", "--dtype", "float32")
+    assert code == 0, err
+    assert out.strip() == str(bundle_dir)
+    for line in (f"onnx restorer: {bundle_dir / 'restorer.onnx'}", f"tensorrt enroller: {bundle_dir / 'enroller.plan'}"):
+        assert line in err
