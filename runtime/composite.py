@@ -65,19 +65,33 @@ _RGB_TO_YCRCB = np.array(
 )
 
 
+@functools.lru_cache(maxsize=8)
+def _statistics_mask(crop_size: int) -> np.ndarray:
+    """Where colour statistics are taken: inside the face mask, on every other pixel."""
+    return (face_mask(crop_size)[::2, ::2] > 0.5).astype(np.uint8)
+
+
+def _ycrcb_mean_std(image, inside) -> tuple[np.ndarray, np.ndarray]:
+    ycrcb = cv2.transform(image[::2, ::2].astype(np.float32), _RGB_TO_YCRCB.astype(np.float32))
+    mean, std = cv2.meanStdDev(ycrcb, mask=inside)
+    return mean.ravel(), std.ravel()
+
+
 def color_transfer_matrix(restored, original, mask, *, min_gain: float = 0.5, max_gain: float = 2.0) -> np.ndarray:
     """3x4 RGB affine map giving restored the per-channel YCrCb mean and spread of original in the mask.
 
     Statistics use every other pixel (plenty for a mean and a spread). The gain on the spread is
     clamped so a flat crop cannot blow the colours up.
     """
-    inside = np.asarray(mask)[::2, ::2] > 0.5
-    if inside.sum() < 16:
+    mask = np.asarray(mask)
+    if mask is face_mask(mask.shape[0]):
+        inside = _statistics_mask(mask.shape[0])
+    else:
+        inside = (mask[::2, ::2] > 0.5).astype(np.uint8)
+    if cv2.countNonZero(inside) < 16:
         return np.hstack([np.eye(3), np.zeros((3, 1))])
-    source = restored[::2, ::2][inside].astype(np.float64) @ _RGB_TO_YCRCB.T
-    target = original[::2, ::2][inside].astype(np.float64) @ _RGB_TO_YCRCB.T
-    source_mean, source_std = source.mean(axis=0), source.std(axis=0)
-    target_mean, target_std = target.mean(axis=0), target.std(axis=0)
+    source_mean, source_std = _ycrcb_mean_std(restored, inside)
+    target_mean, target_std = _ycrcb_mean_std(original, inside)
     gain = np.clip(target_std / np.maximum(source_std, 1e-3), min_gain, max_gain)
     # x' = T^-1 (G (T x - mu_s) + mu_t); the YCrCb offsets cancel out.
     to_rgb = np.linalg.inv(_RGB_TO_YCRCB)
