@@ -136,8 +136,21 @@ def synthetic_clip(path: Path, frames: int, size=(1920, 1080), fps: int = 30) ->
     return face
 
 
-def bench_pipeline(restorer, frames: int = 120, batch: int = 1, size=(1920, 1080)) -> dict:
-    """The whole frame pipeline on a synthetic clip: per-stage medians and end-to-end frames per second."""
+def stand_in_restorer(ms_per_face: float):
+    """A restore callable that returns the crops unchanged after waiting `ms_per_face` per face with the
+    GIL released, as a call into a GPU does: the pipeline around the model measured without one."""
+
+    def restore_crops(crops: np.ndarray) -> np.ndarray:
+        time.sleep(ms_per_face / 1000.0 * len(crops))
+        return crops.copy()
+
+    return restore_crops
+
+
+def bench_pipeline(restorer=None, frames: int = 120, batch: int = 1, size=(1920, 1080), stand_in_ms: float = 10.0,
+                   crop_size: int = 512) -> dict:
+    """The whole frame pipeline on a synthetic clip: per-stage medians and end-to-end frames per second.
+    Without a restorer, a stand-in that waits `stand_in_ms` per face takes the model's place."""
     from instantrestore.runtime.align import face_crops
     from instantrestore.runtime.media import FileSink, FileSource
     from instantrestore.runtime.pipeline import FramePipeline, run_file
@@ -145,21 +158,26 @@ def bench_pipeline(restorer, frames: int = 120, batch: int = 1, size=(1920, 1080
     with tempfile.TemporaryDirectory(prefix="instantrestore-bench-") as tmp:
         clip = Path(tmp) / "clip.mp4"
         face = synthetic_clip(clip, frames, size)
-        crops = face_crops(face, restorer.crop_size)
-        if not crops:
-            raise ValueError("the benchmark's test face was not detected")
-        crop = torch.from_numpy(crops[0].crop).permute(2, 0, 1)[None].float() / 127.5 - 1
-        profile = restorer.enroll(crop.to(restorer.device))
+        if restorer is None:
+            restore_crops = stand_in_restorer(stand_in_ms)
+            labels = {"device": device_name(torch.device("cpu")), "backend": f"stand-in ({stand_in_ms:g} ms per face)"}
+        else:
+            crop_size = restorer.crop_size
+            crops = face_crops(face, crop_size)
+            if not crops:
+                raise ValueError("the benchmark's test face was not detected")
+            crop = torch.from_numpy(crops[0].crop).permute(2, 0, 1)[None].float() / 127.5 - 1
+            restore_crops = restorer.crop_restorer(restorer.enroll(crop.to(restorer.device)))
+            labels = {"device": device_name(restorer.device), "backend": restorer.backend.name}
         source = FileSource(clip)
-        start = time.perf_counter()
-        with FramePipeline(restorer.crop_restorer(profile), restorer.crop_size) as pipeline:
+        with FramePipeline(restore_crops, crop_size) as pipeline:
+            start = time.perf_counter()
             stats = run_file(pipeline, source, FileSink(Path(tmp) / "out.mp4", like=source), batch_size=batch)
-        wall = time.perf_counter() - start
+            wall = time.perf_counter() - start
     summary = stats.summary()
     stages = {f"stage_{name}_ms": values["p50_ms"] for name, values in summary["stages"].items()}
-    return {"device": device_name(restorer.device), "backend": restorer.backend.name, "frames": frames,
-            "size": f"{size[0]}x{size[1]}", "batch": batch, **stages, "fps": frames / wall,
-            "no_face_frames": summary.get("no_face", 0)}
+    return {**labels, "frames": frames, "size": f"{size[0]}x{size[1]}", "batch": batch, **stages,
+            "fps": frames / wall, "no_face_frames": summary.get("no_face", 0)}
 
 
 LABELS = {
@@ -197,11 +215,20 @@ def register(commands) -> None:
     bench.add_argument("--frames", type=int, default=30, help="timed repetitions (frames in --pipeline mode)")
     bench.add_argument("--compile", action="store_true", help="torch backend: torch.compile under the CUDA graph")
     bench.add_argument("--pipeline", action="store_true", help="time the whole pipeline on a synthetic 1080p clip")
+    bench.add_argument("--stand-in-ms", type=float, metavar="MS",
+                       help="--pipeline without the model: a stand-in waits MS per face as a GPU call would")
     bench.add_argument("--json", action="store_true", help="print one JSON object last")
     bench.set_defaults(run=run)
 
 
 def run(args) -> int:
+    if args.stand_in_ms is not None:
+        if not args.pipeline or args.bundle or args.random:
+            raise ValueError("--stand-in-ms replaces the model in --pipeline mode; drop --bundle/--random")
+        if not 0 <= args.stand_in_ms <= 10_000 or args.batch < 1 or args.frames < 1:
+            raise ValueError("--stand-in-ms must be within 0..10000, --batch and --frames at least 1")
+        result = bench_pipeline(None, frames=args.frames, batch=args.batch, stand_in_ms=args.stand_in_ms)
+        return _report(result, args.json)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA GPU is visible to PyTorch")
@@ -225,7 +252,11 @@ def run(args) -> int:
         result = bench_pipeline(restorer, frames=args.frames, batch=args.batch)
     else:
         result = bench_model(restorer, refs=args.refs, batch=args.batch, frames=args.frames)
-    print(format_report(result), file=sys.stderr if args.json else sys.stdout)
-    if args.json:
+    return _report(result, args.json)
+
+
+def _report(result: dict, as_json: bool) -> int:
+    print(format_report(result), file=sys.stderr if as_json else sys.stdout)
+    if as_json:
         print(json.dumps(result))
     return 0

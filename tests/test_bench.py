@@ -38,6 +38,18 @@ def test_bench_pipeline_on_cpu(tmp_path, monkeypatch, capsys):
         assert result[f"stage_{stage}_ms"] > 0
 
 
+@pytest.mark.timeout(300)
+def test_bench_pipeline_with_a_stand_in_for_the_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(tmp_path))
+    assert main(["bench", "--pipeline", "--stand-in-ms", "2", "--frames", "4", "--batch", "2", "--json"]) == 0
+    result = last_json(capsys)
+    assert result["backend"] == "stand-in (2 ms per face)" and result["batch"] == 2
+    assert result["no_face_frames"] == 0 and result["stage_restore_ms"] >= 2.0
+    assert not (tmp_path / "bench").exists()  # no model was built
+    assert main(["bench", "--stand-in-ms", "2"]) == 2
+    assert "replaces the model in --pipeline mode" in capsys.readouterr().err
+
+
 def test_bench_refuses_bad_numbers(capsys):
     assert main(["bench", "--random", "tiny", "--device", "cpu", "--frames", "0"]) == 2
     assert capsys.readouterr().err.strip().endswith("--refs, --batch and --frames must be at least 1")
