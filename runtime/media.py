@@ -261,10 +261,12 @@ class FileSink:
                 self._video.codec_context.thread_type = "FRAME"
             else:
                 self._video.bit_rate = max(2_000_000, self.width * self.height * 8)
-            # Keep the input's time base so frame times (and so the duration) carry over exactly.
-            self._time_base = like.time_base if like is not None else Fraction(1, 1) / self.fps
+            # Keep the input's time base so frame times (and so the duration) carry over exactly; AVI counts
+            # frames rather than stamping them, so there the time base is one frame.
+            frame_counted = self._container.format.name == "avi"
+            self._time_base = like.time_base if like is not None and not frame_counted else 1 / self.fps
             self._video.codec_context.time_base = self._time_base
-            self._start_pts = like.start_pts if like is not None else 0
+            self._start_pts = like.start_pts if like is not None and not frame_counted else 0
             if like is not None and like.audio_stream_count:
                 self._open_audio(like)
         except Exception as error:

@@ -334,6 +334,25 @@ def test_phone_video_with_a_rotation_tag_is_restored_upright(tmp_path):
     assert FileSource(out_path).rotation == 0  # stored upright: plays the same everywhere
 
 
+@pytest.mark.parametrize("suffix", [".mov", ".mkv", ".avi"])
+def test_other_containers_keep_frames_rate_and_audio(face_clip, tmp_path, suffix):
+    source = FileSource(face_clip)
+    out_path = tmp_path / f"talk{suffix}"
+    with FileSink(out_path, like=source) as sink:
+        for item in source:
+            sink.write(item.image, item.time)
+    info = stream_info(out_path)
+    assert info["frames"] == 20 and info["fps"] == Fraction(25) and info["audio_streams"] == 1
+    # declared (MP4, MOV, AVI; an AVI once declared 24 times too many) or estimated from the duration (MKV)
+    assert abs(FileSource(out_path).frame_count - 20) <= (1 if suffix == ".mkv" else 0)
+
+
+def test_a_container_that_cannot_hold_h264_is_a_clear_error(face_clip, tmp_path):
+    with pytest.raises(MediaError, match="'webm' format does not support 'libx264'"):
+        FileSink(tmp_path / "talk.webm", like=FileSource(face_clip))
+    assert os.listdir(tmp_path) == []
+
+
 def test_failed_write_keeps_an_existing_output_untouched(face_clip, tmp_path):
     out_path = tmp_path / "existing.mp4"
     out_path.write_bytes(b"previous result")
