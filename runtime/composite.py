@@ -65,12 +65,6 @@ _RGB_TO_YCRCB = np.array(
 )
 
 
-@functools.lru_cache(maxsize=8)
-def _statistics_mask(crop_size: int) -> np.ndarray:
-    """Where colour statistics are taken: inside the face mask, on every other pixel."""
-    return (face_mask(crop_size)[::2, ::2] > 0.5).astype(np.uint8)
-
-
 def _ycrcb_mean_std(image, inside) -> tuple[np.ndarray, np.ndarray]:
     ycrcb = cv2.transform(image[::2, ::2].astype(np.float32), _RGB_TO_YCRCB.astype(np.float32))
     mean, std = cv2.meanStdDev(ycrcb, mask=inside)
@@ -83,11 +77,7 @@ def color_transfer_matrix(restored, original, mask, *, min_gain: float = 0.5, ma
     Statistics use every other pixel (plenty for a mean and a spread). The gain on the spread is
     clamped so a flat crop cannot blow the colours up.
     """
-    mask = np.asarray(mask)
-    if mask is face_mask(mask.shape[0]):
-        inside = _statistics_mask(mask.shape[0])
-    else:
-        inside = (mask[::2, ::2] > 0.5).astype(np.uint8)
+    inside = (np.asarray(mask)[::2, ::2] > 0.5).astype(np.uint8)
     if cv2.countNonZero(inside) < 16:
         return np.hstack([np.eye(3), np.zeros((3, 1))])
     source_mean, source_std = _ycrcb_mean_std(restored, inside)
