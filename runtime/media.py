@@ -263,10 +263,11 @@ class FileSink:
                 self._video.bit_rate = max(2_000_000, self.width * self.height * 8)
             # Keep the input's time base so frame times (and so the duration) carry over exactly; AVI counts
             # frames rather than stamping them, so there the time base is one frame.
-            frame_counted = self._container.format.name == "avi"
-            self._time_base = like.time_base if like is not None and not frame_counted else 1 / self.fps
+            self._frame_counted = self._container.format.name == "avi"
+            keep = like is not None and not self._frame_counted
+            self._time_base = like.time_base if keep else 1 / self.fps
             self._video.codec_context.time_base = self._time_base
-            self._start_pts = like.start_pts if like is not None and not frame_counted else 0
+            self._start_pts = like.start_pts if keep else 0
             if like is not None and like.audio_stream_count:
                 self._open_audio(like)
         except Exception as error:
@@ -321,7 +322,10 @@ class FileSink:
             frame = av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
         else:
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-        frame.pts = self._start_pts + int(round(timestamp / float(self._time_base)))
+        if self._frame_counted:  # one frame per tick, whatever the timestamps (two may round alike)
+            frame.pts = self.frames_written
+        else:
+            frame.pts = self._start_pts + int(round(timestamp / float(self._time_base)))
         frame.time_base = self._time_base
         try:
             self._mux_audio_until(float(frame.pts * self._time_base))
