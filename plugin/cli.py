@@ -194,8 +194,8 @@ def register_camera(commands) -> None:
     camera.add_argument("--profile", required=True, help="the profile made by `enroll`")
     camera.add_argument("--input", help="camera index (default 0), device path (/dev/video0) or a video file "
                                         "(played at its own rate)")
-    camera.add_argument("--size", help="virtual camera size WIDTHxHEIGHT, also asked of the camera (e.g. 1280x720); "
-                                       "default: what the input delivers")
+    camera.add_argument("--size", help="virtual camera size WIDTHxHEIGHT, also asked of the camera (default: 1280x720 "
+                                       "asked of a camera, which may deliver another size; a file's own size)")
     camera.add_argument("--fps", type=float, help="output frame rate (default: the input's)")
     camera.add_argument("--vcam-backend", help="pyvirtualcam backend: v4l2loopback (Linux), obs, unitycapture (Windows)")
     camera.add_argument("--vcam-device", help="virtual camera device, e.g. /dev/video10 (default: the first free one)")

@@ -400,8 +400,12 @@ def _is_device_node(path: Path) -> bool:
         return False
 
 
+DEFAULT_CAMERA_SIZE = (1280, 720)  # what call apps send; OpenCV alone would open most webcams at 640x480
+
+
 def open_input(spec, size: Optional[tuple], fps: Optional[float]):
-    """A camera (index or device path) or a video file (played at its own rate)."""
+    """A camera (index or device path; asked for `size`, else 1280x720) or a video file (played at its own
+    rate)."""
     from instantrestore.runtime.media import CameraSource, CameraUnavailable, FileSource
 
     spec = "0" if spec is None else str(spec)
@@ -410,7 +414,7 @@ def open_input(spec, size: Optional[tuple], fps: Optional[float]):
         if spec.startswith("/dev/") and not path.exists():
             raise PluginError(f"--input {spec}: no such camera device")
         try:
-            return CameraSource(int(spec) if spec.isdigit() else spec, size=size, fps=fps)
+            return CameraSource(int(spec) if spec.isdigit() else spec, size=size or DEFAULT_CAMERA_SIZE, fps=fps)
         except CameraUnavailable as error:
             raise PluginError(f"{error}; check that it exists and no other app is using it (`instantrestore doctor` "
                               "lists cameras)") from None

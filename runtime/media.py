@@ -150,6 +150,9 @@ class CameraSource:
             self._capture.release()
             raise CameraUnavailable(f"cannot open camera {device!r}")
         if size is not None:
+            # USB webcams give 720p and 1080p at full rate only as MJPEG (OpenCV asks for YUYV, often 10 fps
+            # there); a camera without MJPEG keeps its own format
+            self._capture.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG"))
             self._capture.set(cv2.CAP_PROP_FRAME_WIDTH, int(size[0]))
             self._capture.set(cv2.CAP_PROP_FRAME_HEIGHT, int(size[1]))
         if fps is not None:

@@ -160,28 +160,32 @@ class RecordingSink:
 
 
 class FakeVideoCapture:
-    """cv2.VideoCapture as a webcam driver behaves: BGR frames, settable size and rate, a few failed
-    reads while it warms up, and nothing more after `frames` run out (unplugged). Tests set the class
-    attributes (monkeypatch) and put the class in place of cv2.VideoCapture."""
+    """cv2.VideoCapture as a webcam driver behaves: BGR frames of one size only (a request for another is
+    noted and ignored), a settable rate, a few failed reads while it warms up, and nothing more after
+    `frames` run out (unplugged). Tests set the class attributes (monkeypatch) and put the class in place
+    of cv2.VideoCapture; `last` is the most recent instance."""
 
     opened = True
     frames: list = []
     period = 0.0  # seconds per read, like a real camera's frame interval
+    last = None
 
     def __init__(self, device):
-        self.device, self.props, self.reads, self.released = device, {}, 0, False
+        self.device, self.requests, self.reads, self.released = device, {}, 0, False
+        type(self).last = self
 
     def isOpened(self):
         return type(self).opened
 
     def set(self, prop, value):
-        self.props[prop] = value
-        return True
+        self.requests[prop] = value
+        return prop in (cv2.CAP_PROP_FPS, cv2.CAP_PROP_FOURCC)
 
     def get(self, prop):
         height, width = self.frames[0].shape[:2]
-        return self.props.get(prop, {cv2.CAP_PROP_FRAME_WIDTH: width, cv2.CAP_PROP_FRAME_HEIGHT: height,
-                                     cv2.CAP_PROP_FPS: 30.0}.get(prop, 0.0))
+        actual = {cv2.CAP_PROP_FRAME_WIDTH: width, cv2.CAP_PROP_FRAME_HEIGHT: height,
+                  cv2.CAP_PROP_FPS: self.requests.get(cv2.CAP_PROP_FPS, 30.0)}
+        return actual.get(prop, 0.0)
 
     def read(self):
         self.reads += 1

@@ -398,6 +398,8 @@ def test_webcam_by_index_through_opencv(in_state, clip, recording_backend, monke
     assert code == 0, err
     (camera,) = recording_backend.instances
     assert camera.closed and (camera.width, camera.height) == CLIP_SIZE and len(camera.frames) >= 8
+    asked = FakeVideoCapture.last.requests  # 720p asked for; this camera has only its own size
+    assert (asked[cv2.CAP_PROP_FRAME_WIDTH], asked[cv2.CAP_PROP_FRAME_HEIGHT]) == (1280, 720)
 
     monkeypatch.setattr(FakeVideoCapture, "opened", False)  # busy in another app, or not there
     code, _, err = run(capsys, "camera", "--profile", "me", "--input", "1", "--vcam-backend", "recording")

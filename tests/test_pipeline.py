@@ -418,9 +418,12 @@ def test_camera_source_delivers_rgb_frames_and_reports_an_unplugged_camera(monke
     frames = face_frames(5)
     monkeypatch.setattr(FakeVideoCapture, "frames", frames)
     monkeypatch.setattr(cv2, "VideoCapture", FakeVideoCapture)
-    camera = CameraSource("0", fps=24)
+    camera = CameraSource("0", size=(1280, 720), fps=24)
     assert camera.live and camera.device == 0
-    assert (camera.width, camera.height, camera.fps) == (320, 240, 24)
+    assert (camera.width, camera.height, camera.fps) == (320, 240, 24)  # what it delivers, not what was asked
+    asked = FakeVideoCapture.last.requests
+    assert (asked[cv2.CAP_PROP_FRAME_WIDTH], asked[cv2.CAP_PROP_FRAME_HEIGHT]) == (1280, 720)
+    assert asked[cv2.CAP_PROP_FOURCC] == cv2.VideoWriter_fourcc(*"MJPG")
     got = []
     with pytest.raises(CameraUnavailable, match="camera 0 stopped delivering frames"):
         for item in camera:
