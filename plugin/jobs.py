@@ -350,6 +350,9 @@ def restore_video(in_path, out_path, profile_name: str, bundle_arg=None, backend
     source = FileSource(in_path)
     if out_path.exists():
         progress(f"{out_path} exists; it will be replaced when the new file is complete")
+    if source.hdr:
+        progress(f"note: {in_path.name} is HDR (PQ/HLG); the restored copy is 8-bit SDR H.264, so its colours look "
+                 "flatter than the original's on an HDR screen")
 
     # The output is opened (as a temp file) before the slow model load, so a bad name fails at once.
     sink = FileSink(out_path, like=source)

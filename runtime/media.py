@@ -31,6 +31,9 @@ class VirtualCameraUnavailable(MediaError):
     """No virtual camera could be opened; the message carries pyvirtualcam's reason."""
 
 
+HDR_TRANSFERS = (16, 18)  # FFmpeg's AVColorTransferCharacteristic: SMPTE ST 2084 (PQ), ARIB STD-B67 (HLG)
+
+
 class SourceFrame(NamedTuple):
     image: np.ndarray  # (H, W, 3) uint8 RGB
     time: float  # seconds since the first frame of the source
@@ -54,8 +57,9 @@ class FileSource:
 
     Attributes: path, width, height (as displayed), fps (Fraction), frame_count (as declared by the
     container, or estimated from the duration), duration (s), time_base, start_pts, audio_stream_count,
-    rotation (degrees counter-clockwise, from the display matrix phones write). Frames come out upright,
-    as a player shows them, so faces are upright for the detector and the output needs no rotation tag.
+    rotation (degrees counter-clockwise, from the display matrix phones write), hdr (PQ or HLG transfer).
+    Frames come out upright, as a player shows them, so faces are upright for the detector and the output
+    needs no rotation tag; they are 8-bit RGB, so HDR comes out as SDR.
     A truncated or unreadable file raises MediaError.
     """
 
@@ -93,6 +97,7 @@ class FileSource:
                 self.rotation = int(round((first.rotation if first is not None else 0) / 90.0)) % 4 * 90
                 if self.rotation in (90, 270):
                     self.width, self.height = self.height, self.width
+                self.hdr = first is not None and first.color_trc in HDR_TRANSFERS
         except MediaError:
             raise
         except (av.FFmpegError, OSError, ValueError) as error:

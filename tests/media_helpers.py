@@ -53,9 +53,10 @@ def no_face_image(width=320, height=240) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def write_clip(path, frames, fps=25, audio=False, faststart=False, codec="libx264", rotation=0):
+def write_clip(path, frames, fps=25, audio=False, faststart=False, codec="libx264", rotation=0, hlg=False):
     """Encode RGB frames to a video file; with audio, add a mono AAC 440 Hz tone of the same length.
-    rotation (degrees counter-clockwise) goes into the display matrix, as phones write it."""
+    rotation (degrees counter-clockwise) goes into the display matrix, as phones write it; hlg tags the
+    stream as HDR (HLG transfer, BT.2020), as phones do (the pixels stay 8-bit)."""
     fps = Fraction(fps)
     height, width = frames[0].shape[:2]
     options = {"movflags": "+faststart"} if faststart else {}
@@ -64,6 +65,8 @@ def write_clip(path, frames, fps=25, audio=False, faststart=False, codec="libx26
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         if rotation:
             video.set_display_rotation(rotation)
+        if hlg:
+            video.codec_context.color_trc, video.codec_context.color_primaries = 18, 9
         if codec == "libx264":
             video.options = {"crf": "12", "preset": "ultrafast"}
         if audio:

@@ -271,6 +271,17 @@ def test_video_restores_the_face_and_keeps_frames_rate_duration_audio(in_state, 
     assert diff[0][inner].mean() > 5.0  # the (random miniature) restorer visibly replaced the face
 
 
+def test_video_says_an_hdr_clip_comes_out_sdr(in_state, tmp_path, capsys):
+    frames = [placed_face(CLIP_SIZE, 0.45, (60.0, 10.0))[0]] * 3
+    hdr = write_clip(tmp_path / "hdr.mp4", frames, fps=CLIP_FPS, hlg=True)
+    plain = write_clip(tmp_path / "plain.mp4", frames, fps=CLIP_FPS)
+    for clip, warned in ((hdr, True), (plain, False)):
+        code, _, err = run(capsys, "video", clip, "-o", tmp_path / f"out-{clip.name}", "--profile", "me",
+                           "--backend", "torch")
+        assert code == 0, err
+        assert ("hdr.mp4 is HDR (PQ/HLG); the restored copy is 8-bit SDR" in err) == warned
+
+
 def test_video_refuses_to_overwrite_its_input(in_state, clip, tmp_path, capsys):
     before = sha256(clip)
     link = tmp_path / "link.mp4"
