@@ -44,7 +44,7 @@ def test_bench_pipeline_with_a_stand_in_for_the_model(tmp_path, monkeypatch, cap
     assert main(["bench", "--pipeline", "--stand-in-ms", "2", "--frames", "4", "--batch", "2", "--json"]) == 0
     result = last_json(capsys)
     assert result["backend"] == "stand-in (2 ms per face)" and result["batch"] == 2
-    assert result["no_face_frames"] == 0 and result["stage_restore_ms"] >= 2.0
+    assert result["no_face_frames"] == 0 and result["stage_restore_ms"] >= 1.9  # the stand-in waited 2 ms per face
     assert not (tmp_path / "bench").exists()  # no model was built
     assert main(["bench", "--stand-in-ms", "2"]) == 2
     assert "replaces the model in --pipeline mode" in capsys.readouterr().err
