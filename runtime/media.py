@@ -58,8 +58,8 @@ class FileSource:
     Attributes: path, width, height (as displayed), fps (Fraction), frame_count (as declared by the
     container, or estimated from the duration), duration (s), time_base, start_pts, audio_stream_count,
     rotation (degrees counter-clockwise, from the display matrix phones write), hdr (PQ or HLG transfer).
-    Frames come out upright, as a player shows them, so faces are upright for the detector and the output
-    needs no rotation tag; they are 8-bit RGB, so HDR comes out as SDR.
+    Frames come out upright, as a player shows them, so an output written from them plays upright with no
+    rotation tag; they are 8-bit RGB, so HDR comes out as SDR.
     A truncated or unreadable file raises MediaError.
     """
 

@@ -4,6 +4,7 @@ the virtual camera sink through a recording pyvirtualcam backend."""
 import hashlib
 import os
 import sys
+import threading
 import time
 from fractions import Fraction
 
@@ -244,8 +245,6 @@ class _HandshakeSink(RecordingSink):
 
 
 def test_file_mode_restores_the_next_frame_while_writing_the_last(tmp_path):
-    import threading
-
     clip = write_clip(tmp_path / "overlap.mp4", face_frames(6), fps=25)
     started = [threading.Event() for _ in range(6)]
     calls = []
@@ -328,7 +327,7 @@ def test_phone_video_with_a_rotation_tag_is_restored_upright(tmp_path):
         stats = run_file(pipeline, source, FileSink(out_path, like=source))
     finally:
         close_all(pipeline)
-    assert stats.summary().get("no_face", 0) == 0  # the face was found upright in every frame
+    assert stats.summary().get("no_face", 0) == 0  # the face was restored in every frame
     written = read_frames(out_path)
     assert len(written) == 6 and written[0].shape == (320, 240, 3)
     assert FileSource(out_path).rotation == 0  # stored upright: plays the same everywhere
