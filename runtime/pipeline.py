@@ -413,10 +413,10 @@ class _LatestSlot:
 
 
 def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = None, stats=None, fps=None) -> LiveReport:
-    """Camera-style run: capture, track+align+restore, and composite+output on separate threads.
+    """Camera-style run: capture + track + align, restore, and composite + output on separate threads.
 
-    The capture thread keeps only the newest frame for the worker (older ones are dropped), so a
-    frame waits at most one capture period before the model takes it. The output loop composites and
+    The capture thread tracks every frame and keeps only the newest for the restorer (older ones are
+    dropped), so a frame waits at most one capture period before the model takes it. The output loop composites and
     sends each restored frame as soon as it is ready and re-sends the last one when nothing new comes
     within a frame period, so the call keeps the source's rate and never stalls. A source with
     live=False (a file) is played at its own frame rate. max_frames stops after that many captured
@@ -445,7 +445,9 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
                     delay = start + item.time - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
-                if to_worker.put((item, time.monotonic())):
+                captured_at = time.monotonic()
+                # tracked here, on every frame, so the worker only restores and the smoothing sees all motion
+                if to_worker.put((pipeline.locate_batch([item.image], [item.time]), captured_at)):
                     with lock:
                         report.dropped += 1
                     stats.count("dropped")
@@ -463,12 +465,11 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
         try:
             while not stop.is_set():
                 try:
-                    item, captured_at = to_worker.get(timeout=0.02)
+                    (frames, located), captured_at = to_worker.get(timeout=0.02)
                 except queue.Empty:
                     if capture_done.is_set() and to_worker.qsize() == 0:
                         break
                     continue
-                frames, located = pipeline.locate_batch([item.image], [item.time])
                 restored = pipeline.restore_located(located)
                 with lock:
                     report.processed += 1
