@@ -39,8 +39,9 @@ class VideoDevice:
     loopback: bool  # a v4l2loopback device (a virtual camera), not a real one
 
 
-def linux_video_devices(sys_root: Path = SYS_V4L) -> list:
+def linux_video_devices(sys_root: Path | None = None) -> list:
     """Video devices from sysfs. v4l2loopback devices hang off /sys/devices/virtual."""
+    sys_root = SYS_V4L if sys_root is None else sys_root
     if not sys_root.is_dir():
         return []
     devices = []

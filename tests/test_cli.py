@@ -446,19 +446,55 @@ def test_setup_instructions_per_os():
         assert "OBS" in vcam.missing_camera_summary(os_name)
 
 
-def test_linux_loopback_devices_are_found_in_sysfs(tmp_path):
-    real = tmp_path / "devices" / "pci0000:00" / "video4linux" / "video0"
-    virtual = tmp_path / "devices" / "virtual" / "video4linux" / "video10"
-    for folder, name in ((real, "Integrated Camera"), (virtual, "InstantRestore Camera")):
+def fake_sysfs(root, loopback_label="InstantRestore Camera", exclusive_caps="Y"):
+    """/sys/class/video4linux with a webcam and a v4l2loopback device, and the module's parameters."""
+    real = root / "devices" / "pci0000:00" / "video4linux" / "video0"
+    virtual = root / "devices" / "virtual" / "video4linux" / "video10"
+    for folder, name in ((real, "Integrated Camera"), (virtual, loopback_label)):
         folder.mkdir(parents=True)
         (folder / "name").write_text(name + "\n")
-    classes = tmp_path / "class"
+    classes = root / "class"
     classes.mkdir()
     (classes / "video0").symlink_to(real)
     (classes / "video10").symlink_to(virtual)
+    module = root / "module" / "v4l2loopback"
+    (module / "parameters").mkdir(parents=True)
+    (module / "parameters" / "exclusive_caps").write_text(exclusive_caps + "\n")
+    return classes, module
+
+
+def test_linux_loopback_devices_are_found_in_sysfs(tmp_path):
+    classes, _ = fake_sysfs(tmp_path)
     devices = vcam.linux_video_devices(classes)
     assert [(d.path, d.name, d.loopback) for d in devices] == [
         ("/dev/video0", "Integrated Camera", False), ("/dev/video10", "InstantRestore Camera", True)]
+
+
+@pytest.mark.parametrize("setup", ["good", "chrome-cannot-see-it", "not-loaded"])
+def test_doctor_checks_the_linux_virtual_camera_setup(tmp_path, monkeypatch, setup):
+    from instantrestore.plugin import doctor
+
+    classes, module = fake_sysfs(tmp_path, "Dummy video device" if setup != "good" else "InstantRestore Camera",
+                                 "N" if setup != "good" else "Y")
+    if setup == "not-loaded":
+        module = tmp_path / "no-such-module"
+    monkeypatch.setattr(vcam, "platform_name", lambda: "linux")
+    monkeypatch.setattr(vcam, "SYS_V4L", classes)
+    monkeypatch.setattr(vcam, "SYS_LOOPBACK", module)
+    (cameras,) = doctor.check_cameras()
+    assert cameras.status == "ok" and "/dev/video0 (Integrated Camera)" in cameras.detail
+    assert "/dev/video10" not in cameras.detail  # the virtual camera is not offered as an input
+    checks = doctor.check_virtual_camera()
+    statuses = [check.status for check in checks]
+    text = " | ".join(f"{check.detail} -> {check.next_step}" for check in checks)
+    if setup == "good":
+        assert statuses == ["ok"] and 'v4l2loopback: /dev/video10 "InstantRestore Camera"' in text
+    elif setup == "chrome-cannot-see-it":
+        assert statuses == ["ok", "warn", "warn"]
+        assert "exclusive_caps is off: Chrome" in text and 'apps show "Dummy video device"' in text
+        assert "sudo modprobe -r v4l2loopback && sudo modprobe v4l2loopback devices=1 exclusive_caps=1" in text
+    else:
+        assert statuses == ["missing"] and "no v4l2loopback device -> sudo modprobe v4l2loopback" in text
 
 
 # ------------------------------------------------------------------------------------------------ doctor, export
