@@ -154,6 +154,8 @@ class CameraSource:
         if not self._capture.isOpened():
             self._capture.release()
             raise CameraUnavailable(f"cannot open camera {device!r}")
+        # the newest frame, not one queued in the driver: a busy moment must not add lasting latency
+        self._capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         if size is not None:
             # USB webcams give 720p and 1080p at full rate only as MJPEG (OpenCV asks for YUYV, often 10 fps
             # there); a camera without MJPEG keeps its own format

@@ -439,6 +439,7 @@ def test_camera_source_delivers_rgb_frames_and_reports_an_unplugged_camera(monke
     asked = FakeVideoCapture.last.requests
     assert (asked[cv2.CAP_PROP_FRAME_WIDTH], asked[cv2.CAP_PROP_FRAME_HEIGHT]) == (1280, 720)
     assert asked[cv2.CAP_PROP_FOURCC] == cv2.VideoWriter_fourcc(*"MJPG")
+    assert asked[cv2.CAP_PROP_BUFFERSIZE] == 1  # no frames queued in the driver
     got = []
     with pytest.raises(CameraUnavailable, match="camera 0 stopped delivering frames"):
         for item in camera:
