@@ -416,11 +416,12 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
     """Camera-style run: capture + track + align, restore, and composite + output on separate threads.
 
     The capture thread tracks every frame and keeps only the newest for the restorer (older ones are
-    dropped), so a frame waits at most one capture period before the model takes it. The output loop composites and
-    sends each restored frame as soon as it is ready and re-sends the last one when nothing new comes
-    within a frame period, so the call keeps the source's rate and never stalls. A source with
-    live=False (a file) is played at its own frame rate. max_frames stops after that many captured
-    frames. The sink is left open (the caller owns it). Returns a LiveReport; counts also go to stats.
+    dropped), so a frame waits at most one capture period before the model takes it. The output loop
+    composites and sends each restored frame as soon as it is ready and re-sends the last one when
+    nothing new comes within a frame period, so the call keeps the source's rate and never stalls. A
+    source with live=False (a file) is played at its own frame rate. max_frames stops after that many
+    captured frames. The sink is left open (the caller owns it). Returns a LiveReport; counts also go
+    to stats.
     """
     stats = stats if stats is not None else pipeline.stats
     rate = float(fps or getattr(source, "fps", 0) or 30.0)
