@@ -86,6 +86,13 @@ def sha256_of(path) -> str:
     return digest.hexdigest()
 
 
+def _existing_file(path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise DetectorAssetError(f"{what} not found: {path}")
+    return path
+
+
 def verify_asset(path, expected_sha256: str) -> Path:
     """Return path if the file exists and has the expected SHA-256, else raise DetectorAssetError."""
     path = Path(path)
@@ -181,28 +188,17 @@ class FaceDetector:
         running_mode = vision.RunningMode.VIDEO if self.mode == "video" else vision.RunningMode.IMAGE
         try:
             if landmarker_task is not None:
-                task_path = Path(landmarker_task)
-                if not task_path.is_file():
-                    raise DetectorAssetError(f"FaceLandmarker task file not found: {task_path}")
-                options = vision.FaceLandmarkerOptions(
-                    base_options=BaseOptions(model_asset_path=str(task_path)),
-                    running_mode=running_mode,
-                    num_faces=max_faces,
-                    min_face_detection_confidence=min_confidence,
-                )
-                return vision.FaceLandmarker.create_from_options(options)
-            if model_path is None:
-                path = verify_asset(BLAZEFACE_SHORT_RANGE, BLAZEFACE_SHORT_RANGE_SHA256)
+                path = _existing_file(landmarker_task, "FaceLandmarker task file")
+                task, task_options = vision.FaceLandmarker, vision.FaceLandmarkerOptions
+                settings = {"num_faces": max_faces, "min_face_detection_confidence": min_confidence}
             else:
-                path = Path(model_path)
-                if not path.is_file():
-                    raise DetectorAssetError(f"detector model not found: {path}")
-            options = vision.FaceDetectorOptions(
-                base_options=BaseOptions(model_asset_path=str(path)),
-                running_mode=running_mode,
-                min_detection_confidence=min_confidence,
-            )
-            return vision.FaceDetector.create_from_options(options)
+                path = (verify_asset(BLAZEFACE_SHORT_RANGE, BLAZEFACE_SHORT_RANGE_SHA256) if model_path is None
+                        else _existing_file(model_path, "detector model"))
+                task, task_options = vision.FaceDetector, vision.FaceDetectorOptions
+                settings = {"min_detection_confidence": min_confidence}
+            options = task_options(base_options=BaseOptions(model_asset_path=str(path)), running_mode=running_mode,
+                                   **settings)
+            return task.create_from_options(options)
         except TrackingError:
             raise
         except Exception as error:
