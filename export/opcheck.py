@@ -105,11 +105,8 @@ def _graph_value_types(graph: onnx.GraphProto):
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.TENSOR:
                 yield f"{node.name or node.op_type}.{attr.name}", attr.t.data_type
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graph_value_types(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _graph_value_types(g)
+        for subgraph in _subgraphs(node):
+            yield from _graph_value_types(subgraph)
 
 
 def collect_ops(model) -> collections.Counter:
@@ -135,12 +132,17 @@ def collect_ops(model) -> collections.Counter:
 def _walk_nodes(nodes):
     for node in nodes:
         yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _walk_graph(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _walk_graph(g)
+        for subgraph in _subgraphs(node):
+            yield from _walk_graph(subgraph)
+
+
+def _subgraphs(node: onnx.NodeProto):
+    """The bodies of If, Loop, Scan and the like."""
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
 
 
 # Restrictions of the support matrix that a static look at the graph can verify.
