@@ -7,6 +7,7 @@ also have ``abort()``, which leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -255,7 +256,7 @@ class FileSink:
         self._audio_packets = None
         self._audio_in = None
         self._pending_audio = None
-        try:
+        with self._aborted_on_error("create"):
             format_name = None if self.out_path.suffix else "mp4"
             self._container = av.open(str(self.temp_path), mode="w", format=format_name)
             codec_name = _pick_video_codec(codec)
@@ -280,11 +281,6 @@ class FileSink:
             self._start_pts = like.start_pts if keep else 0
             if like is not None and like.audio_stream_count:
                 self._open_audio(like)
-        except Exception as error:
-            self.abort()
-            if isinstance(error, MediaError):
-                raise
-            raise MediaError(f"cannot create {self.out_path.name}: {_one_line(error)}") from error
 
     def _open_audio(self, like: FileSource):
         import av
@@ -349,7 +345,7 @@ class FileSink:
         """Flush, finish the file and move it to out_path. On any failure nothing is left behind."""
         if self._closed:
             return
-        try:
+        with self._aborted_on_error("finish"):
             for packet in self._video.encode(None):
                 self._container.mux(packet)
             self._mux_audio_until(None)
@@ -359,11 +355,17 @@ class FileSink:
                 raise MediaError(f"no frames were written to {self.out_path.name}")
             commit_temp_file(self.temp_path, self.out_path)
             self._closed = True
+
+    @contextlib.contextmanager
+    def _aborted_on_error(self, doing: str):
+        """Any failure removes the temporary file and is raised as one MediaError line."""
+        try:
+            yield
         except Exception as error:
             self.abort()
             if isinstance(error, MediaError):
                 raise
-            raise MediaError(f"cannot finish {self.out_path.name}: {_one_line(error)}") from error
+            raise MediaError(f"cannot {doing} {self.out_path.name}: {_one_line(error)}") from error
 
     def _close_audio_input(self):
         if self._audio_in is not None:
