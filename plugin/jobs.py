@@ -213,8 +213,7 @@ def find_faces(image: np.ndarray, crop_size: int, detector) -> list:
                 for face in detector.detect(window, None):
                     if face.score < WINDOW_MIN_SCORE:
                         continue
-                    face.keypoints = face.keypoints + np.array([left, top], np.float32)
-                    face.box = (face.box[0] + left, face.box[1] + top, face.box[2] + left, face.box[3] + top)
+                    face.shift(left, top)
                     same = [other for other in found if box_iou(other.box, face.box) > 0.3]
                     if not same:
                         found.append(face)

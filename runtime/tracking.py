@@ -77,6 +77,11 @@ class FaceDetection:
         """Face size in pixels: the larger side of the box."""
         return max(self.box[2] - self.box[0], self.box[3] - self.box[1])
 
+    def shift(self, left: float, top: float) -> None:
+        """Move a face detected in a region whose corner is at (left, top) into frame pixels."""
+        self.keypoints = self.keypoints + np.array([left, top], np.float32)
+        self.box = (self.box[0] + left, self.box[1] + top, self.box[2] + left, self.box[3] + top)
+
 
 def sha256_of(path) -> str:
     digest = hashlib.sha256()
@@ -409,8 +414,7 @@ def detect_near(detector, frame, box, roi_scale: float = 2.5, timestamp_s=None) 
     region = cv2.warpAffine(frame, shift, (side, side), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
     faces = detector.detect(region, timestamp_s)
     for face in faces:
-        face.keypoints = face.keypoints + np.array([left, top], np.float32)
-        face.box = (face.box[0] + left, face.box[1] + top, face.box[2] + left, face.box[3] + top)
+        face.shift(left, top)
     return faces
 
 
