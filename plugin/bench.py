@@ -166,8 +166,7 @@ def bench_pipeline(restorer=None, frames: int = 120, batch: int = 1, size=(1920,
             crops = face_crops(face, crop_size)
             if not crops:
                 raise ValueError("the benchmark's test face was not detected")
-            crop = torch.from_numpy(crops[0].crop).permute(2, 0, 1)[None].float() / 127.5 - 1
-            restore_crops = restorer.crop_restorer(restorer.enroll(crop.to(restorer.device)))
+            restore_crops = restorer.crop_restorer(restorer.enroll_crops(crops[0].crop[None]))
             labels = {"device": device_name(restorer.device), "backend": restorer.backend.name}
         source = FileSource(clip)
         with FramePipeline(restore_crops, crop_size) as pipeline:

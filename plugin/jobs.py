@@ -243,8 +243,6 @@ def selfie_crop(path: Path, image: np.ndarray, crop_size: int, detector):
 
 def enroll(image_paths, name: str, bundle_arg=None, device: Optional[str] = None, progress=say) -> Path:
     """Detect, align and enroll the selfies; write the profile `name`; returns its path."""
-    import torch
-
     from instantrestore.runtime.artifacts import MAX_REFERENCES
     from instantrestore.runtime.tracking import FaceDetector
 
@@ -287,11 +285,8 @@ def enroll(image_paths, name: str, bundle_arg=None, device: Optional[str] = None
                      "keeps more detail")
 
     restorer = load_engine(bundle, "torch", device, None, progress)
-    crops = np.stack([face.crop for face in faces])
-    refs = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     progress(f"enrolling {len(paths)} photo{'s' if len(paths) != 1 else ''} as {name!r}")
-    with torch.inference_mode():
-        profile = restorer.enroll(refs.to(restorer.device))
+    profile = restorer.enroll_crops(np.stack([face.crop for face in faces]))
     profile.metadata.update({
         "name": name,
         "sources": [path.name for path in paths],

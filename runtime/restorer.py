@@ -85,6 +85,12 @@ class Restorer:
         thumbs = ((thumbs.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
         return Profile.from_references(self.bundle.bundle_id, kv[0::2], kv[1::2], thumbs)
 
+    def enroll_crops(self, crops: np.ndarray) -> Profile:
+        """enroll() for uint8 RGB crops (N, S, S, 3), as align.face_crops makes them."""
+        refs = torch.from_numpy(np.ascontiguousarray(crops, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        with torch.inference_mode():
+            return self.enroll(refs.to(self.device))
+
     def layer_inputs(self, profile: Profile) -> list[torch.Tensor]:
         """The profile as the network's reference inputs, prepared once and reused while it stays bound."""
         if self._bound is None or self._bound[0] is not profile:
