@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from instantrestore.runtime.artifacts import sha256_file
 from instantrestore.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, CONFIG_NAME, DTYPES, WEIGHTS_NAME
 from instantrestore.runtime.network import shared_layer_names, up_block_resolution
 
@@ -203,7 +204,7 @@ def import_checkpoint(checkpoint, base="stabilityai/sd-turbo", vae="stabilityai/
     }
     source = {
         "checkpoint": Path(checkpoint).name,
-        "checkpoint_sha256": _sha256(Path(checkpoint)),
+        "checkpoint_sha256": sha256_file(Path(checkpoint)),
         "base": str(base),
         "vae": str(vae),
         "lora": {"unet_modules": unet_loras, "vae_modules": vae_loras},
@@ -272,14 +273,6 @@ def write_bundle(out, unet, vae, scheduler_config: dict, flags: dict, nets: dict
     return out
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_bundle(out: Path, config: dict, tensors: dict[str, torch.Tensor]) -> None:
     """Write into a temporary folder beside `out`, then swap it in: a failure leaves no partial bundle."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -288,7 +281,7 @@ def _write_bundle(out: Path, config: dict, tensors: dict[str, torch.Tensor]) -> 
         save_file(tensors, str(tmp / WEIGHTS_NAME))
         identity = {k: v for k, v in config.items() if k != "source"}
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
-        digest.update(_sha256(tmp / WEIGHTS_NAME).encode())
+        digest.update(sha256_file(tmp / WEIGHTS_NAME).encode())
         config["bundle_id"] = digest.hexdigest()
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         if out.exists():

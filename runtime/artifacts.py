@@ -310,14 +310,12 @@ def _fsync_file(path: Path) -> None:
 
 
 def sha256_file(path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
+    """The SHA-256 of a file, read in chunks (weights files are gigabytes)."""
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import dataclasses
-import hashlib
 import math
 import threading
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Callable, Optional, Sequence
 
 import cv2
 import numpy as np
+
+from .artifacts import sha256_file
 
 KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear", "left_ear")
 """The six BlazeFace keypoints, in BlazeFace's order. "right" is the person's right (image left)."""
@@ -83,14 +84,6 @@ class FaceDetection:
         self.box = (self.box[0] + left, self.box[1] + top, self.box[2] + left, self.box[3] + top)
 
 
-def sha256_of(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _existing_file(path, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
@@ -103,7 +96,7 @@ def verify_asset(path, expected_sha256: str) -> Path:
     path = Path(path)
     if not path.is_file():
         raise DetectorAssetError(f"detector model not found: {path} (reinstall instantrestore)")
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if actual != expected_sha256:
         raise DetectorAssetError(
             f"detector model {path} is corrupted: SHA-256 {actual[:16]}... expected "

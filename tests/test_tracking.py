@@ -11,6 +11,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from media_helpers import MEDIAPIPE_TIMEOUT_S, apply_affine, astronaut, no_face_image, placed_face  # noqa: E402
 
 from instantrestore.runtime import align, tracking  # noqa: E402
+from instantrestore.runtime.artifacts import sha256_file  # noqa: E402
 from instantrestore.runtime.tracking import (  # noqa: E402
     DetectorAssetError,
     DetectorTimeout,
@@ -49,7 +50,7 @@ def test_vendored_model_matches_notice_hash():
     notice = (tracking.ASSET_DIR / "NOTICE-mediapipe").read_text()
     assert tracking.BLAZEFACE_SHORT_RANGE_SHA256 in notice
     assert "Apache License" in notice and "mediapipe==0.10.21" in notice
-    assert tracking.sha256_of(tracking.BLAZEFACE_SHORT_RANGE) == tracking.BLAZEFACE_SHORT_RANGE_SHA256
+    assert sha256_file(tracking.BLAZEFACE_SHORT_RANGE) == tracking.BLAZEFACE_SHORT_RANGE_SHA256
 
 
 def test_corrupted_model_is_refused_with_clear_error(tmp_path, monkeypatch):
