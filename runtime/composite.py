@@ -63,10 +63,12 @@ def face_mask(crop_size: int) -> np.ndarray:
 _RGB_TO_YCRCB = np.array(
     [[0.299, 0.587, 0.114], [0.5, -0.418688, -0.081312], [-0.168736, -0.331264, 0.5]], np.float64
 )
+_RGB_TO_YCRCB_F32 = _RGB_TO_YCRCB.astype(np.float32)  # for the statistics, taken in float32
+_YCRCB_TO_RGB = np.linalg.inv(_RGB_TO_YCRCB)
 
 
 def _ycrcb_mean_std(image, inside) -> tuple[np.ndarray, np.ndarray]:
-    ycrcb = cv2.transform(image[::2, ::2].astype(np.float32), _RGB_TO_YCRCB.astype(np.float32))
+    ycrcb = cv2.transform(image[::2, ::2].astype(np.float32), _RGB_TO_YCRCB_F32)
     mean, std = cv2.meanStdDev(ycrcb, mask=inside)
     return mean.ravel(), std.ravel()
 
@@ -84,9 +86,8 @@ def color_transfer_matrix(restored, original, mask, *, min_gain: float = 0.5, ma
     target_mean, target_std = _ycrcb_mean_std(original, inside)
     gain = np.clip(target_std / np.maximum(source_std, 1e-3), min_gain, max_gain)
     # x' = T^-1 (G (T x - mu_s) + mu_t); the YCrCb offsets cancel out.
-    to_rgb = np.linalg.inv(_RGB_TO_YCRCB)
-    linear = to_rgb @ np.diag(gain) @ _RGB_TO_YCRCB
-    offset = to_rgb @ (target_mean - gain * source_mean)
+    linear = _YCRCB_TO_RGB @ np.diag(gain) @ _RGB_TO_YCRCB
+    offset = _YCRCB_TO_RGB @ (target_mean - gain * source_mean)
     return np.hstack([linear, offset[:, None]])
 
 
