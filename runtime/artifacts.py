@@ -427,7 +427,7 @@ def prune_slot(key: ArtifactKey, ext: str, folder=None) -> list:
     return removed
 
 
-def find_onnx_graphs(bundle_id: str, precision, folder=None, graphs=("restorer", "enroller")) -> Optional[dict]:
+def find_onnx_graphs(bundle_id: str, precision, folder=None, graphs=GRAPHS) -> Optional[dict]:
     """{graph: path} when every graph of the bundle is exported (valid) in `folder`/the cache, else None."""
     out = {}
     for graph in graphs:
