@@ -27,6 +27,15 @@ FREEU = {"b1": 1.4, "b2": 1.6, "s1": 0.9, "s2": 0.2}
 # adapter name of each LoRA-wrapped net in the release
 ADAPTERS = {"unet": "default", "vae": "vae_skip"}
 BASE_FILES = ["unet/config.json", "text_encoder/config.json", "tokenizer/*", "scheduler/scheduler_config.json"]
+# The authors' release on the hub: the default checkpoint, fetched when `export` is given none
+RELEASE_REPO = "hwdz15508/InstantRestore"
+RELEASE_FILE = "final_model_ckpt.pt"
+DEFAULT_CHECKPOINT = f"{RELEASE_REPO}/{RELEASE_FILE}"
+# What a cfg["model"] without these flags means: the defaults of the authors' own ModelConfig
+AUTHORS_DEFAULT_FLAGS = {"use_adain": False, "train_input": True}
+# transformers 4.x nests CLIPTextModel's weights under this level (the release and the hub's sd-turbo keep
+# it); transformers 5 does not
+TEXT_MODEL_LEVEL = "text_model."
 
 
 class CheckpointError(Exception):
@@ -40,6 +49,45 @@ def report(progress, message) -> None:
 
 
 # ------------------------------------------------------------------------------------------- reading
+
+
+def hub_file(spec) -> tuple[str, str] | None:
+    """(repo id, file) for a hub path OWNER/REPO/FILE; None for anything that names a local file."""
+    text = str(spec)
+    parts = text.split("/")
+    if len(parts) < 3 or Path(text).exists() or text.startswith(("/", ".", "~")) or "\\" in text:
+        return None
+    if not all(parts) or Path(parts[0]).exists():  # "a//b", or a relative path into a local folder
+        return None
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
+def fetch_checkpoint(spec=DEFAULT_CHECKPOINT, progress=None) -> Path:
+    """A local checkpoint file as it is; a hub path OWNER/REPO/FILE downloaded into the hub cache (the
+    hub's progress bar; an interrupted download resumes; a cached one is not fetched again)."""
+    hub = hub_file(spec)
+    if hub is None:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        return path
+    repo, filename = hub
+    report(progress, f"fetching {filename} from the hub repository {repo}")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo, filename))
+    except Exception as e:  # noqa: BLE001 - offline, proxy, missing file, gated repo: all say the same
+        raise CheckpointError(
+            f"could not fetch {filename} from the hub repository {repo} ({_hub_reason(e)}); download it where the "
+            "hub is reachable and pass the file with --checkpoint FILE"
+        ) from None
+
+
+def _hub_reason(error: Exception) -> str:
+    """The first line of a hub error, short enough for a one-line message."""
+    line = next((part.strip() for part in str(error).splitlines() if part.strip()), type(error).__name__)
+    return line if len(line) <= 160 else line[:157] + "..."
 
 
 def read_checkpoint(path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
@@ -122,8 +170,11 @@ def resolve_source(source, files: list[str], what: str) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(str(source), allow_patterns=files))
-    except Exception as e:
-        raise CheckpointError(f"could not fetch {what} {source!r} from the hub: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - offline, proxy, gated repo: all say the same
+        raise CheckpointError(
+            f"could not fetch the {what}'s configuration from the hub repository {source} ({_hub_reason(e)}); "
+            f"download it once where the hub is reachable and pass the folder with --{what} DIR"
+        ) from None
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -138,7 +189,8 @@ def _prompt_embedding(base: Path, text_weights: dict[str, torch.Tensor]) -> torc
 
     tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
     encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(base / "text_encoder"))
-    missing, unexpected = encoder.load_state_dict({k: v.float() for k, v in text_weights.items()}, strict=False)
+    weights = text_encoder_keys(text_weights, nested=any(k.startswith(TEXT_MODEL_LEVEL) for k in encoder.state_dict()))
+    missing, unexpected = encoder.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
     # old transformers releases stored position_ids as a buffer; current ones rebuild it
     stray = [k for k in missing + unexpected if not k.endswith("position_ids")]
     if stray:
@@ -147,6 +199,26 @@ def _prompt_embedding(base: Path, text_weights: dict[str, torch.Tensor]) -> torc
     ids = tokenizer(PROMPT, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
     with torch.inference_mode():
         return encoder.eval()(ids.input_ids)[0].float().clone()
+
+
+def text_encoder_keys(weights: dict, nested: bool) -> dict:
+    """The text encoder's weights named for the installed transformers: with the `text_model.` level
+    (4.x, as the release and the hub store them) or without it (5.x)."""
+    renamed = {}
+    for key, value in weights.items():
+        bare = key[len(TEXT_MODEL_LEVEL):] if key.startswith(TEXT_MODEL_LEVEL) else key
+        renamed[TEXT_MODEL_LEVEL + bare if nested else bare] = value
+    return renamed
+
+
+def model_flags(cfg: dict) -> tuple[dict, list[str]]:
+    """use_adain, train_input and max_references from the checkpoint's cfg, and the names of the flags it
+    lacked (those take the authors' ModelConfig defaults)."""
+    model_cfg = cfg.get("model") or {}
+    assumed = [name for name in AUTHORS_DEFAULT_FLAGS if name not in model_cfg]
+    flags = {name: bool(model_cfg.get(name, default)) for name, default in AUTHORS_DEFAULT_FLAGS.items()}
+    flags["max_references"] = int((cfg.get("data") or {}).get("max_conditioning_images", 4))
+    return flags, assumed
 
 
 def _check_fits(cls, config: dict, weights: dict, what: str, optional=()):
@@ -163,18 +235,23 @@ def _check_fits(cls, config: dict, weights: dict, what: str, optional=()):
 # ------------------------------------------------------------------------------------------- import
 
 
-def import_checkpoint(checkpoint, base="stabilityai/sd-turbo", vae="stabilityai/sd-vae-ft-mse", out="bundle",
-                      dtype="float16", progress=None) -> Path:
-    """Write a model bundle folder `out` from the authors' checkpoint; returns its path."""
+def import_checkpoint(checkpoint=DEFAULT_CHECKPOINT, base="stabilityai/sd-turbo", vae="stabilityai/sd-vae-ft-mse",
+                      out="bundle", dtype="float16", progress=None) -> Path:
+    """Write a model bundle folder `out` from the authors' checkpoint (a local file or a hub path
+    OWNER/REPO/FILE); returns its path."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     if dtype not in DTYPES:
         raise CheckpointError(f"unknown dtype {dtype!r}; choose float16 or float32")
-    report(progress, f"reading checkpoint {checkpoint}")
-    nets, cfg = read_checkpoint(checkpoint)
+    check_bundle_destination(Path(out))  # before the download and the minutes of work
+    path = fetch_checkpoint(checkpoint, progress)
+    report(progress, f"reading checkpoint {path}")
+    nets, cfg = read_checkpoint(path)
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{checkpoint} is not an InstantRestore checkpoint ('cfg' is not a dict)")
     model_cfg = cfg.get("model") or {}
+    if not isinstance(model_cfg, dict):
+        raise CheckpointError(f"{checkpoint} is not an InstantRestore checkpoint ('cfg.model' is not a dict)")
     if model_cfg.get("use_shortcuts"):
         raise CheckpointError("this checkpoint uses VAE skip connections (use_shortcuts: true), which are not supported")
 
@@ -197,14 +274,14 @@ def import_checkpoint(checkpoint, base="stabilityai/sd-turbo", vae="stabilityai/
 
     report(progress, "encoding the prompt")
     prompt_embedding = _prompt_embedding(base_dir, nets["text_encoder"])
-    flags = {
-        "use_adain": bool(model_cfg.get("use_adain", True)),
-        "train_input": bool(model_cfg.get("train_input", False)),
-        "max_references": int((cfg.get("data") or {}).get("max_conditioning_images", 4)),
-    }
+    flags, assumed = model_flags(cfg)
+    for name in assumed:
+        report(progress, f"the checkpoint's cfg does not set {name}: assuming {str(flags[name]).lower()}, "
+                         "the default of the authors' ModelConfig")
     source = {
-        "checkpoint": Path(checkpoint).name,
-        "checkpoint_sha256": sha256_file(Path(checkpoint)),
+        "checkpoint": str(checkpoint) if hub_file(checkpoint) else path.name,
+        "checkpoint_sha256": sha256_file(path),
+        "assumed_flags": assumed,
         "base": str(base),
         "vae": str(vae),
         "lora": {"unet_modules": unet_loras, "vae_modules": vae_loras},
@@ -273,8 +350,28 @@ def write_bundle(out, unet, vae, scheduler_config: dict, flags: dict, nets: dict
     return out
 
 
+def check_bundle_destination(out: Path) -> None:
+    """`export` replaces only a bundle it wrote; any other existing file or folder (a diffusers model folder
+    has a config.json too) is refused, never deleted."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_dir() and not out.is_symlink() and (not any(out.iterdir()) or _is_bundle_folder(out)):
+        return
+    raise CheckpointError(f"{out} exists and is not a model bundle (export replaces only a bundle it wrote); "
+                          "choose another --out")
+
+
+def _is_bundle_folder(folder: Path) -> bool:
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("format") == BUNDLE_FORMAT
+
+
 def _write_bundle(out: Path, config: dict, tensors: dict[str, torch.Tensor]) -> None:
     """Write into a temporary folder beside `out`, then swap it in: a failure leaves no partial bundle."""
+    check_bundle_destination(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -285,8 +382,7 @@ def _write_bundle(out: Path, config: dict, tensors: dict[str, torch.Tensor]) -> 
         config["bundle_id"] = digest.hexdigest()
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         if out.exists():
-            if not (out / CONFIG_NAME).is_file() and any(out.iterdir()):
-                raise CheckpointError(f"{out} exists and is not a model bundle; choose another --out")
+            check_bundle_destination(out)  # again: the folder may have changed during the minutes of work
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(out, old)

@@ -20,7 +20,7 @@ from .progress import say
 from .quiet import filtered_native_stderr
 
 # Modules of this package with their own `register(commands)` (e.g. "bench" for plugin/bench.py).
-COMMAND_MODULES = ("doctor", "bench")
+COMMAND_MODULES = ("bundles", "doctor", "bench")
 DEBUG_ENV = "INSTANTRESTORE_DEBUG"  # set to 1 to see the traceback of an unexpected error
 
 
@@ -51,18 +51,22 @@ def user_errors() -> tuple:
 
 
 def cmd_export(args) -> int:
-    from . import home
+    from . import bundles, home
 
-    if args.checkpoint is None and not (args.onnx or args.tensorrt):
-        raise ValueError("nothing to do: give --checkpoint to import the weights, or --onnx/--tensorrt to build on "
-                         "an existing bundle")
-    if args.checkpoint is not None:
+    checkpoint = args.checkpoint
+    if checkpoint is None and not (args.onnx or args.tensorrt):
+        from instantrestore.export.checkpoint import DEFAULT_CHECKPOINT
+
+        checkpoint = DEFAULT_CHECKPOINT  # the authors' release, fetched from the hub
+    if checkpoint is not None:
         from instantrestore.export import import_checkpoint
 
-        out = Path(args.out) if args.out else home.default_bundle_dir()
-        bundle_dir = import_checkpoint(checkpoint=args.checkpoint, base=args.base, vae=args.vae, out=out,
-                                       dtype=args.dtype or "float16", progress=say)
-        _remember(bundle_dir)
+        dtype = args.dtype or "float16"
+        out = Path(args.out) if args.out else home.bundles_dir() / bundles.default_name(checkpoint, dtype)
+        previous = home.last_bundle_dir()
+        bundle_dir = import_checkpoint(checkpoint=checkpoint, base=args.base, vae=args.vae, out=out, dtype=dtype,
+                                       progress=say)
+        bundles.make_default(bundle_dir, previous)
     else:
         bundle_dir = home.resolve_bundle(args.bundle).path
     if args.onnx:
@@ -86,27 +90,36 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _remember(bundle_dir) -> None:
-    from . import home
-
-    try:
-        home.remember_bundle(bundle_dir)
-    except OSError as error:  # the bundle is fine; only the default for --bundle is not recorded
-        say(f"warning: could not record {bundle_dir} as the default bundle ({error}); pass --bundle")
-
-
 def register_export(commands) -> None:
-    export = commands.add_parser("export", help="import the authors' checkpoint into a model bundle; build ONNX/TensorRT")
-    export.add_argument("--checkpoint", help="the authors' final_model_ckpt.pt (hub repo hwdz15508/InstantRestore)")
-    export.add_argument("--base", default="stabilityai/sd-turbo", help="hub id or local diffusers folder")
-    export.add_argument("--vae", default="stabilityai/sd-vae-ft-mse", help="hub id or local diffusers folder")
-    export.add_argument("--out", help="bundle folder to write (default: bundles/default in the state folder)")
+    from instantrestore.export.checkpoint import DEFAULT_CHECKPOINT, RELEASE_REPO
+
+    export = commands.add_parser(
+        "export", help="get the authors' weights into a model bundle; build ONNX/TensorRT",
+        description="Fetch the authors' checkpoint (or use a local one), merge its LoRA weights and write a model "
+                    "bundle that becomes the default of every command; optionally build ONNX graphs and TensorRT "
+                    "engines on it.",
+        epilog="examples:\n  instantrestore export                                  # the release, from the hub\n"
+               "  instantrestore export --checkpoint final_model_ckpt.pt  # a file you downloaded\n"
+               f"  instantrestore export --checkpoint {RELEASE_REPO}/adain_ablation_ckpt.pt\n"
+               "  instantrestore export --onnx --tensorrt                 # engines for the default bundle\n"
+               "offline: --checkpoint FILE --base DIR --vae DIR (folders downloaded where the hub is reachable)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    export.add_argument("--checkpoint", metavar="FILE|OWNER/REPO/FILE",
+                        help=f"a local checkpoint, or a file on the hub (default: {DEFAULT_CHECKPOINT}; the same repo "
+                             "has base_ablation_ckpt.pt, adain_ablation_ckpt.pt and lmattn_ablation_ckpt.pt)")
+    export.add_argument("--base", default="stabilityai/sd-turbo",
+                        help="the base model: hub id or local diffusers folder (default: %(default)s)")
+    export.add_argument("--vae", default="stabilityai/sd-vae-ft-mse",
+                        help="the VAE: hub id or local diffusers folder (default: %(default)s)")
+    export.add_argument("--out", help="bundle folder to write (default: bundles/<checkpoint>-<dtype> in the state "
+                                      "folder); an existing folder is replaced only if it is a bundle")
     export.add_argument("--dtype", choices=["float16", "float32"],
                         help="precision of the bundle (default float16) and of ONNX graphs (default: float16 with a "
                              "GPU, float32 without)")
     export.add_argument("--onnx", action="store_true", help="also export the ONNX graphs (for onnxruntime, TensorRT)")
     export.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines for this GPU")
-    export.add_argument("--bundle", help="without --checkpoint: the bundle to build on (default: the last exported)")
+    export.add_argument("--bundle", help="with --onnx/--tensorrt and no --checkpoint: the bundle to build on "
+                                         "(default: the default bundle)")
     export.set_defaults(run=cmd_export)
 
 

@@ -5,7 +5,7 @@ the platform's per-user data folder), next to the engine cache the export stage 
 
     <state>/settings.json              {"bundle": "/abs/path/of/the/last/exported/bundle"}
     <state>/profiles/<name>.safetensors
-    <state>/bundles/default/           where `export` writes when no --out is given
+    <state>/bundles/<name>/            where `export` writes when no --out is given
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ def profiles_dir() -> Path:
     return state_dir() / "profiles"
 
 
-def default_bundle_dir() -> Path:
-    return state_dir() / "bundles" / "default"
+def bundles_dir() -> Path:
+    """Where `export` writes bundles when no --out is given, one folder each."""
+    return state_dir() / "bundles"
 
 
 def read_settings() -> dict:
@@ -77,11 +78,11 @@ def resolve_bundle(bundle_arg=None) -> Bundle:
     path = last_bundle_dir()
     if path is None:
         raise StateError(
-            "no model bundle yet: run `instantrestore export --checkpoint final_model_ckpt.pt` first "
-            "(or pass --bundle DIR)"
+            "no model bundle yet: run `instantrestore export` first (or pass --bundle DIR)"
         )
     if not path.exists():
-        raise StateError(f"the last exported bundle {path} is gone; export again or pass --bundle DIR")
+        raise StateError(f"the default bundle {path} is gone; export again, choose another with "
+                         "`instantrestore bundles use NAME`, or pass --bundle DIR")
     return load_bundle(path)
 
 

@@ -57,7 +57,8 @@ class ReferenceInstantRestore:
 
         blob = torch.load(release["checkpoint"], map_location="cpu", weights_only=True)
         cfg = blob["cfg"]["model"]
-        self.use_adain, self.train_input = cfg["use_adain"], cfg["train_input"]
+        # a cfg without the flags means the defaults of the authors' ModelConfig
+        self.use_adain, self.train_input = cfg.get("use_adain", False), cfg.get("train_input", True)
         nets = {}
         for key, value in blob["state_dict"].items():
             key = key.removeprefix("net.module.").removeprefix("net.")
@@ -68,21 +69,26 @@ class ReferenceInstantRestore:
         def lora_rank(weights):
             return next(v.shape[0] for k, v in weights.items() if ".lora_A." in k)
 
-        self.unet = UNet2DConditionModel.from_pretrained(base / "unet")
+        self.unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(base / "unet"))
         r = lora_rank(nets["unet"])
         inject_adapter_in_model(LoraConfig(r=r, lora_alpha=r // 2, target_modules=UNET_LORA_TARGETS), self.unet)
         self.unet.load_state_dict(nets["unet"], strict=True)
-        self.vae = AutoencoderKL.from_pretrained(vae_dir)
+        self.vae = AutoencoderKL.from_config(AutoencoderKL.load_config(vae_dir))
         r = lora_rank(nets["vae"])
         inject_adapter_in_model(LoraConfig(r=r, lora_alpha=r // 2, target_modules=VAE_LORA_TARGETS), self.vae,
                                 adapter_name="vae_skip")
         self.vae.load_state_dict(nets["vae"], strict=True)
-        self.original_unet = UNet2DConditionModel.from_pretrained(base / "unet")
+        self.original_unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(base / "unet"))
         self.original_unet.load_state_dict(nets["original_unet"], strict=True)
-        self.original_vae = AutoencoderKL.from_pretrained(vae_dir)
+        self.original_vae = AutoencoderKL.from_config(AutoencoderKL.load_config(vae_dir))
         self.original_vae.load_state_dict(nets["original_vae"], strict=True)
         text = CLIPTextModel.from_pretrained(base / "text_encoder")
-        text.load_state_dict(nets["text_encoder"], strict=False)
+        # the release stores transformers 4.x's names (under text_model.); transformers 5 has no such level
+        weights = {k.replace("text_model.", "", 1): v for k, v in nets["text_encoder"].items()}
+        if hasattr(text, "text_model"):
+            weights = {"text_model." + k: v for k, v in weights.items()}
+        missing, unexpected = text.load_state_dict(weights, strict=False)
+        assert not unexpected and all(k.endswith("position_ids") for k in missing), (missing, unexpected)
         tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
         ids = tokenizer(PROMPT, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         with torch.no_grad():

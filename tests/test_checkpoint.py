@@ -1,0 +1,272 @@
+"""Getting the authors' release into a bundle (export/checkpoint.py, `instantrestore export`, `bundles`): the
+release's real key names on the installed transformers, the authors' cfg defaults, hub paths, the download
+from the hub and its failure offline, what an existing --out may be, and several bundles side by side."""
+
+import hashlib
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from instantrestore.export import CheckpointError, import_checkpoint
+from instantrestore.export.checkpoint import hub_file
+from instantrestore.plugin import home
+from instantrestore.plugin.cli import main
+from instantrestore.runtime import load_bundle
+from miniature import write_release
+from reference import ReferenceInstantRestore
+
+
+def run_cli(args, env):
+    """The real command in a fresh interpreter (the hub client reads its settings at import)."""
+    return subprocess.run([sys.executable, "-m", "instantrestore.plugin.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=600)
+
+
+def test_the_miniature_carries_the_release_key_names(tiny_release):
+    keys = list(torch.load(tiny_release["checkpoint"], map_location="cpu", weights_only=True)["state_dict"])
+    text = [k for k in keys if k.startswith("net.text_encoder.")]
+    assert text and all(k.startswith("net.text_encoder.text_model.") for k in text)
+    for net, adapter in (("unet", "default"), ("vae", "vae_skip")):
+        lora = [k for k in keys if k.startswith(f"net.{net}.") and ".lora_" in k]
+        assert lora and all(k.endswith((f".lora_A.{adapter}.weight", f".lora_B.{adapter}.weight")) for k in lora)
+        assert any(k.startswith(f"net.{net}.") and ".base_layer." in k for k in keys)
+    assert "net.unet.conv_in.weight" in keys  # retrained in full, not LoRA-wrapped
+    with safe_open(str(tiny_release["base"] / "text_encoder" / "model.safetensors"), framework="pt") as f:
+        assert all(k.startswith("text_model.") for k in f.keys())
+    assert "scaling_factor" not in json.loads((tiny_release["vae"] / "config.json").read_text())
+
+
+def test_the_prompt_embedding_comes_from_the_release_text_encoder(tiny_release):
+    """The text encoder's weights are used, whatever level the installed transformers names them at."""
+    ours = load_bundle(tiny_release["bundle"]).tensors("prompt_embedding")[""][0]
+    theirs = ReferenceInstantRestore(tiny_release).prompt[0]
+    assert ours.shape == theirs.shape == (77, 32)
+    assert (ours - theirs).abs().max().item() < 1e-5
+
+
+def test_a_cfg_without_the_flags_takes_the_authors_defaults(release_factory, tmp_path):
+    release = write_release(tmp_path, model_cfg={"lora_rank_unet": 4, "lora_rank_vae": 4, "use_shortcuts": False})
+    messages = []
+    out = import_checkpoint(release["checkpoint"], base=release["base"], vae=release["vae"], out=tmp_path / "b",
+                            dtype="float32", progress=messages.append)
+    config = json.loads((out / "config.json").read_text())
+    assert config["use_adain"] is False and config["train_input"] is True  # the authors' ModelConfig
+    assert config["source"]["assumed_flags"] == ["use_adain", "train_input"]
+    said = " ".join(messages)
+    assert "does not set use_adain: assuming false" in said and "does not set train_input: assuming true" in said
+    # the same network as a checkpoint that states those flags
+    stated = release_factory(use_adain=False, train_input=True)
+    assert config["bundle_id"] == json.loads((stated["bundle"] / "config.json").read_text())["bundle_id"]
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("hwdz15508/InstantRestore/final_model_ckpt.pt", ("hwdz15508/InstantRestore", "final_model_ckpt.pt")),
+    ("hwdz15508/InstantRestore/sub/adain_ablation_ckpt.pt", ("hwdz15508/InstantRestore", "sub/adain_ablation_ckpt.pt")),
+    ("final_model_ckpt.pt", None),
+    ("/abs/path/final_model_ckpt.pt", None),
+    ("./weights/x/final_model_ckpt.pt", None),
+    ("~/weights/x/final_model_ckpt.pt", None),
+    ("a//b.pt", None),
+])
+def test_hub_paths_and_local_paths(spec, expected):
+    assert hub_file(spec) == expected
+
+
+def test_a_relative_path_into_a_local_folder_is_a_file(tmp_path, monkeypatch):
+    (tmp_path / "weights" / "hub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert hub_file("weights/hub/missing.pt") is None  # a typo in a local path is not sent to the hub
+
+
+FILE_URL = "/hwdz15508/InstantRestore/resolve/main/final_model_ckpt.pt"
+
+
+class _FakeHub(http.server.BaseHTTPRequestHandler):
+    """The two requests huggingface_hub makes for one file: HEAD for its commit, ETag and size, then GET
+    (with a Range when it resumes)."""
+
+    files: dict = {}
+    requests: list = []
+
+    def _file(self):
+        self.requests.append((self.command, self.path))
+        data = self.files.get(self.path)
+        if data is None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        return data
+
+    def _headers(self, data, status=200, start=0):
+        self.send_response(status)
+        self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("Content-Length", str(len(data) - start))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.end_headers()
+
+    def do_HEAD(self):
+        data = self._file()
+        if data is not None:
+            self._headers(data)
+
+    def do_GET(self):
+        data = self._file()
+        if data is None:
+            return
+        start = 0
+        if self.headers.get("Range", "").startswith("bytes="):
+            start = int(self.headers["Range"][6:].split("-")[0])
+        self._headers(data, 206 if start else 200, start)
+        self.wfile.write(data[start:])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_hub(tiny_release):
+    """A hub on the loopback that serves the miniature as hwdz15508/InstantRestore's final_model_ckpt.pt."""
+    _FakeHub.files = {FILE_URL: tiny_release["checkpoint"].read_bytes()}
+    _FakeHub.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeHub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_export_without_a_checkpoint_fetches_the_release_from_the_hub(fake_hub, tiny_release, tmp_path):
+    state, hub_home = tmp_path / "state", tmp_path / "hf"
+    env = {"HF_ENDPOINT": fake_hub, "HF_HOME": str(hub_home), "INSTANTRESTORE_HOME": str(state),
+           "HF_HUB_DISABLE_XET": "1"}
+    done = run_cli(["export", "--base", str(tiny_release["base"]), "--vae", str(tiny_release["vae"]),
+                    "--dtype", "float32"], env)
+    assert done.returncode == 0, done.stderr
+    assert "fetching final_model_ckpt.pt from the hub repository hwdz15508/InstantRestore" in done.stderr
+    cached = list((hub_home / "hub").rglob("final_model_ckpt.pt"))
+    assert len(cached) == 1 and cached[0].read_bytes() == tiny_release["checkpoint"].read_bytes()
+    bundle = state / "bundles" / "final_model_ckpt-float32"
+    assert done.stdout.strip() == str(bundle)
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["source"]["checkpoint"] == "hwdz15508/InstantRestore/final_model_ckpt.pt"
+    assert config["source"]["checkpoint_sha256"] == hashlib.sha256(cached[0].read_bytes()).hexdigest()
+    # the same network as the local import
+    assert config["bundle_id"] == load_bundle(tiny_release["bundle"]).bundle_id
+    # a second export finds it in the hub cache: no second download
+    gets = _FakeHub.requests.count(("GET", FILE_URL))
+    again = run_cli(["export", "--base", str(tiny_release["base"]), "--vae", str(tiny_release["vae"]),
+                     "--dtype", "float32"], env)
+    assert again.returncode == 0, again.stderr
+    assert gets == 1 and _FakeHub.requests.count(("GET", FILE_URL)) == 1
+
+
+def test_offline_export_says_what_could_not_be_fetched_and_the_way_round(tiny_release, tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "INSTANTRESTORE_HOME": str(tmp_path / "state")}
+    done = run_cli(["export", "--base", str(tiny_release["base"]), "--vae", str(tiny_release["vae"])], env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("instantrestore: error: could not fetch final_model_ckpt.pt from the hub repository "
+                           "hwdz15508/InstantRestore (")
+    assert "--checkpoint FILE" in line
+    assert not (tmp_path / "state" / "bundles").exists()
+    base = run_cli(["export", "--checkpoint", str(tiny_release["checkpoint"]), "--vae", str(tiny_release["vae"])], env)
+    assert base.returncode == 2
+    assert ("could not fetch the base's configuration from the hub repository stabilityai/sd-turbo"
+            in base.stderr.strip().splitlines()[-1])
+    assert "--base DIR" in base.stderr.strip().splitlines()[-1]
+
+
+def test_help_names_the_default_hub_ids(capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for hub_id in ("hwdz15508/InstantRestore/final_model_ckpt.pt", "stabilityai/sd-turbo", "stabilityai/sd-vae-ft-mse"):
+        assert hub_id in text
+
+
+# ------------------------------------------------------------------------------------ what --out may be
+
+
+def test_out_that_is_a_diffusers_folder_is_refused_and_kept(tiny_release, tmp_path, capsys):
+    """A model folder with a config.json (the VAE folder, say) is not a bundle: nothing in it is touched."""
+    vae = tmp_path / "sd-vae-ft-mse"
+    vae.mkdir()
+    (vae / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
+    (vae / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
+    args = ["export", "--checkpoint", str(tiny_release["checkpoint"]), "--base", str(tiny_release["base"]),
+            "--vae", str(tiny_release["vae"]), "--out", str(vae)]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"instantrestore: error: {vae} exists and is not a model bundle (export replaces only a bundle it wrote); "
+        "choose another --out")
+    assert sorted(p.name for p in vae.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert (vae / "diffusion_pytorch_model.safetensors").read_bytes() == b"weights"
+    assert [p.name for p in tmp_path.iterdir()] == ["sd-vae-ft-mse"]  # no temp folder left beside it
+    some_file = tmp_path / "notes.txt"
+    some_file.write_text("mine")
+    assert main(args[:-1] + [str(some_file)]) == 2 and some_file.read_text() == "mine"
+
+
+def test_out_that_is_a_bundle_is_replaced(tiny_release, tmp_path):
+    out = tmp_path / "bundle"
+    import_checkpoint(tiny_release["checkpoint"], base=tiny_release["base"], vae=tiny_release["vae"], out=out,
+                      dtype="float32")
+    (out / "config.json").write_text((out / "config.json").read_text().replace('"prompt"', '"prompt_old"', 1))
+    import_checkpoint(tiny_release["checkpoint"], base=tiny_release["base"], vae=tiny_release["vae"], out=out,
+                      dtype="float32")
+    assert load_bundle(out).bundle_id == load_bundle(tiny_release["bundle"]).bundle_id
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_a_missing_checkpoint_is_one_line(tiny_release, tmp_path, capsys):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        import_checkpoint(tmp_path / "nope.pt", base=tiny_release["base"], vae=tiny_release["vae"], out=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------- several bundles
+
+
+def test_a_second_export_says_how_to_switch_back_and_bundles_lists_both(tiny_release, tiny_restorer, tmp_path,
+                                                                       monkeypatch, capsys):
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(tmp_path / "state"))
+    common = ["--checkpoint", str(tiny_release["checkpoint"]), "--base", str(tiny_release["base"]),
+              "--vae", str(tiny_release["vae"])]
+    assert main(["export", *common, "--dtype", "float32"]) == 0
+    first = home.bundles_dir() / "final_model_ckpt-float32"
+    assert home.last_bundle_dir() == first.resolve()
+    # a profile enrolled with the first bundle
+    profile = tiny_restorer.enroll(torch.zeros(1, 3, 128, 128))
+    profile.bundle_id = load_bundle(first).bundle_id
+    profile.save(home.profile_path("me"))
+    capsys.readouterr()
+
+    assert main(["export", *common]) == 0  # float16: a second bundle beside the first
+    second = home.bundles_dir() / "final_model_ckpt-float16"
+    err = capsys.readouterr().err
+    assert f"{second} is now the default bundle (it was {first.resolve()}); switch back with " \
+           "`instantrestore bundles use final_model_ckpt-float32`" in err
+    assert "profiles enrolled with another bundle, not usable with this one: me" in err
+
+    assert main(["bundles"]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    assert rows == [["final_model_ckpt-float16", "float16", "final_model_ckpt.pt", "0 profiles", "default"],
+                    ["final_model_ckpt-float32", "float32", "final_model_ckpt.pt", "1 profile"]]
+
+    assert main(["bundles", "use", "final_model_ckpt-float32"]) == 0
+    assert home.last_bundle_dir() == first.resolve()
+    assert "1 profile fit it: me" in capsys.readouterr().err
+    assert main(["bundles", "use", "nothing-here"]) == 2
+    assert "no bundle named 'nothing-here'" in capsys.readouterr().err
+    assert home.last_bundle_dir() == first.resolve()
