@@ -198,6 +198,25 @@ def test_onnxruntime_matches_torch(ort_restorer, tiny_restorer, tiny_bundle, n_r
         assert torch.equal(ort_restorer.restore(x, p_torch), got)
 
 
+@pytest.mark.parametrize("use_adain,train_input", [(True, False), (False, True)])
+def test_onnxruntime_restores_like_the_authors_math(fp32_graphs, release_factory, use_adain, train_input):
+    """Both flag variants of the release, through import_checkpoint, the ONNX graphs and onnxruntime, against
+    the independent implementation of the equations."""
+    from reference import ReferenceInstantRestore
+
+    release = release_factory(use_adain, train_input)
+    export_onnx(release["bundle"], dtype="float32", exporter="legacy")  # cached already for the first variant
+    restorer = load_restorer(release["bundle"], backend="onnxruntime", device="cpu", dtype=torch.float32)
+    S = restorer.crop_size
+    g = torch.Generator().manual_seed(7)
+    smooth = torch.nn.functional.interpolate(torch.rand(5, 3, 8, 8, generator=g) * 2 - 1, size=S, mode="bicubic")
+    images, refs = smooth[:2].clamp(-1, 1), smooth[2:].clamp(-1, 1)
+    ref_noise, noise = torch.randn(3, 4, S // 8, S // 8, generator=g), torch.randn(2, 4, S // 8, S // 8, generator=g)
+    got = restorer.restore(images, restorer.enroll(refs, noise=ref_noise), noise=noise)
+    want = ReferenceInstantRestore(release).restore(images, refs, ref_noise, noise)
+    assert (got - want).abs().max().item() <= 2e-4
+
+
 def test_profile_switch_rebinds_references(ort_restorer, tiny_restorer):
     S = ort_restorer.crop_size
     g = torch.Generator().manual_seed(99)
