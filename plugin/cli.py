@@ -20,7 +20,7 @@ from .progress import say
 from .quiet import filtered_native_stderr
 
 # Modules of this package with their own `register(commands)` (e.g. "bench" for plugin/bench.py).
-COMMAND_MODULES = ("bundles", "doctor", "bench")
+COMMAND_MODULES = ("bundles", "batch", "doctor", "bench")
 DEBUG_ENV = "INSTANTRESTORE_DEBUG"  # set to 1 to see the traceback of an unexpected error
 
 
