@@ -53,6 +53,7 @@ def user_errors() -> tuple:
 def cmd_export(args) -> int:
     from . import home
 
+    home.read_settings()  # a corrupt settings file is reported now, not after minutes of export
     if args.checkpoint is None and not (args.onnx or args.tensorrt):
         raise ValueError("nothing to do: give --checkpoint to import the weights, or --onnx/--tensorrt to build on "
                          "an existing bundle")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import os
 import platform
 import sys
 from typing import Optional
@@ -232,10 +231,11 @@ def check_state() -> list:
     from instantrestore.runtime.artifacts import state_dir
 
     folder = state_dir()
-    probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), folder)
-    writable = os.access(probe, os.W_OK)
-    return [Check("state folder", OK if writable else MISSING, str(folder),
-                  "" if writable else "make it writable or set INSTANTRESTORE_HOME to a writable folder")]
+    problem = home.writable_problem(folder)
+    if problem:
+        return [Check("state folder", MISSING, problem, "make it writable or set INSTANTRESTORE_HOME to a writable folder")]
+    return [Check("state folder", OK, str(folder) if folder.is_dir() else f"{folder} (not there yet; created on the "
+                  "first export or enroll)")]
 
 
 CHECKS = (check_python, check_packages, check_gpu, check_tensorrt, check_onnxruntime, check_detector, check_cameras,

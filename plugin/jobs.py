@@ -29,8 +29,9 @@ MAX_SELFIES = 8  # the exported graphs and engines take 1..8 references
 MIN_FACE_PIXELS = 64
 # A second face at least this big relative to the main one makes the photo ambiguous.
 SECOND_FACE_RATIO = 0.4
-# Windows of a photo show BlazeFace more texture out of context: it needs to be surer there.
-WINDOW_MIN_SCORE = 0.75
+# BlazeFace finds "faces" in noise and texture with scores up to about 0.7 (a 512x512 noise image
+# scores 0.69): a selfie's face must score at least this, in the whole photo and in its windows alike.
+SELFIE_MIN_SCORE = 0.75
 BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
 
 
@@ -170,6 +171,9 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
+            if image.mode.startswith("I"):  # 16-bit grey: Pillow's convert("RGB") would clip it to white
+                grey = np.round(np.asarray(image, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8)
+                return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
             return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
     except UnidentifiedImageError:
         raise PluginError(f"{path}: not a readable image (use JPEG, PNG, WebP, BMP or TIFF; convert HEIC photos to JPEG)") from None
@@ -198,7 +202,7 @@ def find_faces(image: np.ndarray, crop_size: int, detector) -> list:
     from instantrestore.runtime.align import align_face, face_crops
     from instantrestore.runtime.tracking import box_iou, refine_near
 
-    faces = face_crops(image, crop_size, detector=detector)
+    faces = [face for face in face_crops(image, crop_size, detector=detector) if face.score >= SELFIE_MIN_SCORE]
     if faces:
         return faces
     height, width = image.shape[:2]
@@ -211,7 +215,7 @@ def find_faces(image: np.ndarray, crop_size: int, detector) -> list:
             for left in _window_starts(width, side):
                 window = np.ascontiguousarray(image[top: top + side, left: left + side])
                 for face in detector.detect(window, None):
-                    if face.score < WINDOW_MIN_SCORE:
+                    if face.score < SELFIE_MIN_SCORE:
                         continue
                     face.shift(left, top)
                     same = [other for other in found if box_iou(other.box, face.box) > 0.3]
@@ -226,6 +230,9 @@ def find_faces(image: np.ndarray, crop_size: int, detector) -> list:
 
 def selfie_crop(path: Path, image: np.ndarray, crop_size: int, detector):
     """The aligned face of one selfie, or PluginError saying what is wrong with the photo."""
+    height, width = image.shape[:2]
+    if min(height, width) < MIN_FACE_PIXELS:
+        raise PluginError(f"{path}: the photo is only {width}x{height} pixels; a face needs {MIN_FACE_PIXELS}+ pixels")
     faces = find_faces(image, crop_size, detector)
     if not faces:
         raise PluginError(f"{path}: no face found; use a photo where your face is clearly visible and facing the camera")
@@ -244,7 +251,7 @@ def selfie_crop(path: Path, image: np.ndarray, crop_size: int, detector):
 def enroll(image_paths, name: str, bundle_arg=None, device: Optional[str] = None, progress=say) -> Path:
     """Detect, align and enroll the selfies; write the profile `name`; returns its path."""
     from instantrestore.runtime.artifacts import MAX_REFERENCES
-    from instantrestore.runtime.tracking import FaceDetector
+    from instantrestore.runtime.tracking import FaceDetector, TrackingError
 
     home.check_profile_name(name)
     paths = [Path(p) for p in image_paths]
@@ -260,6 +267,7 @@ def enroll(image_paths, name: str, bundle_arg=None, device: Optional[str] = None
             raise PluginError(f"{path}: given twice (also as {seen[key]})")
         seen[key] = path
     bundle = home.resolve_bundle(bundle_arg)
+    home.check_writable(home.profiles_dir())
 
     # Every photo is checked before anything is refused, so one run lists all the problems.
     problems, images = {}, {}
@@ -276,6 +284,8 @@ def enroll(image_paths, name: str, bundle_arg=None, device: Optional[str] = None
                     faces.append(selfie_crop(path, image, bundle.crop_size, detector))
                 except PluginError as error:
                     problems[path] = str(error)
+                except TrackingError as error:  # the detector refused this photo; the others are still checked
+                    problems[path] = f"{path}: {error}"
     if problems:
         raise PluginError("; ".join(problems[path] for path in paths if path in problems))
     for path, face in zip(paths, faces):

@@ -95,6 +95,8 @@ class FileSource:
                 self.frame_count = self.declared_frames or int(round(self.duration * float(self.fps)))
                 self.audio_stream_count = len(container.streams.audio)
                 first = next(container.decode(stream), None)
+                if first is None:  # said now, not after the model has loaded
+                    raise MediaError(f"{self.path.name}: the video has no frames")
                 self.rotation = int(round((first.rotation if first is not None else 0) / 90.0)) % 4 * 90
                 if self.rotation in (90, 270):
                     self.width, self.height = self.height, self.width

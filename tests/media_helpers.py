@@ -91,6 +91,24 @@ def write_clip(path, frames, fps=25, audio=False, faststart=False, codec="libx26
     return path
 
 
+def write_frameless_clip(path):
+    """A Matroska file with a video stream that holds no frames (only a second of silent audio)."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        sound = container.add_stream("aac", rate=44100)
+        sound.layout = "mono"
+        silence = np.zeros((1, 44100), np.float32)
+        for start in range(0, 44100, 1024):
+            chunk = av.AudioFrame.from_ndarray(silence[:, start: start + 1024], format="fltp", layout="mono")
+            chunk.sample_rate, chunk.pts = 44100, start
+            for packet in sound.encode(chunk):
+                container.mux(packet)
+        for packet in sound.encode(None):
+            container.mux(packet)
+    return path
+
+
 def read_frames(path) -> list:
     with av.open(str(path)) as container:
         return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]

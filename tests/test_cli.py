@@ -27,6 +27,7 @@ from media_helpers import (  # noqa: E402
     read_frames,
     stream_info,
     write_clip,
+    write_frameless_clip,
 )
 
 from instantrestore.plugin import home, jobs, vcam  # noqa: E402
@@ -242,6 +243,67 @@ def test_enroll_refuses_bad_names_and_missing_bundle(fresh_home, selfies, capsys
     code, _, err = run(capsys, "enroll", selfies[0], "--name", "me", "--bundle", fresh_home / "nowhere")
     assert_clear_error(code, err, "does not exist")
     assert not fresh_home.exists() or listing(fresh_home) == set()
+
+
+def test_enroll_checks_every_photo_even_tiny_and_damaged_ones(in_state, selfies, bad_photos, tmp_path, capsys):
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
+    jpeg = open(selfies[0], "rb").read()
+    (tmp_path / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    code, _, err = run(capsys, "enroll", tmp_path / "dot.png", selfies[1], tmp_path / "cut.jpg",
+                       bad_photos / "landscape.jpg", "--name", "bad")
+    last = assert_clear_error(code, err, "dot.png: the photo is only 1x1 pixels", "cut.jpg: cannot read the image",
+                              "landscape.jpg: no face found")
+    assert selfies[1].name not in last  # the good photo is not blamed
+    assert not home.profile_path("bad").exists()
+
+
+def test_enroll_takes_a_16_bit_grey_photo_with_its_full_range(in_state, tmp_path, capsys):
+    grey = cv2.cvtColor(astronaut(), cv2.COLOR_RGB2GRAY).astype(np.uint16) * 257  # 16-bit, the full range
+    Image.fromarray(grey).save(tmp_path / "grey16.png")
+    image = jobs.read_image(tmp_path / "grey16.png")
+    assert image.shape == (512, 512, 3)
+    np.testing.assert_array_equal(image[..., 0], grey // 257)  # not clipped to white
+    code, _, err = run(capsys, "enroll", tmp_path / "grey16.png", "--name", "grey")
+    assert code == 0, err
+    home.remove_profile("grey")
+
+
+def test_noise_is_not_enrolled_as_a_face(in_state, tmp_path, capsys):
+    # BlazeFace scores this noise 0.69 in the whole image: below what the window search accepts
+    noise = np.random.default_rng(1).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    code, _, err = run(capsys, "enroll", tmp_path / "noise.png", "--name", "noise")
+    assert_clear_error(code, err, "noise.png: no face found")
+
+
+def test_what_can_fail_is_reported_before_the_model_loads(in_state, tiny_release, selfies, recording_backend,
+                                                            tmp_path, monkeypatch, capsys):
+    loads = []
+    monkeypatch.setattr(jobs, "load_engine", lambda *args, **kwargs: loads.append(args))
+    frameless = write_frameless_clip(tmp_path / "frameless.mkv")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, _, err = run(capsys, "video", frameless, "-o", out_dir / "x.mp4", "--profile", "me")
+    assert_clear_error(code, err, "frameless.mkv: the video has no frames")
+    code, _, err = run(capsys, "camera", "--profile", "me", "--input", frameless, "--vcam-backend", "recording")
+    assert_clear_error(code, err, "frameless.mkv: the video has no frames")
+    assert listing(out_dir) == set() and not recording_backend.instances
+
+    # a state folder that cannot be created: said before the photos are searched and the model loads
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(tmp_path / "a-file" / "state"))
+    code, _, err = run(capsys, "enroll", selfies[0], "--name", "me", "--bundle", tiny_release["bundle"])
+    assert_clear_error(code, err, "cannot be created", "a-file is a file")
+    assert "face of" not in err and not loads
+
+    # a corrupt settings file: said before the checkpoint is imported
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "settings.json").write_text('{"bundle": ')
+    code, _, err = run(capsys, "export", "--checkpoint", tiny_release["checkpoint"], "--base", tiny_release["base"],
+                       "--vae", tiny_release["vae"], "--out", tmp_path / "bundle", "--dtype", "float32")
+    assert_clear_error(code, err, "settings.json is unreadable")
+    assert not (tmp_path / "bundle").exists()
 
 
 # ------------------------------------------------------------------------------------------------ video
