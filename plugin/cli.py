@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from instantrestore.export import CheckpointError
 from instantrestore.runtime import BundleError, ProfileError
 
-from .progress import say
+from .progress import quiet_when_the_reader_leaves, say
 from .quiet import filtered_native_stderr
 
 # Modules of this package with their own `register(commands)` (e.g. "bench" for plugin/bench.py).
@@ -173,7 +175,7 @@ def register_profiles(commands) -> None:
     profiles = commands.add_parser("profiles", help="list or remove identity profiles")
     profiles.add_argument("action", nargs="?", default="list", choices=["list", "remove"])
     profiles.add_argument("name", nargs="?", help="the profile to remove")
-    profiles.set_defaults(run=cmd_profiles)
+    profiles.set_defaults(run=quiet_when_the_reader_leaves(cmd_profiles))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -251,14 +253,55 @@ def _device(text: str) -> str:
 
 BUILTIN_COMMANDS = (register_export, register_enroll, register_profiles, register_camera, register_video)
 
+# The top and the foot of each command's --help: what it does, and examples to start from.
+HELP_SCREENS = {
+    "export": ("Turn the authors' checkpoint (final_model_ckpt.pt) into a model bundle with the LoRA weights merged, "
+               "and optionally export its ONNX graphs and build TensorRT engines for this GPU. The last exported "
+               "bundle becomes every command's default; work already cached is skipped.",
+               ("instantrestore export --checkpoint weights/final_model_ckpt.pt",
+                "instantrestore export --onnx --tensorrt")),
+    "enroll": ("Make your identity profile from 1 to 8 selfies (4 is best): each photo is checked for one clear, "
+               "large enough face, then the reference network runs once and the profile is saved under --name.",
+               ("instantrestore enroll me1.jpg me2.jpg me3.jpg me4.jpg --name me",)),
+    "profiles": ("List the identity profiles (name, photos, date, whether they fit the current bundle), or remove "
+                 "one.",
+                 ("instantrestore profiles", "instantrestore profiles remove me")),
+    "camera": ("Read your webcam (or a video file), restore your face in every frame and send the result to the "
+               "virtual camera, to pick in Zoom, Meet, Teams or OBS. Ctrl+C stops.",
+               ("instantrestore camera --profile me",
+                "instantrestore camera --profile me --input /dev/video2 --size 1280x720 --fps 30")),
+    "video": ("Restore a recorded video file frame by frame; frame count, rate and audio are kept, and the input "
+              "is never modified.",
+              ("instantrestore video talk.mp4 -o talk.restored.mp4 --profile me",)),
+    "doctor": ("Check this machine: packages, GPU, backends, face detector, cameras, virtual camera, state folder, "
+               "bundle and profiles, with the next step for anything missing. Exits 1 while the camera cannot run.",
+               ("instantrestore doctor",)),
+    "bench": ("Measure the restore step and its parts, or with --pipeline the whole frame pipeline on a synthetic "
+              "1080p clip, naming the device that produced the figures.",
+              ("instantrestore bench --random sd-turbo", "instantrestore bench --pipeline --stand-in-ms 10")),
+}
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("instantrestore")
+    except importlib.metadata.PackageNotFoundError:  # a checkout run without installing
+        return "unknown (not installed)"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instantrestore", description="Real-time personalized face restoration.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in BUILTIN_COMMANDS:
         register(commands)
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__package__}.{name}").register(commands)
+    for name, command in commands.choices.items():
+        description, examples = HELP_SCREENS[name]
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        command.description = textwrap.fill(description, 100)
+        command.epilog = "examples:\n" + "\n".join(f"  {example}" for example in examples)
     return parser
 
 

@@ -13,6 +13,7 @@ import sys
 from typing import Optional
 
 from . import home, vcam
+from .progress import quiet_when_the_reader_leaves
 
 OK, WARN, MISSING = "ok", "warn", "missing"
 PACKAGES = ("torch", "diffusers", "transformers", "safetensors", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu",
@@ -272,4 +273,4 @@ def report(results, stream=None) -> int:
 
 def register(commands) -> None:
     parser = commands.add_parser("doctor", help="check this machine: packages, GPU, backends, cameras, bundle, profiles")
-    parser.set_defaults(run=lambda args: report(run_checks()))
+    parser.set_defaults(run=quiet_when_the_reader_leaves(lambda args: report(run_checks())))

@@ -21,7 +21,7 @@ import numpy as np
 from instantrestore.runtime.artifacts import precision_dtype, precision_name
 
 from . import home, vcam
-from .progress import ProgressBar, say
+from .progress import ProgressBar, count_text, rate_text, say
 
 RECOMMENDED_SELFIES = 4
 MAX_SELFIES = 8  # the exported graphs and engines take 1..8 references
@@ -81,6 +81,11 @@ def choose_engine(bundle, backend: str = "auto", device: Optional[str] = None, d
         raise PluginError(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__} "
                           "(`instantrestore doctor` says what is missing)")
     if backend == "tensorrt":
+        from instantrestore.runtime.backend_tensorrt import import_tensorrt, require_cuda
+
+        # said first, before a build is announced or a camera opened
+        import_tensorrt()
+        require_cuda(device)
         return EngineChoice("tensorrt", device or "cuda", torch.float16, "asked for")
     explicit_device = device
     device = device or default_device()
@@ -379,7 +384,7 @@ def restore_video(in_path, out_path, profile_name: str, bundle_arg=None, backend
     frames = sink.frames_written
     elapsed = time.monotonic() - started
     no_face = int(summary.get("no_face", 0))
-    progress(f"wrote {out_path}: {frames} frames at {float(source.fps):.3g} fps in {elapsed:.1f} s "
+    progress(f"wrote {out_path}: {count_text(frames, 'frame')} at {rate_text(source.fps)} fps in {elapsed:.1f} s "
              f"({frames / elapsed if elapsed else 0:.2f} frames/s); face restored in {frames - no_face} of {frames}")
     return {"frames": frames, "no_face": no_face, "seconds": elapsed, "stats": summary}
 
@@ -534,6 +539,7 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
         raise PluginError(f"--blend must be between 0 and 1, got {blend}")
     bundle = home.resolve_bundle(bundle_arg)
     profile = home.load_profile(profile_name, bundle)
+    choose_engine(bundle, backend, device)  # a backend that cannot run here is said before anything opens
 
     with contextlib.ExitStack() as stack:
         source = open_input(input_spec, size, fps)
@@ -542,7 +548,7 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
         out_size = size or (source.width, source.height)
         out_fps = float(fps or source.fps or 30)
         if source.live is False:
-            progress(f"playing {Path(str(input_spec)).name} at {float(source.fps):.3g} fps as the camera")
+            progress(f"playing {Path(str(input_spec)).name} at {rate_text(source.fps)} fps as the camera")
 
         backends = vcam.available_backends()
         if vcam_backend is None and not backends:
@@ -562,7 +568,7 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
 
         shown_as = vcam.camera_name_in_apps(camera_sink.backend, camera_sink.device)
         progress(f"virtual camera: {camera_sink.device} ({camera_sink.backend}) {out_size[0]}x{out_size[1]} at "
-                 f"{out_fps:.3g} fps; pick \"{shown_as}\" in your call app. Ctrl+C stops.")
+                 f"{rate_text(out_fps)} fps; pick \"{shown_as}\" in your call app. Ctrl+C stops.")
         def load_and_warm_up():
             engine = load_engine(bundle, backend, device, None, progress)
             restore_crops = engine.crop_restorer(profile)
@@ -584,13 +590,13 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
         try:
             report = run_live(pipeline, source, tee, max_frames=max_frames, fps=out_fps)
             if max_frames is not None and report.captured >= max_frames:
-                stopped_by = f"{max_frames} frames"
+                stopped_by = count_text(max_frames, "frame")
         except (KeyboardInterrupt, PreviewClosed):
             report = None
             stopped_by = "user"
         summary = pipeline.stats.summary()
         sent = camera_sink.frames_written
-        progress(f"stopped ({stopped_by}): {sent} frames sent to the virtual camera"
+        progress(f"stopped ({stopped_by}): {count_text(sent, 'frame')} sent to the virtual camera"
                  + (f", {report.processed} restored, {report.dropped} dropped, {report.repeated} repeated, "
                     f"latency {report.mean_latency_s * 1000:.0f} ms mean" if report is not None else ""))
         if show_stats:

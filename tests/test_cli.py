@@ -5,6 +5,7 @@ virtual camera; and every mistake a user can make gets one clear line, exit code
 import hashlib
 import os
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -579,6 +580,78 @@ def test_doctor_with_bundle_and_profile(in_state, capsys):
     bundle_line = next(line for line in out.splitlines() if " bundle " in line)
     assert bundle_line.startswith("ok")
     assert any(line.startswith("ok") and "me: 4 photos" in line for line in out.splitlines())
+
+
+def test_doctor_says_the_state_folder_is_yet_to_be_made_or_cannot_be(fresh_home, tmp_path, monkeypatch, capsys):
+    code, out, _ = run(capsys, "doctor")
+    (line,) = [line for line in out.splitlines() if " state folder " in line]
+    assert line.startswith("ok") and f"{fresh_home} (not there yet; created on the first export or enroll)" in line
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(tmp_path / "a-file" / "home"))
+    code, out, _ = run(capsys, "doctor")
+    (line,) = [line for line in out.splitlines() if " state folder " in line]
+    assert line.startswith("missing") and "cannot be created" in line and code == 1
+
+
+def test_version_and_a_description_and_examples_on_every_help_screen(capsys):
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"instantrestore {importlib.metadata.version('instantrestore')}"
+    for command in ("export", "enroll", "profiles", "camera", "video", "doctor", "bench"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
+        usage, description = out.split("\n\n")[:2]
+        assert usage.startswith(f"usage: instantrestore {command}")
+        assert not description.startswith(("positional arguments", "options")) and len(description) > 40, command
+        assert f"examples:\n  instantrestore {command}" in out, command
+
+
+def test_profiles_into_a_pipe_closed_early_ends_quietly(fresh_home):
+    import subprocess
+
+    (fresh_home / "profiles").mkdir(parents=True)
+    for index in range(3000):  # far more lines than a pipe holds, so writing meets the closed pipe
+        (fresh_home / "profiles" / f"p{index:04d}.safetensors").write_bytes(b"")
+    command = f"{sys.executable} -m instantrestore.plugin.cli profiles | head -2; echo status ${{PIPESTATUS[0]}}"
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "INSTANTRESTORE_HOME": str(fresh_home)})
+    lines = done.stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["p0000", "p0001", "status 141"]
+    assert done.stderr == ""  # no "Broken pipe" error, no traceback
+
+
+def test_tensorrt_asked_for_where_it_cannot_run_is_said_first(in_state, clip, recording_backend, tmp_path, capsys):
+    from instantrestore.runtime.backend_tensorrt import TensorRTUnavailableError, import_tensorrt, require_cuda
+
+    try:
+        import_tensorrt(), require_cuda()
+        pytest.skip("TensorRT and a GPU are here")
+    except TensorRTUnavailableError as error:
+        reason = str(error)[:40]
+    code, _, err = run(capsys, "camera", "--profile", "me", "--input", clip, "--vcam-backend", "recording",
+                       "--backend", "tensorrt")
+    assert_clear_error(code, err, reason)
+    assert "building" not in err and not recording_backend.instances  # no build announced, no camera opened
+    code, _, err = run(capsys, "video", clip, "-o", tmp_path / "out.mp4", "--profile", "me", "--backend", "tensorrt")
+    assert_clear_error(code, err, reason)
+    assert "building" not in err and listing(tmp_path) == set()
+
+
+def test_rates_and_counts_read_as_people_write_them(in_state, recording_backend, tmp_path, capsys):
+    ntsc = write_clip(tmp_path / "ntsc.mp4", [placed_face(CLIP_SIZE, 0.45, (60.0, 10.0))[0]], fps=Fraction(30000, 1001))
+    code, _, err = run(capsys, "video", ntsc, "-o", tmp_path / "out.mp4", "--profile", "me", "--backend", "torch")
+    assert code == 0, err
+    assert "1 frame at 29.97 fps" in err
+    code, _, err = run(capsys, "camera", "--profile", "me", "--input", ntsc, "--vcam-backend", "recording",
+                       "--backend", "torch")
+    assert code == 0, err
+    assert "playing ntsc.mp4 at 29.97 fps" in err and "320x240 at 29.97 fps" in err
+    assert " 1 frames" not in err and "30 fps" not in err
 
 
 def test_export_records_the_default_bundle_and_needs_something_to_do(fresh_home, tiny_release, tmp_path, capsys):
