@@ -447,12 +447,25 @@ def _camera_device_path(source) -> Optional[str]:
 
 
 def fit(image: np.ndarray, size: tuple) -> np.ndarray:
-    """The frame at the virtual camera's (width, height)."""
-    if image.shape[1] == size[0] and image.shape[0] == size[1]:
+    """The frame at the virtual camera's (width, height), never stretched: a frame of another shape is
+    cropped around its centre to the output's shape first (a 4:3 camera in a 16:9 output loses strips
+    at the top and bottom, as call apps crop), then scaled."""
+    width, height = size
+    frame_height, frame_width = image.shape[:2]
+    if frame_width * height > frame_height * width:  # wider than the output: crop the sides
+        keep = int(round(frame_height * width / height))
+        left = (frame_width - keep) // 2
+        image = image[:, left: left + keep]
+    elif frame_width * height < frame_height * width:  # taller: crop the top and bottom
+        keep = int(round(frame_width * height / width))
+        top = (frame_height - keep) // 2
+        image = image[top: top + keep]
+    if image.shape[1] == width and image.shape[0] == height:
         return image
     import cv2
 
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    shrinking = image.shape[1] > width
+    return cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 class Passthrough:
@@ -527,7 +540,7 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
                show_stats: bool = False, blend: float = 1.0, progress=say) -> dict:
     """Live restore from a camera or a file into the virtual camera until Ctrl+C, the end of the
     file, or `max_frames` captured frames."""
-    from instantrestore.runtime.media import PreviewSink, VirtualCameraSink, VirtualCameraUnavailable
+    from instantrestore.runtime.media import PreviewSink, VirtualCameraSink, VirtualCameraUnavailable, display_problem
     from instantrestore.runtime.pipeline import FramePipeline, run_live
 
     size = parse_size(size_text)
@@ -537,6 +550,8 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
         raise PluginError(f"--max-frames must be at least 1, got {max_frames}")
     if not (0.0 <= blend <= 1.0):
         raise PluginError(f"--blend must be between 0 and 1, got {blend}")
+    if preview and display_problem():
+        raise PluginError(f"--preview: {display_problem()}; run without --preview (the virtual camera needs no display)")
     bundle = home.resolve_bundle(bundle_arg)
     profile = home.load_profile(profile_name, bundle)
     choose_engine(bundle, backend, device)  # a backend that cannot run here is said before anything opens

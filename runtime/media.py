@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 import time
 from fractions import Fraction
@@ -450,13 +451,24 @@ class VirtualCameraSink:
         return False
 
 
+def display_problem() -> Optional[str]:
+    """Why no window can open here, or None. On Linux a window needs an X11 or Wayland display, and
+    OpenCV's Qt aborts the whole process (signal 6) when it finds none; Windows and macOS have a desktop."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display to open a window on (neither DISPLAY nor WAYLAND_DISPLAY is set)"
+    return None
+
+
 class PreviewSink:
     """An OpenCV window showing the output (optional; needs a desktop). Closing it with q or Esc
-    sets ``closed_by_user``."""
+    sets ``closed_by_user``. Without a display it raises MediaError, before any window is tried."""
 
     live = True
 
     def __init__(self, title: str = "InstantRestore preview"):
+        problem = display_problem()
+        if problem:
+            raise MediaError(problem)
         self.title = title
         self.closed_by_user = False
         self.frames_written = 0

@@ -499,6 +499,48 @@ def test_camera_without_a_virtual_camera_says_what_to_do(in_state, clip, recordi
     assert not recording_backend.instances
 
 
+def test_a_4_3_camera_in_a_16_9_virtual_camera_keeps_its_shape(in_state, recording_backend, tmp_path, capsys):
+    frame = np.full((240, 320, 3), 255, np.uint8)
+    cv2.circle(frame, (160, 120), 60, (0, 0, 0), thickness=-1)
+    clip = write_clip(tmp_path / "ball.mp4", [frame] * 4, fps=CLIP_FPS)
+    code, _, err = run(capsys, "camera", "--profile", "me", "--input", clip, "--size", "640x360",
+                       "--vcam-backend", "recording", "--backend", "torch")
+    assert code == 0, err
+    (camera,) = recording_backend.instances
+    assert (camera.width, camera.height) == (640, 360)
+    sent = camera.frames[-1].reshape(360, 640, 3)
+    rows, columns = np.nonzero(sent.mean(axis=2) < 128)
+    width, height = columns.max() - columns.min() + 1, rows.max() - rows.min() + 1
+    assert width == pytest.approx(height, rel=0.04)  # still a circle, not an ellipse
+    assert height == pytest.approx(120 * 360 / 180, rel=0.04)  # the whole circle, scaled by 2 (a 320x180 crop)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the display check is Linux's")
+def test_preview_without_a_display_is_refused_before_anything_opens(in_state, clip, tmp_path):
+    import subprocess
+
+    # in a child process: OpenCV's Qt aborts the whole process when it finds no display
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import pyvirtualcam\n"
+        "from media_helpers import RecordingVirtualCamera\n"
+        "pyvirtualcam.register_backend('recording', RecordingVirtualCamera)\n"
+        "from instantrestore.plugin.cli import main\n"
+        "code = main(['camera', '--profile', 'me', '--input', sys.argv[2], '--vcam-backend', 'recording',\n"
+        "             '--backend', 'torch', '--max-frames', '3', '--preview'])\n"
+        "print('virtual cameras opened:', len(RecordingVirtualCamera.instances))\n"
+        "sys.exit(code)\n"
+    )
+    env = {name: value for name, value in os.environ.items() if name not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    done = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__), str(clip)], capture_output=True,
+                          text=True, timeout=300, env={**env, "INSTANTRESTORE_HOME": str(in_state)})
+    assert done.returncode == 2, done.stderr
+    assert done.stdout.strip() == "virtual cameras opened: 0"
+    assert done.stderr.strip().splitlines()[-1] == (
+        "instantrestore: error: --preview: no display to open a window on (neither DISPLAY nor WAYLAND_DISPLAY is "
+        "set); run without --preview (the virtual camera needs no display)")
+
+
 def test_setup_instructions_per_os():
     linux = "\n".join(vcam.setup_instructions("linux"))
     assert 'sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label="InstantRestore Camera"' in linux
