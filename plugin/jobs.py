@@ -540,7 +540,8 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
                show_stats: bool = False, blend: float = 1.0, progress=say) -> dict:
     """Live restore from a camera or a file into the virtual camera until Ctrl+C, the end of the
     file, or `max_frames` captured frames."""
-    from instantrestore.runtime.media import PreviewSink, VirtualCameraSink, VirtualCameraUnavailable, display_problem
+    from instantrestore.runtime.media import (PreviewSink, SteadyCamera, VirtualCameraSink, VirtualCameraUnavailable,
+                                              display_problem)
     from instantrestore.runtime.pipeline import FramePipeline, run_live
 
     size = parse_size(size_text)
@@ -558,6 +559,8 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
 
     with contextlib.ExitStack() as stack:
         source = open_input(input_spec, size, fps)
+        if source.live:  # a hung or unplugged camera is reopened, not the end of the call's video
+            source = SteadyCamera(lambda: open_input(input_spec, size, fps), camera=source, notify=progress)
         if hasattr(source, "close"):
             stack.callback(source.close)
         out_size = size or (source.width, source.height)

@@ -162,6 +162,43 @@ class FakeCamera:
             yield SourceFrame(frame, index / float(self.fps), index)
 
 
+class FaultyCamera:
+    """A live source standing in for a webcam that breaks. It delivers `frames` (looping) at `fps`; once
+    `fault_at` is set (an Event; None: from the start) and `after` more frames have come, its reads hang
+    (fault="hang": blocked until close(), like a stuck driver read) or fail (fault="unplugged":
+    CameraUnavailable, as CameraSource says it). fault=None: it never breaks."""
+
+    live = True
+
+    def __init__(self, frames, fps=30.0, fault=None, fault_at=None, after=0, device=0):
+        self.frames, self.fault, self.fault_at, self.after, self.device = list(frames), fault, fault_at, after, device
+        self.fps = Fraction(fps).limit_denominator(1001)
+        self.height, self.width = self.frames[0].shape[:2]
+        self.frame_count = 0
+        self.released = threading.Event()
+
+    def __iter__(self):
+        from instantrestore.runtime.media import CameraUnavailable
+
+        start, index = time.monotonic(), 0
+        while not self.released.is_set():
+            if self.fault and (self.fault_at is None or self.fault_at.is_set()):
+                if self.after <= 0:
+                    if self.fault == "hang":
+                        self.released.wait()
+                        return
+                    raise CameraUnavailable(f"camera {self.device!r} stopped delivering frames")
+                self.after -= 1
+            delay = start + index / float(self.fps) - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            yield SourceFrame(self.frames[index % len(self.frames)], index / float(self.fps), index)
+            index += 1
+
+    def close(self):
+        self.released.set()
+
+
 class RecordingSink:
     """Keeps every written frame with its timestamp and the wall time it arrived."""
 
@@ -231,11 +268,13 @@ class RecordingVirtualCamera:
         self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
         self._device = device or "recording-virtual-camera"
         self.frames = []
+        self.arrivals = []  # time.monotonic() of each frame
         self.closed = False
         RecordingVirtualCamera.instances.append(self)
 
     def send(self, frame):
         self.frames.append(np.array(frame, copy=True))
+        self.arrivals.append(time.monotonic())
 
     def close(self):
         self.closed = True

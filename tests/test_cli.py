@@ -20,6 +20,7 @@ from media_helpers import (  # noqa: E402
     BrokenVirtualCamera,
     FakeCamera,
     FakeVideoCapture,
+    FaultyCamera,
     RecordingVirtualCamera,
     astronaut,
     audio_packets,
@@ -460,6 +461,39 @@ def test_live_camera_shows_the_raw_feed_while_the_model_loads(in_state, clip, re
     first = camera.frames[0].reshape(CLIP_SIZE[1], CLIP_SIZE[0], 3)
     assert np.array_equal(first, frames[0])  # unrestored, straight from the camera
     assert len(camera.frames) > 6  # passthrough frames, then the restored run
+
+
+def test_an_unplugged_camera_is_retried_and_the_call_goes_on(in_state, clip, recording_backend, monkeypatch, capsys):
+    import threading
+
+    frames = read_frames(clip)
+    loaded = threading.Event()
+    opened = []
+
+    def open_input(spec, size, fps):  # unplugged once the model runs; two failed opens; then back
+        opened.append(spec)
+        if len(opened) == 1:
+            return FaultyCamera(frames, fps=CLIP_FPS, fault="unplugged", fault_at=loaded, after=4)
+        if len(opened) <= 3:
+            raise jobs.PluginError("cannot open camera 0")
+        return FaultyCamera(frames, fps=CLIP_FPS)
+
+    real_load = jobs.load_engine
+
+    def load_engine(*args, **kwargs):
+        engine = real_load(*args, **kwargs)
+        loaded.set()
+        return engine
+
+    monkeypatch.setattr(jobs, "open_input", open_input)
+    monkeypatch.setattr(jobs, "load_engine", load_engine)
+    code, _, err = run(capsys, "camera", "--profile", "me", "--vcam-backend", "recording", "--max-frames", 20,
+                       "--backend", "torch")
+    assert code == 0, err
+    assert "reading camera 0 failed (camera 0 stopped delivering frames); reopening it (for up to 30 s" in err
+    assert "camera 0 is back after" in err and len(opened) == 4
+    (camera,) = recording_backend.instances
+    assert camera.closed and len(camera.frames) >= 20  # the run went on to its 20 frames
 
 
 def test_webcam_by_index_through_opencv(in_state, clip, recording_backend, monkeypatch, capsys):
