@@ -831,6 +831,33 @@ def test_auto_falls_back_when_the_tensorrt_build_fails(tiny_bundle, monkeypatch)
     assert said[-1].startswith(f"backend: {restorer.backend.name} on ")
 
 
+def test_cpu_runs_give_the_model_all_cores_but_one_and_opencv_one(in_state, tmp_path, monkeypatch, capsys):
+    from instantrestore.runtime.pipeline import FramePipeline
+
+    seen = []
+    restore_located = FramePipeline.restore_located
+
+    def noting_threads(self, located):  # in the pipeline's restore stage, where the model runs
+        seen.append((torch.get_num_threads(), cv2.getNumThreads()))
+        return restore_located(self, located)
+
+    monkeypatch.setattr(FramePipeline, "restore_located", noting_threads)
+    monkeypatch.setattr(jobs, "usable_cores", lambda: 3, raising=False)
+    opencv_threads = cv2.getNumThreads()
+    clip = write_clip(tmp_path / "one.mp4", [placed_face(CLIP_SIZE, 0.45, (60.0, 10.0))[0]], fps=CLIP_FPS)
+    try:
+        code, _, err = run(capsys, "video", clip, "-o", tmp_path / "out.mp4", "--profile", "me", "--backend", "torch",
+                           "--device", "cpu")
+        assert code == 0, err
+        assert seen == [(2, 1)]
+        # onnxruntime's sessions get the same share; a GPU run leaves the CPU settings alone
+        assert jobs.use_cpu_threads(jobs.EngineChoice("onnxruntime", "cpu", torch.float32)) == {"threads": 2}
+        assert jobs.use_cpu_threads(jobs.EngineChoice("torch", "cuda", torch.float16)) == {}
+    finally:
+        torch.set_num_threads(1)
+        cv2.setNumThreads(opencv_threads)
+
+
 def test_auto_with_an_explicit_cpu_device_uses_onnx_graphs_only_when_exported(tiny_bundle, monkeypatch):
     import instantrestore.runtime.backend_onnxruntime as backend_onnxruntime
 
