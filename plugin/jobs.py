@@ -149,8 +149,8 @@ def use_cpu_threads(choice: EngineChoice) -> dict:
     threads (torch's, or onnxruntime's session) get all cores but one, which is left to the pipeline's
     own threads (decode, track, composite, encode), and OpenCV works single-threaded inside those.
     Oversubscribed, torch's OpenMP workers spin against the other threads: a 48-frame video on the
-    test miniature took 32.8 s with torch's default of 2 threads on a 2-core machine, 3.1 s with 1.
-    Returns the backend's own options (onnxruntime's thread count); a GPU run changes nothing."""
+    test miniature took 11 to 33 s with torch's default of 2 threads on a 2-core machine, 2.1 to 2.6 s
+    like this. Returns the backend's own options (onnxruntime's thread count); a GPU run changes nothing."""
     if not str(choice.device).startswith("cpu"):
         return {}
     import cv2
@@ -577,8 +577,8 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
         raise PluginError(f"--max-frames must be at least 1, got {max_frames}")
     if not (0.0 <= blend <= 1.0):
         raise PluginError(f"--blend must be between 0 and 1, got {blend}")
-    if preview and display_problem():
-        raise PluginError(f"--preview: {display_problem()}; run without --preview (the virtual camera needs no display)")
+    if preview and (problem := display_problem()):
+        raise PluginError(f"--preview: {problem}; run without --preview (the virtual camera needs no display)")
     bundle = home.resolve_bundle(bundle_arg)
     profile = home.load_profile(profile_name, bundle)
     choose_engine(bundle, backend, device)  # a backend that cannot run here is said before anything opens
