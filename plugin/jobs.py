@@ -148,9 +148,9 @@ def use_cpu_threads(choice: EngineChoice) -> dict:
     """How a run on the CPU shares the cores, decided here for every backend: the model's intra-op
     threads (torch's, or onnxruntime's session) get all cores but one, which is left to the pipeline's
     own threads (decode, track, composite, encode), and OpenCV works single-threaded inside those.
-    Oversubscribed, torch's OpenMP workers spin against the other threads: a 48-frame video on the
-    test miniature took 11 to 33 s with torch's default of 2 threads on a 2-core machine, 2.1 to 2.6 s
-    like this. Returns the backend's own options (onnxruntime's thread count); a GPU run changes nothing."""
+    Oversubscribed, torch's OpenMP workers wait for each other whenever a core is taken: a 48-frame
+    video on the test miniature, 2-core machine, one core busy elsewhere, took 13 to 34 s with torch's
+    default of 2 threads and 4 to 6 s like this (README, Performance). Returns the backend's own options (onnxruntime's thread count); a GPU run changes nothing."""
     if not str(choice.device).startswith("cpu"):
         return {}
     import cv2
