@@ -298,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__package__}.{name}").register(commands)
     for name, command in commands.choices.items():
+        if name not in HELP_SCREENS:  # a new command without its screen yet: the tests say so, the CLI still runs
+            continue
         description, examples = HELP_SCREENS[name]
         command.formatter_class = argparse.RawDescriptionHelpFormatter
         command.description = textwrap.fill(description, 100)

@@ -676,7 +676,11 @@ def test_version_and_a_description_and_examples_on_every_help_screen(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"instantrestore {importlib.metadata.version('instantrestore')}"
-    for command in ("export", "enroll", "profiles", "camera", "video", "doctor", "bench"):
+    from instantrestore.plugin.cli import build_parser
+
+    (commands,) = [action for action in build_parser()._actions if action.dest == "command"]
+    assert {"export", "enroll", "profiles", "camera", "video", "doctor", "bench"} <= set(commands.choices)
+    for command in commands.choices:
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0
