@@ -13,7 +13,6 @@ when its input, bundle, profile and options are the same and the output still ha
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import hashlib
@@ -485,16 +484,7 @@ def cmd_batch(args) -> int:
 def register(commands) -> None:
     from .cli import _common_model_options as add_model_options
 
-    batch = commands.add_parser(
-        "batch", help="restore many recordings, resumable; on this machine or a Ray cluster",
-        description="Restore every video given (files, folders searched recursively, or .txt files listing "
-                    "paths) into OUTDIR, keeping each one's relative path and name. A rerun skips what is done "
-                    "(same input, bundle, profile and options; the output intact). One bad file does not stop "
-                    "the others; the exit code is 2 if any failed.",
-        epilog="examples:\n  instantrestore batch talks/ -o restored/ --profile me\n"
-               "  instantrestore batch list.txt -o /shared/restored --profile me --ray auto\n"
-               "  instantrestore batch /shared/talks -o /shared/restored --profile me --ray ray://head:10001",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    batch = commands.add_parser("batch", help="restore many recordings, resumable; on this machine or a Ray cluster")
     batch.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders of videos, or .txt lists")
     batch.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="the folder to write into")
     batch.add_argument("--profile", required=True, action="append", help="the profile made by `enroll`")

@@ -6,7 +6,6 @@ switching back to an earlier bundle (say after trying a float32 export) brings i
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 from typing import Optional
@@ -101,13 +100,7 @@ def cmd_bundles(args) -> int:
 
 
 def register(commands) -> None:
-    bundles = commands.add_parser(
-        "bundles", help="list the model bundles; choose the default one",
-        description="List the model bundles in the state folder (name, precision, the checkpoint it was made from, "
-                    "how many profiles fit it, which is the default), or make one the default of every command.",
-        epilog="examples:\n  instantrestore bundles\n  instantrestore bundles use final_model_ckpt-float16\n"
-               "  instantrestore bundles use /path/to/bundle",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    bundles = commands.add_parser("bundles", help="list the model bundles; choose the default one")
     bundles.add_argument("action", nargs="?", default="list", choices=["list", "use"])
     bundles.add_argument("bundle", nargs="?", metavar="NAME|DIR",
                          help="with `use`: a bundle's name under bundles/ in the state folder, or its folder")

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from instantrestore.export import CheckpointError
 from instantrestore.runtime import BundleError, ProfileError
 
-from .progress import say
+from .progress import quiet_when_the_reader_leaves, say
 from .quiet import filtered_native_stderr
 
 # Modules of this package with their own `register(commands)` (e.g. "bench" for plugin/bench.py).
@@ -53,6 +55,7 @@ def user_errors() -> tuple:
 def cmd_export(args) -> int:
     from . import bundles, home
 
+    home.read_settings()  # a corrupt settings file is reported now, not after minutes of export
     checkpoint = args.checkpoint
     if checkpoint is None and not (args.onnx or args.tensorrt):
         from instantrestore.export.checkpoint import DEFAULT_CHECKPOINT
@@ -91,19 +94,9 @@ def cmd_export(args) -> int:
 
 
 def register_export(commands) -> None:
-    from instantrestore.export.checkpoint import DEFAULT_CHECKPOINT, RELEASE_REPO
+    from instantrestore.export.checkpoint import DEFAULT_CHECKPOINT
 
-    export = commands.add_parser(
-        "export", help="get the authors' weights into a model bundle; build ONNX/TensorRT",
-        description="Fetch the authors' checkpoint (or use a local one), merge its LoRA weights and write a model "
-                    "bundle that becomes the default of every command; optionally build ONNX graphs and TensorRT "
-                    "engines on it.",
-        epilog="examples:\n  instantrestore export                                  # the release, from the hub\n"
-               "  instantrestore export --checkpoint final_model_ckpt.pt  # a file you downloaded\n"
-               f"  instantrestore export --checkpoint {RELEASE_REPO}/adain_ablation_ckpt.pt\n"
-               "  instantrestore export --onnx --tensorrt                 # engines for the default bundle\n"
-               "offline: --checkpoint FILE --base DIR --vae DIR (folders downloaded where the hub is reachable)",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    export = commands.add_parser("export", help="get the authors' weights into a model bundle; build ONNX/TensorRT")
     export.add_argument("--checkpoint", metavar="FILE|OWNER/REPO/FILE",
                         help=f"a local checkpoint, or a file on the hub (default: {DEFAULT_CHECKPOINT}; the same repo "
                              "has base_ablation_ckpt.pt, adain_ablation_ckpt.pt and lmattn_ablation_ckpt.pt)")
@@ -185,7 +178,7 @@ def register_profiles(commands) -> None:
     profiles = commands.add_parser("profiles", help="list or remove identity profiles")
     profiles.add_argument("action", nargs="?", default="list", choices=["list", "remove"])
     profiles.add_argument("name", nargs="?", help="the profile to remove")
-    profiles.set_defaults(run=cmd_profiles)
+    profiles.set_defaults(run=quiet_when_the_reader_leaves(cmd_profiles))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -263,14 +256,71 @@ def _device(text: str) -> str:
 
 BUILTIN_COMMANDS = (register_export, register_enroll, register_profiles, register_camera, register_video)
 
+# The top and the foot of each command's --help: what it does, and examples to start from.
+HELP_SCREENS = {
+    "export": ("Fetch the authors' checkpoint from the hub (or take a local one), merge its LoRA weights into a "
+               "model bundle, and optionally export its ONNX graphs and build TensorRT engines for this GPU. The new "
+               "bundle becomes every command's default (`instantrestore bundles` switches back); work already cached "
+               "is skipped. Offline: --checkpoint FILE --base DIR --vae DIR, downloaded where the hub is reachable.",
+               ("instantrestore export",
+                "instantrestore export --checkpoint weights/final_model_ckpt.pt",
+                "instantrestore export --checkpoint hwdz15508/InstantRestore/adain_ablation_ckpt.pt",
+                "instantrestore export --onnx --tensorrt")),
+    "bundles": ("List the model bundles in the state folder (name, precision, the checkpoint it was made from, how "
+                "many profiles fit it, which is the default), or make one the default of every command.",
+                ("instantrestore bundles", "instantrestore bundles use final_model_ckpt-float16",
+                 "instantrestore bundles use /path/to/bundle")),
+    "batch": ("Restore every video given (files, folders searched recursively, or .txt files listing paths) into "
+              "OUTDIR, keeping each one's relative path and name. A rerun skips what is done (same input, bundle, "
+              "profile and options; the output intact). One bad file does not stop the others; the exit code is 2 "
+              "if any failed.",
+              ("instantrestore batch talks/ -o restored/ --profile me",
+               "instantrestore batch list.txt -o /shared/restored --profile me --ray auto",
+               "instantrestore batch /shared/talks -o /shared/restored --profile me --ray ray://head:10001")),
+    "enroll": ("Make your identity profile from 1 to 8 selfies (4 is best): each photo is checked for one clear, "
+               "large enough face, then the reference network runs once and the profile is saved under --name.",
+               ("instantrestore enroll me1.jpg me2.jpg me3.jpg me4.jpg --name me",)),
+    "profiles": ("List the identity profiles (name, photos, date, whether they fit the current bundle), or remove "
+                 "one.",
+                 ("instantrestore profiles", "instantrestore profiles remove me")),
+    "camera": ("Read your webcam (or a video file), restore your face in every frame and send the result to the "
+               "virtual camera, to pick in Zoom, Meet, Teams or OBS. Ctrl+C stops.",
+               ("instantrestore camera --profile me",
+                "instantrestore camera --profile me --input /dev/video2 --size 1280x720 --fps 30")),
+    "video": ("Restore a recorded video file frame by frame; frame count, rate and audio are kept, and the input "
+              "is never modified.",
+              ("instantrestore video talk.mp4 -o talk.restored.mp4 --profile me",)),
+    "doctor": ("Check this machine: packages, GPU, backends, face detector, cameras, virtual camera, state folder, "
+               "bundle and profiles, with the next step for anything missing. Exits 1 while the camera cannot run.",
+               ("instantrestore doctor",)),
+    "bench": ("Measure the restore step and its parts, or with --pipeline the whole frame pipeline on a synthetic "
+              "1080p clip, naming the device that produced the figures.",
+              ("instantrestore bench --random sd-turbo", "instantrestore bench --pipeline --stand-in-ms 10")),
+}
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("instantrestore")
+    except importlib.metadata.PackageNotFoundError:  # a checkout run without installing
+        return "unknown (not installed)"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instantrestore", description="Real-time personalized face restoration.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in BUILTIN_COMMANDS:
         register(commands)
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__package__}.{name}").register(commands)
+    for name, command in commands.choices.items():
+        if name not in HELP_SCREENS:  # a new command without its screen yet: the tests say so, the CLI still runs
+            continue
+        description, examples = HELP_SCREENS[name]
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        command.description = textwrap.fill(description, 100)
+        command.epilog = "examples:\n" + "\n".join(f"  {example}" for example in examples)
     return parser
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import os
 import platform
 import sys
 from typing import Optional
 
 from . import home, vcam
+from .progress import quiet_when_the_reader_leaves
 
 OK, WARN, MISSING = "ok", "warn", "missing"
 PACKAGES = ("torch", "diffusers", "transformers", "safetensors", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu",
@@ -232,10 +232,11 @@ def check_state() -> list:
     from instantrestore.runtime.artifacts import state_dir
 
     folder = state_dir()
-    probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), folder)
-    writable = os.access(probe, os.W_OK)
-    return [Check("state folder", OK if writable else MISSING, str(folder),
-                  "" if writable else "make it writable or set INSTANTRESTORE_HOME to a writable folder")]
+    problem = home.writable_problem(folder)
+    if problem:
+        return [Check("state folder", MISSING, problem, "make it writable or set INSTANTRESTORE_HOME to a writable folder")]
+    return [Check("state folder", OK, str(folder) if folder.is_dir() else f"{folder} (not there yet; created on the "
+                  "first export or enroll)")]
 
 
 CHECKS = (check_python, check_packages, check_gpu, check_tensorrt, check_onnxruntime, check_detector, check_cameras,
@@ -272,4 +273,4 @@ def report(results, stream=None) -> int:
 
 def register(commands) -> None:
     parser = commands.add_parser("doctor", help="check this machine: packages, GPU, backends, cameras, bundle, profiles")
-    parser.set_defaults(run=lambda args: report(run_checks()))
+    parser.set_defaults(run=quiet_when_the_reader_leaves(lambda args: report(run_checks())))

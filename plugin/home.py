@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from pathlib import Path
 from typing import Optional
@@ -45,11 +46,31 @@ def bundles_dir() -> Path:
 def read_settings() -> dict:
     try:
         settings = json.loads(settings_path().read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no settings yet (a bad state folder is check_writable's)
         return {}
     except (OSError, ValueError) as error:
         raise StateError(f"{settings_path()} is unreadable ({error}); delete it and export again") from None
     return settings if isinstance(settings, dict) else {}
+
+
+def writable_problem(folder: Path) -> Optional[str]:
+    """Why `folder` cannot be written or created, or None. Its nearest existing ancestor decides."""
+    existing = next((path for path in (folder, *folder.parents) if path.exists()), None)
+    if existing is None:
+        return f"{folder} cannot be created"
+    if not existing.is_dir():
+        return f"{folder} cannot be created: {existing} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{folder} is not writable" if existing == folder else f"{folder} cannot be created in {existing}"
+    return None
+
+
+def check_writable(folder: Path) -> Path:
+    """`folder`, or StateError before any slow work when what it produces could not be saved there."""
+    problem = writable_problem(folder)
+    if problem:
+        raise StateError(f"{problem}; make it writable or set INSTANTRESTORE_HOME to a writable folder")
+    return folder
 
 
 def write_settings(**changes) -> Path:

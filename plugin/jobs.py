@@ -21,7 +21,7 @@ import numpy as np
 from instantrestore.runtime.artifacts import precision_dtype, precision_name
 
 from . import home, vcam
-from .progress import ProgressBar, say
+from .progress import ProgressBar, count_text, rate_text, say
 
 RECOMMENDED_SELFIES = 4
 MAX_SELFIES = 8  # the exported graphs and engines take 1..8 references
@@ -29,8 +29,9 @@ MAX_SELFIES = 8  # the exported graphs and engines take 1..8 references
 MIN_FACE_PIXELS = 64
 # A second face at least this big relative to the main one makes the photo ambiguous.
 SECOND_FACE_RATIO = 0.4
-# Windows of a photo show BlazeFace more texture out of context: it needs to be surer there.
-WINDOW_MIN_SCORE = 0.75
+# BlazeFace finds "faces" in noise and texture with scores up to about 0.7 (a 512x512 noise image
+# scores 0.69): a selfie's face must score at least this, in the whole photo and in its windows alike.
+SELFIE_MIN_SCORE = 0.75
 BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
 
 
@@ -80,6 +81,11 @@ def choose_engine(bundle, backend: str = "auto", device: Optional[str] = None, d
         raise PluginError(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__} "
                           "(`instantrestore doctor` says what is missing)")
     if backend == "tensorrt":
+        from instantrestore.runtime.backend_tensorrt import import_tensorrt, require_cuda
+
+        # said first, before a build is announced or a camera opened
+        import_tensorrt()
+        require_cuda(device)
         return EngineChoice("tensorrt", device or "cuda", torch.float16, "asked for")
     explicit_device = device
     device = device or default_device()
@@ -131,6 +137,31 @@ def ensure_artifacts(bundle, choice: EngineChoice, progress=say) -> None:
             build_engines(bundle.path, precision="fp16", progress=progress, device=choice.device)
 
 
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # what this process may use (containers, taskset)
+    except AttributeError:  # Windows, macOS
+        return os.cpu_count() or 1
+
+
+def use_cpu_threads(choice: EngineChoice) -> dict:
+    """How a run on the CPU shares the cores, decided here for every backend: the model's intra-op
+    threads (torch's, or onnxruntime's session) get all cores but one, which is left to the pipeline's
+    own threads (decode, track, composite, encode), and OpenCV works single-threaded inside those.
+    Oversubscribed, torch's OpenMP workers wait for each other whenever a core is taken: a 48-frame
+    video on the test miniature, 2-core machine, one core busy elsewhere, took 13 to 34 s with torch's
+    default of 2 threads and 4 to 6 s like this (README, Performance). Returns the backend's own options (onnxruntime's thread count); a GPU run changes nothing."""
+    if not str(choice.device).startswith("cpu"):
+        return {}
+    import cv2
+    import torch
+
+    model_threads = max(1, usable_cores() - 1)
+    torch.set_num_threads(model_threads)
+    cv2.setNumThreads(1)
+    return {"threads": model_threads} if choice.backend == "onnxruntime" else {}
+
+
 def load_engine(bundle, backend: str = "auto", device: Optional[str] = None, dtype=None, progress=say):
     """A Restorer for `bundle` on the chosen backend, building what that backend needs first."""
     from instantrestore.runtime import load_restorer
@@ -152,7 +183,8 @@ def load_engine(bundle, backend: str = "auto", device: Optional[str] = None, dty
     if backend == "auto" and not str(choice.device).startswith("cuda") and choice.backend != "tensorrt":
         note = "; no GPU backend is usable here (`instantrestore doctor` says why)"
     progress(f"backend: {choice.backend} on {choice.device} ({precision_name(choice.dtype)}){note}")
-    return load_restorer(bundle.path, backend=choice.backend, device=choice.device, dtype=choice.dtype)
+    options = use_cpu_threads(choice)
+    return load_restorer(bundle.path, backend=choice.backend, device=choice.device, dtype=choice.dtype, **options)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -170,6 +202,9 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
+            if image.mode.startswith("I"):  # 16-bit grey: Pillow's convert("RGB") would clip it to white
+                grey = np.round(np.asarray(image, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8)
+                return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
             return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
     except UnidentifiedImageError:
         raise PluginError(f"{path}: not a readable image (use JPEG, PNG, WebP, BMP or TIFF; convert HEIC photos to JPEG)") from None
@@ -198,7 +233,7 @@ def find_faces(image: np.ndarray, crop_size: int, detector) -> list:
     from instantrestore.runtime.align import align_face, face_crops
     from instantrestore.runtime.tracking import box_iou, refine_near
 
-    faces = face_crops(image, crop_size, detector=detector)
+    faces = [face for face in face_crops(image, crop_size, detector=detector) if face.score >= SELFIE_MIN_SCORE]
     if faces:
         return faces
     height, width = image.shape[:2]
@@ -211,7 +246,7 @@ def find_faces(image: np.ndarray, crop_size: int, detector) -> list:
             for left in _window_starts(width, side):
                 window = np.ascontiguousarray(image[top: top + side, left: left + side])
                 for face in detector.detect(window, None):
-                    if face.score < WINDOW_MIN_SCORE:
+                    if face.score < SELFIE_MIN_SCORE:
                         continue
                     face.shift(left, top)
                     same = [other for other in found if box_iou(other.box, face.box) > 0.3]
@@ -226,6 +261,9 @@ def find_faces(image: np.ndarray, crop_size: int, detector) -> list:
 
 def selfie_crop(path: Path, image: np.ndarray, crop_size: int, detector):
     """The aligned face of one selfie, or PluginError saying what is wrong with the photo."""
+    height, width = image.shape[:2]
+    if min(height, width) < MIN_FACE_PIXELS:
+        raise PluginError(f"{path}: the photo is only {width}x{height} pixels; a face needs {MIN_FACE_PIXELS}+ pixels")
     faces = find_faces(image, crop_size, detector)
     if not faces:
         raise PluginError(f"{path}: no face found; use a photo where your face is clearly visible and facing the camera")
@@ -244,7 +282,7 @@ def selfie_crop(path: Path, image: np.ndarray, crop_size: int, detector):
 def enroll(image_paths, name: str, bundle_arg=None, device: Optional[str] = None, progress=say) -> Path:
     """Detect, align and enroll the selfies; write the profile `name`; returns its path."""
     from instantrestore.runtime.artifacts import MAX_REFERENCES
-    from instantrestore.runtime.tracking import FaceDetector
+    from instantrestore.runtime.tracking import FaceDetector, TrackingError
 
     home.check_profile_name(name)
     paths = [Path(p) for p in image_paths]
@@ -260,6 +298,7 @@ def enroll(image_paths, name: str, bundle_arg=None, device: Optional[str] = None
             raise PluginError(f"{path}: given twice (also as {seen[key]})")
         seen[key] = path
     bundle = home.resolve_bundle(bundle_arg)
+    home.check_writable(home.profiles_dir())
 
     # Every photo is checked before anything is refused, so one run lists all the problems.
     problems, images = {}, {}
@@ -276,6 +315,8 @@ def enroll(image_paths, name: str, bundle_arg=None, device: Optional[str] = None
                     faces.append(selfie_crop(path, image, bundle.crop_size, detector))
                 except PluginError as error:
                     problems[path] = str(error)
+                except TrackingError as error:  # the detector refused this photo; the others are still checked
+                    problems[path] = f"{path}: {error}"
     if problems:
         raise PluginError("; ".join(problems[path] for path in paths if path in problems))
     for path, face in zip(paths, faces):
@@ -369,7 +410,7 @@ def restore_video(in_path, out_path, profile_name: str, bundle_arg=None, backend
     frames = sink.frames_written
     elapsed = time.monotonic() - started
     no_face = int(summary.get("no_face", 0))
-    progress(f"wrote {out_path}: {frames} frames at {float(source.fps):.3g} fps in {elapsed:.1f} s "
+    progress(f"wrote {out_path}: {count_text(frames, 'frame')} at {rate_text(source.fps)} fps in {elapsed:.1f} s "
              f"({frames / elapsed if elapsed else 0:.2f} frames/s); face restored in {frames - no_face} of {frames}")
     return {"frames": frames, "no_face": no_face, "seconds": elapsed, "stats": summary}
 
@@ -432,12 +473,25 @@ def _camera_device_path(source) -> Optional[str]:
 
 
 def fit(image: np.ndarray, size: tuple) -> np.ndarray:
-    """The frame at the virtual camera's (width, height)."""
-    if image.shape[1] == size[0] and image.shape[0] == size[1]:
+    """The frame at the virtual camera's (width, height), never stretched: a frame of another shape is
+    cropped around its centre to the output's shape first (a 4:3 camera in a 16:9 output loses strips
+    at the top and bottom, as call apps crop), then scaled."""
+    width, height = size
+    frame_height, frame_width = image.shape[:2]
+    if frame_width * height > frame_height * width:  # wider than the output: crop the sides
+        keep = int(round(frame_height * width / height))
+        left = (frame_width - keep) // 2
+        image = image[:, left: left + keep]
+    elif frame_width * height < frame_height * width:  # taller: crop the top and bottom
+        keep = int(round(frame_width * height / width))
+        top = (frame_height - keep) // 2
+        image = image[top: top + keep]
+    if image.shape[1] == width and image.shape[0] == height:
         return image
     import cv2
 
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    shrinking = image.shape[1] > width
+    return cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 class Passthrough:
@@ -512,7 +566,8 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
                show_stats: bool = False, blend: float = 1.0, progress=say) -> dict:
     """Live restore from a camera or a file into the virtual camera until Ctrl+C, the end of the
     file, or `max_frames` captured frames."""
-    from instantrestore.runtime.media import PreviewSink, VirtualCameraSink, VirtualCameraUnavailable
+    from instantrestore.runtime.media import (PreviewSink, SteadyCamera, VirtualCameraSink, VirtualCameraUnavailable,
+                                              display_problem)
     from instantrestore.runtime.pipeline import FramePipeline, run_live
 
     size = parse_size(size_text)
@@ -522,17 +577,22 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
         raise PluginError(f"--max-frames must be at least 1, got {max_frames}")
     if not (0.0 <= blend <= 1.0):
         raise PluginError(f"--blend must be between 0 and 1, got {blend}")
+    if preview and (problem := display_problem()):
+        raise PluginError(f"--preview: {problem}; run without --preview (the virtual camera needs no display)")
     bundle = home.resolve_bundle(bundle_arg)
     profile = home.load_profile(profile_name, bundle)
+    choose_engine(bundle, backend, device)  # a backend that cannot run here is said before anything opens
 
     with contextlib.ExitStack() as stack:
         source = open_input(input_spec, size, fps)
+        if source.live:  # a hung or unplugged camera is reopened, not the end of the call's video
+            source = SteadyCamera(lambda: open_input(input_spec, size, fps), camera=source, notify=progress)
         if hasattr(source, "close"):
             stack.callback(source.close)
         out_size = size or (source.width, source.height)
         out_fps = float(fps or source.fps or 30)
         if source.live is False:
-            progress(f"playing {Path(str(input_spec)).name} at {float(source.fps):.3g} fps as the camera")
+            progress(f"playing {Path(str(input_spec)).name} at {rate_text(source.fps)} fps as the camera")
 
         backends = vcam.available_backends()
         if vcam_backend is None and not backends:
@@ -552,7 +612,7 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
 
         shown_as = vcam.camera_name_in_apps(camera_sink.backend, camera_sink.device)
         progress(f"virtual camera: {camera_sink.device} ({camera_sink.backend}) {out_size[0]}x{out_size[1]} at "
-                 f"{out_fps:.3g} fps; pick \"{shown_as}\" in your call app. Ctrl+C stops.")
+                 f"{rate_text(out_fps)} fps; pick \"{shown_as}\" in your call app. Ctrl+C stops.")
         def load_and_warm_up():
             engine = load_engine(bundle, backend, device, None, progress)
             restore_crops = engine.crop_restorer(profile)
@@ -574,13 +634,13 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
         try:
             report = run_live(pipeline, source, tee, max_frames=max_frames, fps=out_fps)
             if max_frames is not None and report.captured >= max_frames:
-                stopped_by = f"{max_frames} frames"
+                stopped_by = count_text(max_frames, "frame")
         except (KeyboardInterrupt, PreviewClosed):
             report = None
             stopped_by = "user"
         summary = pipeline.stats.summary()
         sent = camera_sink.frames_written
-        progress(f"stopped ({stopped_by}): {sent} frames sent to the virtual camera"
+        progress(f"stopped ({stopped_by}): {count_text(sent, 'frame')} sent to the virtual camera"
                  + (f", {report.processed} restored, {report.dropped} dropped, {report.repeated} repeated, "
                     f"latency {report.mean_latency_s * 1000:.0f} ms mean" if report is not None else ""))
         if show_stats:

@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 
 def say(message: str) -> None:
     print(f"[instantrestore] {message}", file=sys.stderr, flush=True)
+
+
+def rate_text(fps) -> str:
+    """A frame rate as people write it: 30, 25, 29.97, 23.98."""
+    return f"{float(fps):.2f}".rstrip("0").rstrip(".")
+
+
+def count_text(count: int, noun: str) -> str:
+    """1 frame, 2 frames."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def quiet_when_the_reader_leaves(run):
+    """`run(args)` for a command whose output is made for pipes: when the reader stops early
+    (`instantrestore profiles | head -1`), it ends quietly with status 141, as Unix tools do on SIGPIPE."""
+
+    def guarded(args) -> int:
+        try:
+            code = run(args)
+            sys.stdout.flush()  # a closed pipe shows here, not in Python's own flush at exit
+            return code
+        except BrokenPipeError:
+            # stdout's buffer still holds lines; Python would report failing to flush them at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141  # 128 + SIGPIPE (13), what a shell reports for a tool stopped that way
+
+    return guarded
 
 
 def _clock(seconds: float) -> str:

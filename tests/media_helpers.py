@@ -91,6 +91,24 @@ def write_clip(path, frames, fps=25, audio=False, faststart=False, codec="libx26
     return path
 
 
+def write_frameless_clip(path):
+    """A Matroska file with a video stream that holds no frames (only a second of silent audio)."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        sound = container.add_stream("aac", rate=44100)
+        sound.layout = "mono"
+        silence = np.zeros((1, 44100), np.float32)
+        for start in range(0, 44100, 1024):
+            chunk = av.AudioFrame.from_ndarray(silence[:, start: start + 1024], format="fltp", layout="mono")
+            chunk.sample_rate, chunk.pts = 44100, start
+            for packet in sound.encode(chunk):
+                container.mux(packet)
+        for packet in sound.encode(None):
+            container.mux(packet)
+    return path
+
+
 def read_frames(path) -> list:
     with av.open(str(path)) as container:
         return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
@@ -142,6 +160,43 @@ class FakeCamera:
             if delay > 0:
                 time.sleep(delay)
             yield SourceFrame(frame, index / float(self.fps), index)
+
+
+class FaultyCamera:
+    """A live source standing in for a webcam that breaks. It delivers `frames` (looping) at `fps`; once
+    `fault_at` is set (an Event; None: from the start) and `after` more frames have come, its reads hang
+    (fault="hang": blocked until close(), like a stuck driver read) or fail (fault="unplugged":
+    CameraUnavailable, as CameraSource says it). fault=None: it never breaks."""
+
+    live = True
+
+    def __init__(self, frames, fps=30.0, fault=None, fault_at=None, after=0, device=0):
+        self.frames, self.fault, self.fault_at, self.after, self.device = list(frames), fault, fault_at, after, device
+        self.fps = Fraction(fps).limit_denominator(1001)
+        self.height, self.width = self.frames[0].shape[:2]
+        self.frame_count = 0
+        self.released = threading.Event()
+
+    def __iter__(self):
+        from instantrestore.runtime.media import CameraUnavailable
+
+        start, index = time.monotonic(), 0
+        while not self.released.is_set():
+            if self.fault and (self.fault_at is None or self.fault_at.is_set()):
+                if self.after <= 0:
+                    if self.fault == "hang":
+                        self.released.wait()
+                        return
+                    raise CameraUnavailable(f"camera {self.device!r} stopped delivering frames")
+                self.after -= 1
+            delay = start + index / float(self.fps) - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            yield SourceFrame(self.frames[index % len(self.frames)], index / float(self.fps), index)
+            index += 1
+
+    def close(self):
+        self.released.set()
 
 
 class RecordingSink:
@@ -213,11 +268,13 @@ class RecordingVirtualCamera:
         self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
         self._device = device or "recording-virtual-camera"
         self.frames = []
+        self.arrivals = []  # time.monotonic() of each frame
         self.closed = False
         RecordingVirtualCamera.instances.append(self)
 
     def send(self, frame):
         self.frames.append(np.array(frame, copy=True))
+        self.arrivals.append(time.monotonic())
 
     def close(self):
         self.closed = True

@@ -5,6 +5,7 @@ virtual camera; and every mistake a user can make gets one clear line, exit code
 import hashlib
 import os
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -19,6 +20,7 @@ from media_helpers import (  # noqa: E402
     BrokenVirtualCamera,
     FakeCamera,
     FakeVideoCapture,
+    FaultyCamera,
     RecordingVirtualCamera,
     astronaut,
     audio_packets,
@@ -27,6 +29,7 @@ from media_helpers import (  # noqa: E402
     read_frames,
     stream_info,
     write_clip,
+    write_frameless_clip,
 )
 
 from instantrestore.plugin import home, jobs, vcam  # noqa: E402
@@ -244,6 +247,67 @@ def test_enroll_refuses_bad_names_and_missing_bundle(fresh_home, selfies, capsys
     assert not fresh_home.exists() or listing(fresh_home) == set()
 
 
+def test_enroll_checks_every_photo_even_tiny_and_damaged_ones(in_state, selfies, bad_photos, tmp_path, capsys):
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
+    jpeg = open(selfies[0], "rb").read()
+    (tmp_path / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    code, _, err = run(capsys, "enroll", tmp_path / "dot.png", selfies[1], tmp_path / "cut.jpg",
+                       bad_photos / "landscape.jpg", "--name", "bad")
+    last = assert_clear_error(code, err, "dot.png: the photo is only 1x1 pixels", "cut.jpg: cannot read the image",
+                              "landscape.jpg: no face found")
+    assert selfies[1].name not in last  # the good photo is not blamed
+    assert not home.profile_path("bad").exists()
+
+
+def test_enroll_takes_a_16_bit_grey_photo_with_its_full_range(in_state, tmp_path, capsys):
+    grey = cv2.cvtColor(astronaut(), cv2.COLOR_RGB2GRAY).astype(np.uint16) * 257  # 16-bit, the full range
+    Image.fromarray(grey).save(tmp_path / "grey16.png")
+    image = jobs.read_image(tmp_path / "grey16.png")
+    assert image.shape == (512, 512, 3)
+    np.testing.assert_array_equal(image[..., 0], grey // 257)  # not clipped to white
+    code, _, err = run(capsys, "enroll", tmp_path / "grey16.png", "--name", "grey")
+    assert code == 0, err
+    home.remove_profile("grey")
+
+
+def test_noise_is_not_enrolled_as_a_face(in_state, tmp_path, capsys):
+    # BlazeFace scores this noise 0.69 in the whole image: below what the window search accepts
+    noise = np.random.default_rng(1).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    code, _, err = run(capsys, "enroll", tmp_path / "noise.png", "--name", "noise")
+    assert_clear_error(code, err, "noise.png: no face found")
+
+
+def test_what_can_fail_is_reported_before_the_model_loads(in_state, tiny_release, selfies, recording_backend,
+                                                            tmp_path, monkeypatch, capsys):
+    loads = []
+    monkeypatch.setattr(jobs, "load_engine", lambda *args, **kwargs: loads.append(args))
+    frameless = write_frameless_clip(tmp_path / "frameless.mkv")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, _, err = run(capsys, "video", frameless, "-o", out_dir / "x.mp4", "--profile", "me")
+    assert_clear_error(code, err, "frameless.mkv: the video has no frames")
+    code, _, err = run(capsys, "camera", "--profile", "me", "--input", frameless, "--vcam-backend", "recording")
+    assert_clear_error(code, err, "frameless.mkv: the video has no frames")
+    assert listing(out_dir) == set() and not recording_backend.instances
+
+    # a state folder that cannot be created: said before the photos are searched and the model loads
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(tmp_path / "a-file" / "state"))
+    code, _, err = run(capsys, "enroll", selfies[0], "--name", "me", "--bundle", tiny_release["bundle"])
+    assert_clear_error(code, err, "cannot be created", "a-file is a file")
+    assert "face of" not in err and not loads
+
+    # a corrupt settings file: said before the checkpoint is imported
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "settings.json").write_text('{"bundle": ')
+    code, _, err = run(capsys, "export", "--checkpoint", tiny_release["checkpoint"], "--base", tiny_release["base"],
+                       "--vae", tiny_release["vae"], "--out", tmp_path / "bundle", "--dtype", "float32")
+    assert_clear_error(code, err, "settings.json is unreadable")
+    assert not (tmp_path / "bundle").exists()
+
+
 # ------------------------------------------------------------------------------------------------ video
 
 
@@ -399,6 +463,39 @@ def test_live_camera_shows_the_raw_feed_while_the_model_loads(in_state, clip, re
     assert len(camera.frames) > 6  # passthrough frames, then the restored run
 
 
+def test_an_unplugged_camera_is_retried_and_the_call_goes_on(in_state, clip, recording_backend, monkeypatch, capsys):
+    import threading
+
+    frames = read_frames(clip)
+    loaded = threading.Event()
+    opened = []
+
+    def open_input(spec, size, fps):  # unplugged once the model runs; two failed opens; then back
+        opened.append(spec)
+        if len(opened) == 1:
+            return FaultyCamera(frames, fps=CLIP_FPS, fault="unplugged", fault_at=loaded, after=4)
+        if len(opened) <= 3:
+            raise jobs.PluginError("cannot open camera 0")
+        return FaultyCamera(frames, fps=CLIP_FPS)
+
+    real_load = jobs.load_engine
+
+    def load_engine(*args, **kwargs):
+        engine = real_load(*args, **kwargs)
+        loaded.set()
+        return engine
+
+    monkeypatch.setattr(jobs, "open_input", open_input)
+    monkeypatch.setattr(jobs, "load_engine", load_engine)
+    code, _, err = run(capsys, "camera", "--profile", "me", "--vcam-backend", "recording", "--max-frames", 20,
+                       "--backend", "torch")
+    assert code == 0, err
+    assert "reading camera 0 failed (camera 0 stopped delivering frames); reopening it (for up to 30 s" in err
+    assert "camera 0 is back after" in err and len(opened) == 4
+    (camera,) = recording_backend.instances
+    assert camera.closed and len(camera.frames) >= 20  # the run went on to its 20 frames
+
+
 def test_webcam_by_index_through_opencv(in_state, clip, recording_backend, monkeypatch, capsys):
     frames = read_frames(clip)
     monkeypatch.setattr(FakeVideoCapture, "frames", frames * 20)
@@ -434,6 +531,48 @@ def test_camera_without_a_virtual_camera_says_what_to_do(in_state, clip, recordi
     assert_clear_error(code, err, "--size must look like 1280x720")
     assert listing(in_state) == before
     assert not recording_backend.instances
+
+
+def test_a_4_3_camera_in_a_16_9_virtual_camera_keeps_its_shape(in_state, recording_backend, tmp_path, capsys):
+    frame = np.full((240, 320, 3), 255, np.uint8)
+    cv2.circle(frame, (160, 120), 60, (0, 0, 0), thickness=-1)
+    clip = write_clip(tmp_path / "ball.mp4", [frame] * 4, fps=CLIP_FPS)
+    code, _, err = run(capsys, "camera", "--profile", "me", "--input", clip, "--size", "640x360",
+                       "--vcam-backend", "recording", "--backend", "torch")
+    assert code == 0, err
+    (camera,) = recording_backend.instances
+    assert (camera.width, camera.height) == (640, 360)
+    sent = camera.frames[-1].reshape(360, 640, 3)
+    rows, columns = np.nonzero(sent.mean(axis=2) < 128)
+    width, height = columns.max() - columns.min() + 1, rows.max() - rows.min() + 1
+    assert width == pytest.approx(height, rel=0.04)  # still a circle, not an ellipse
+    assert height == pytest.approx(120 * 360 / 180, rel=0.04)  # the whole circle, scaled by 2 (a 320x180 crop)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the display check is Linux's")
+def test_preview_without_a_display_is_refused_before_anything_opens(in_state, clip, tmp_path):
+    import subprocess
+
+    # in a child process: OpenCV's Qt aborts the whole process when it finds no display
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import pyvirtualcam\n"
+        "from media_helpers import RecordingVirtualCamera\n"
+        "pyvirtualcam.register_backend('recording', RecordingVirtualCamera)\n"
+        "from instantrestore.plugin.cli import main\n"
+        "code = main(['camera', '--profile', 'me', '--input', sys.argv[2], '--vcam-backend', 'recording',\n"
+        "             '--backend', 'torch', '--max-frames', '3', '--preview'])\n"
+        "print('virtual cameras opened:', len(RecordingVirtualCamera.instances))\n"
+        "sys.exit(code)\n"
+    )
+    env = {name: value for name, value in os.environ.items() if name not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    done = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__), str(clip)], capture_output=True,
+                          text=True, timeout=300, env={**env, "INSTANTRESTORE_HOME": str(in_state)})
+    assert done.returncode == 2, done.stderr
+    assert done.stdout.strip() == "virtual cameras opened: 0"
+    assert done.stderr.strip().splitlines()[-1] == (
+        "instantrestore: error: --preview: no display to open a window on (neither DISPLAY nor WAYLAND_DISPLAY is "
+        "set); run without --preview (the virtual camera needs no display)")
 
 
 def test_setup_instructions_per_os():
@@ -517,6 +656,82 @@ def test_doctor_with_bundle_and_profile(in_state, capsys):
     bundle_line = next(line for line in out.splitlines() if " bundle " in line)
     assert bundle_line.startswith("ok")
     assert any(line.startswith("ok") and "me: 4 photos" in line for line in out.splitlines())
+
+
+def test_doctor_says_the_state_folder_is_yet_to_be_made_or_cannot_be(fresh_home, tmp_path, monkeypatch, capsys):
+    code, out, _ = run(capsys, "doctor")
+    (line,) = [line for line in out.splitlines() if " state folder " in line]
+    assert line.startswith("ok") and f"{fresh_home} (not there yet; created on the first export or enroll)" in line
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(tmp_path / "a-file" / "home"))
+    code, out, _ = run(capsys, "doctor")
+    (line,) = [line for line in out.splitlines() if " state folder " in line]
+    assert line.startswith("missing") and "cannot be created" in line and code == 1
+
+
+def test_version_and_a_description_and_examples_on_every_help_screen(capsys):
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"instantrestore {importlib.metadata.version('instantrestore')}"
+    from instantrestore.plugin.cli import build_parser
+
+    (commands,) = [action for action in build_parser()._actions if action.dest == "command"]
+    assert {"export", "bundles", "enroll", "profiles", "camera", "video", "batch", "doctor", "bench"} <= set(commands.choices)
+    for command in commands.choices:
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
+        usage, description = out.split("\n\n")[:2]
+        assert usage.startswith(f"usage: instantrestore {command}")
+        assert not description.startswith(("positional arguments", "options")) and len(description) > 40, command
+        assert f"examples:\n  instantrestore {command}" in out, command
+
+
+def test_profiles_into_a_pipe_closed_early_ends_quietly(fresh_home):
+    import subprocess
+
+    (fresh_home / "profiles").mkdir(parents=True)
+    for index in range(3000):  # far more lines than a pipe holds, so writing meets the closed pipe
+        (fresh_home / "profiles" / f"p{index:04d}.safetensors").write_bytes(b"")
+    command = f"{sys.executable} -m instantrestore.plugin.cli profiles | head -2; echo status ${{PIPESTATUS[0]}}"
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "INSTANTRESTORE_HOME": str(fresh_home)})
+    lines = done.stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["p0000", "p0001", "status 141"]
+    assert done.stderr == ""  # no "Broken pipe" error, no traceback
+
+
+def test_tensorrt_asked_for_where_it_cannot_run_is_said_first(in_state, clip, recording_backend, tmp_path, capsys):
+    from instantrestore.runtime.backend_tensorrt import TensorRTUnavailableError, import_tensorrt, require_cuda
+
+    try:
+        import_tensorrt(), require_cuda()
+        pytest.skip("TensorRT and a GPU are here")
+    except TensorRTUnavailableError as error:
+        reason = str(error)[:40]
+    code, _, err = run(capsys, "camera", "--profile", "me", "--input", clip, "--vcam-backend", "recording",
+                       "--backend", "tensorrt")
+    assert_clear_error(code, err, reason)
+    assert "building" not in err and not recording_backend.instances  # no build announced, no camera opened
+    code, _, err = run(capsys, "video", clip, "-o", tmp_path / "out.mp4", "--profile", "me", "--backend", "tensorrt")
+    assert_clear_error(code, err, reason)
+    assert "building" not in err and listing(tmp_path) == set()
+
+
+def test_rates_and_counts_read_as_people_write_them(in_state, recording_backend, tmp_path, capsys):
+    ntsc = write_clip(tmp_path / "ntsc.mp4", [placed_face(CLIP_SIZE, 0.45, (60.0, 10.0))[0]], fps=Fraction(30000, 1001))
+    code, _, err = run(capsys, "video", ntsc, "-o", tmp_path / "out.mp4", "--profile", "me", "--backend", "torch")
+    assert code == 0, err
+    assert "1 frame at 29.97 fps" in err
+    code, _, err = run(capsys, "camera", "--profile", "me", "--input", ntsc, "--vcam-backend", "recording",
+                       "--backend", "torch")
+    assert code == 0, err
+    assert "playing ntsc.mp4 at 29.97 fps" in err and "320x240 at 29.97 fps" in err
+    assert " 1 frames" not in err and "30 fps" not in err
 
 
 def test_export_records_the_default_bundle(fresh_home, tiny_release, tmp_path, capsys):
@@ -616,6 +831,33 @@ def test_auto_falls_back_when_the_tensorrt_build_fails(tiny_bundle, monkeypatch)
     assert restorer.backend.name in ("torch", "onnxruntime")
     assert "TensorRT engine build failed (builder: out of GPU memory while tuning); using another backend" in said
     assert said[-1].startswith(f"backend: {restorer.backend.name} on ")
+
+
+def test_cpu_runs_give_the_model_all_cores_but_one_and_opencv_one(in_state, tmp_path, monkeypatch, capsys):
+    from instantrestore.runtime.pipeline import FramePipeline
+
+    seen = []
+    restore_located = FramePipeline.restore_located
+
+    def noting_threads(self, located):  # in the pipeline's restore stage, where the model runs
+        seen.append((torch.get_num_threads(), cv2.getNumThreads()))
+        return restore_located(self, located)
+
+    monkeypatch.setattr(FramePipeline, "restore_located", noting_threads)
+    monkeypatch.setattr(jobs, "usable_cores", lambda: 3, raising=False)
+    opencv_threads = cv2.getNumThreads()
+    clip = write_clip(tmp_path / "one.mp4", [placed_face(CLIP_SIZE, 0.45, (60.0, 10.0))[0]], fps=CLIP_FPS)
+    try:
+        code, _, err = run(capsys, "video", clip, "-o", tmp_path / "out.mp4", "--profile", "me", "--backend", "torch",
+                           "--device", "cpu")
+        assert code == 0, err
+        assert seen == [(2, 1)]
+        # onnxruntime's sessions get the same share; a GPU run leaves the CPU settings alone
+        assert jobs.use_cpu_threads(jobs.EngineChoice("onnxruntime", "cpu", torch.float32)) == {"threads": 2}
+        assert jobs.use_cpu_threads(jobs.EngineChoice("torch", "cuda", torch.float16)) == {}
+    finally:
+        torch.set_num_threads(1)
+        cv2.setNumThreads(opencv_threads)
 
 
 def test_auto_with_an_explicit_cpu_device_uses_onnx_graphs_only_when_exported(tiny_bundle, monkeypatch):

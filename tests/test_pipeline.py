@@ -20,6 +20,7 @@ from media_helpers import (  # noqa: E402
     FailingRestore,
     FakeCamera,
     FakeVideoCapture,
+    FaultyCamera,
     RecordingSink,
     RecordingVirtualCamera,
     SlowRestore,
@@ -38,6 +39,7 @@ from instantrestore.runtime.media import (  # noqa: E402
     FileSink,
     FileSource,
     MediaError,
+    SteadyCamera,
     VirtualCameraSink,
     VirtualCameraUnavailable,
 )
@@ -549,6 +551,66 @@ def test_live_mode_passes_errors_to_the_caller():
             run_live(pipeline, FakeCamera(face_frames(20), fps=30.0), RecordingSink())
     finally:
         close_all(pipeline)
+
+
+def test_live_mode_keeps_the_virtual_camera_going_while_the_camera_hangs(capsys):
+    from instantrestore.plugin.progress import say
+
+    fps, stall_s = 30.0, 0.5
+    first, second = face_frames(15), [frame[:, ::-1].copy() for frame in face_frames(15)]
+    opened = []
+
+    def open_camera():  # the first camera hangs after 15 frames; reopened, it works
+        opened.append(FaultyCamera(second, fps=fps) if opened else FaultyCamera(first, fps=fps, fault="hang", after=15))
+        return opened[-1]
+
+    pyvirtualcam.register_backend("instantrestore-test-recorder", RecordingVirtualCamera)
+    RecordingVirtualCamera.instances.clear()
+    sink = VirtualCameraSink(320, 240, fps, backend="instantrestore-test-recorder")
+    source = SteadyCamera(open_camera, stall_s=stall_s, notify=say)
+    pipeline = make_pipeline()
+    try:
+        report = run_live(pipeline, source, sink, max_frames=40)
+    finally:
+        close_all(pipeline)
+        sink.close()
+        source.close()
+        opened[0].close()  # its read still hangs: let its thread end
+    err = capsys.readouterr().err
+    assert "camera 0 has sent no frame for 0.5 s; reopening it" in err and "camera 0 is back after" in err
+    assert len(opened) == 2 and report.captured == 40  # 15 frames, the hang, 25 from the reopened camera
+    camera = RecordingVirtualCamera.instances[-1]
+    # the hang: the last frame sent again and again, at the virtual camera's rate, for the whole stall
+    frames = [frame.tobytes() for frame in camera.frames]
+    runs = [index for index in range(1, len(frames)) if frames[index] != frames[index - 1]]
+    longest = max(zip([0] + runs, runs + [len(frames)]), key=lambda run: run[1] - run[0])
+    assert longest[1] - longest[0] >= 0.7 * stall_s * fps
+    gaps = np.diff(camera.arrivals[longest[0]: longest[1]])
+    assert np.median(gaps) == pytest.approx(1 / fps, rel=0.3) and gaps.max() < stall_s / 2
+
+
+def test_live_mode_ends_with_a_clear_error_when_the_camera_never_comes_back(capsys):
+    from instantrestore.runtime.media import CameraUnavailable
+
+    calls = []
+
+    def open_camera():
+        calls.append(1)
+        if len(calls) > 1:
+            raise CameraUnavailable("cannot open camera 0")
+        return FaultyCamera(face_frames(5), fault="unplugged", after=5)
+
+    source = SteadyCamera(open_camera, retry_s=1.0, retry_interval_s=0.2, notify=print)
+    sink = RecordingSink()
+    pipeline = make_pipeline()
+    try:
+        with pytest.raises(CameraUnavailable, match=r"camera 0 is gone: no frames for 1 s \(cannot open camera 0\)"):
+            run_live(pipeline, source, sink)
+    finally:
+        close_all(pipeline)
+        source.close()
+    assert "reading camera 0 failed (camera 0 stopped delivering frames); reopening it" in capsys.readouterr().out
+    assert 3 <= len(calls) <= 8 and len(sink.frames) >= 5
 
 
 # ---------------------------------------------------------------- virtual camera
