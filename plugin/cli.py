@@ -211,7 +211,7 @@ def cmd_video(args) -> int:
     from . import jobs
 
     jobs.restore_video(args.input, args.output, args.profile, bundle_arg=args.bundle, backend=args.backend,
-                       device=args.device, batch_size=args.batch_size, blend=args.blend)
+                       device=args.device, batch_size=args.batch_size, blend=args.blend, overwrite=args.overwrite)
     print(args.output)
     return 0
 
@@ -223,6 +223,7 @@ def register_video(commands) -> None:
     video.add_argument("--profile", required=True, help="the profile made by `enroll`")
     video.add_argument("--batch-size", type=int, default=1, help="frames per restorer call (GPU throughput; default 1)")
     video.add_argument("--blend", type=float, default=1.0, help="strength of the restored face, 0..1 (default 1)")
+    video.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)")
     _common_model_options(video)
     video.set_defaults(run=cmd_video)
 

@@ -24,6 +24,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -263,6 +266,78 @@ def cuda_identity(device=None) -> tuple:
 # Atomic writes
 
 
+# Temp names: ".<name>.<pid>-<8 random>[suffix]" beside the target. The name is cut to TEMP_STEM_BYTES so a
+# target name at the file system's 255-byte limit still has a temp name; the pid says whose it is.
+TEMP_STEM_BYTES = 160
+# A temp file of a process that is gone is removed once it has not been written for this long: a writer in
+# another container (another pid namespace) sharing the folder looks dead to us, but a live writer of ours
+# is never idle that long.
+STALE_TEMP_AGE_S = 10 * 60
+
+
+def _temp_stem(name: str) -> str:
+    return name.encode()[:TEMP_STEM_BYTES].decode(errors="ignore")  # never half a UTF-8 character
+
+
+def temp_prefix(path) -> str:
+    """The prefix of our temp names for `path` (for tempfile.mkstemp/mkdtemp with dir=path's folder)."""
+    return f".{_temp_stem(Path(path).name)}.{os.getpid()}-"
+
+
+def remove_stale_temps(folder, name: str) -> list:
+    """Remove what an earlier process killed mid-write (kill -9, power loss) left of its temp files and
+    folders for the target `name` in `folder`: only names of our pattern, of a pid no longer running here,
+    not written for STALE_TEMP_AGE_S. Returns the paths removed; never raises (cleanup is best effort)."""
+    pattern = re.compile(rf"\.{re.escape(_temp_stem(name))}\.(\d+)-[a-z0-9_]{{8}}(\..*)?", re.DOTALL)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or _pid_running(int(match.group(1))):
+            continue
+        try:
+            if time.time() - entry.stat(follow_symlinks=False).st_mtime < STALE_TEMP_AGE_S:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:
+            pass
+    return removed
+
+
+def _pid_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or we cannot tell: keep its files
+    return True
+
+
+def output_target(path) -> Path:
+    """The file a write to `path` replaces. A symlink is followed: its target gets the new file and the link
+    stays. An existing path that is not a regular file (a device such as /dev/null, a FIFO, a socket, a
+    folder) is refused: the rename would replace it with a file."""
+    target = Path(os.path.realpath(path))
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return target
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
+        raise FileExistsError(f"{path} exists and is {kind}; it cannot be replaced, choose a file name")
+    return target
+
+
 def commit_temp_file(tmp, path) -> None:
     """Give a finished temp file the ordinary mode (mkstemp makes 0600), flush it to disk and rename it
     over `path`: readers see the old file or the whole new one, never a part."""
@@ -275,10 +350,12 @@ def commit_temp_file(tmp, path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path in the target's folder; on success it replaces `path` atomically."""
-    path = Path(path)
+    """Yield a temp path in the target's folder; on success it replaces `path` atomically (a symlink's
+    target, see output_target)."""
+    path = output_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    remove_stale_temps(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:

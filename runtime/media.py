@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .artifacts import commit_temp_file
+from .artifacts import commit_temp_file, output_target, remove_stale_temps, temp_prefix
 
 
 class MediaError(Exception):
@@ -246,10 +246,18 @@ class FileSink:
         folder = self.out_path.parent if str(self.out_path.parent) else Path(".")
         if not folder.is_dir():
             raise MediaError(f"output folder does not exist: {folder}")
-        handle, temp_name = tempfile.mkstemp(
-            prefix=f".{self.out_path.stem}.", suffix=f".partial{self.out_path.suffix or '.mp4'}", dir=folder
-        )
+        try:
+            target = output_target(self.out_path)
+            remove_stale_temps(target.parent, target.name)
+            # the temp name keeps the container's extension: PyAV picks the format by it
+            handle, temp_name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=f".partial{target.suffix[:32]}",
+                                                 dir=target.parent)
+        except FileExistsError as error:
+            raise MediaError(str(error)) from None
+        except OSError as error:  # its own text may name our temp file: name the output
+            raise MediaError(f"cannot write {self.out_path}: {error.strerror or _one_line(error)}") from None
         os.close(handle)
+        self._target = target
         self.temp_path = Path(temp_name)
         self.frames_written = 0
         self._closed = False
@@ -257,7 +265,7 @@ class FileSink:
         self._audio_in = None
         self._pending_audio = None
         with self._aborted_on_error("create"):
-            format_name = None if self.out_path.suffix else "mp4"
+            format_name = None if target.suffix else "mp4"
             self._container = av.open(str(self.temp_path), mode="w", format=format_name)
             codec_name = _pick_video_codec(codec)
             self._video = self._container.add_stream(codec_name, rate=self.fps)
@@ -353,7 +361,7 @@ class FileSink:
             self._close_audio_input()
             if self.frames_written == 0:
                 raise MediaError(f"no frames were written to {self.out_path.name}")
-            commit_temp_file(self.temp_path, self.out_path)
+            commit_temp_file(self.temp_path, self._target)
             self._closed = True
 
     @contextlib.contextmanager
@@ -365,7 +373,9 @@ class FileSink:
             self.abort()
             if isinstance(error, MediaError):
                 raise
-            raise MediaError(f"cannot {doing} {self.out_path.name}: {_one_line(error)}") from error
+            # an OSError's own text names our temp file; the user knows the output
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else _one_line(error)
+            raise MediaError(f"cannot {doing} {self.out_path.name}: {reason}") from error
 
     def _close_audio_input(self):
         if self._audio_in is not None:

@@ -293,6 +293,66 @@ def test_video_refuses_to_overwrite_its_input(in_state, clip, tmp_path, capsys):
     assert sha256(clip) == before and listing(clip.parent) == folder_before
 
 
+@pytest.fixture(scope="module")
+def short_clip(tmp_path_factory):
+    """Three frames of the drifting face: enough for the tests about where the output goes."""
+    folder = tmp_path_factory.mktemp("short-clip")
+    frames = [placed_face(CLIP_SIZE, 0.45, (60.0 + 2 * i, 10.0 + i))[0] for i in range(3)]
+    return write_clip(folder / "short.mp4", frames, fps=CLIP_FPS)
+
+
+def test_video_replaces_an_existing_output_only_with_overwrite(in_state, short_clip, tmp_path, capsys):
+    out_path = tmp_path / "out.mp4"
+    out_path.write_bytes(b"my earlier render")
+    code, out, err = run(capsys, "video", short_clip, "-o", out_path, "--profile", "me", "--backend", "torch")
+    assert_clear_error(code, err, str(out_path), "exists", "--overwrite")
+    assert out_path.read_bytes() == b"my earlier render" and listing(tmp_path) == {"out.mp4"}
+    code, out, err = run(capsys, "video", short_clip, "-o", out_path, "--profile", "me", "--backend", "torch",
+                         "--overwrite")
+    assert code == 0, err
+    assert stream_info(out_path)["frames"] == 3 and listing(tmp_path) == {"out.mp4"}
+
+
+def test_video_never_turns_a_fifo_into_a_file(in_state, short_clip, tmp_path, capsys):
+    import stat
+
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run(capsys, "video", short_clip, "-o", fifo, "--profile", "me", "--backend", "torch", *extra)
+        assert_clear_error(code, err, str(fifo), "not a regular file")
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert listing(tmp_path) == {"pipe.mp4"}
+
+
+def test_video_into_a_symlink_writes_its_target_and_keeps_the_link(in_state, short_clip, tmp_path, capsys):
+    renders = tmp_path / "renders"
+    renders.mkdir()
+    (renders / "old.mp4").write_bytes(b"old render")
+    link, dangling = tmp_path / "latest.mp4", tmp_path / "next.mp4"
+    link.symlink_to(renders / "old.mp4")
+    dangling.symlink_to(renders / "new.mp4")
+    code, _, err = run(capsys, "video", short_clip, "-o", link, "--profile", "me", "--backend", "torch")
+    assert_clear_error(code, err, "exists", "--overwrite")  # the link's target exists
+    for target, extra in ((link, ["--overwrite"]), (dangling, [])):
+        code, _, err = run(capsys, "video", short_clip, "-o", target, "--profile", "me", "--backend", "torch", *extra)
+        assert code == 0, err
+        assert target.is_symlink() and stream_info(target)["frames"] == 3
+    assert listing(renders) == {"old.mp4", "new.mp4"}
+
+
+def test_video_output_name_at_the_file_system_limit(in_state, short_clip, tmp_path, capsys):
+    name = "a" * 251 + ".mp4"  # 255 bytes, the most ext4, tmpfs and NTFS take
+    code, out, err = run(capsys, "video", short_clip, "-o", tmp_path / name, "--profile", "me", "--backend", "torch")
+    assert code == 0, err
+    assert listing(tmp_path) == {name} and stream_info(tmp_path / name)["frames"] == 3
+    too_long = "b" * 252 + ".mp4"
+    code, out, err = run(capsys, "video", short_clip, "-o", tmp_path / too_long, "--profile", "me",
+                         "--backend", "torch")
+    assert_clear_error(code, err, too_long, "File name too long")
+    assert listing(tmp_path) == {name}
+
+
 def test_video_refuses_truncated_and_unreadable_inputs(in_state, clip, tmp_path, capsys):
     data = open(clip, "rb").read()
     cut = tmp_path / "cut.mp4"  # moov at the end: cannot even be opened
