@@ -8,9 +8,12 @@ below; other modules of this package join through COMMAND_MODULES (one line each
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from instantrestore.export import CheckpointError
@@ -262,9 +265,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived (timeout, docker stop, systemd, a closed terminal). Raised in the main thread
+    like KeyboardInterrupt, and like it not an Exception, so every cleanup path runs and nothing swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_signals_raise():
+    """SIGTERM and SIGHUP raise Terminated while a command runs (main thread only: signal handlers live
+    there); a second signal during the cleanup is ignored so the cleanup finishes. The old handlers come back."""
+    names = [name for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stopping = []
+
+    def handler(signum, frame):
+        if not stopping:
+            stopping.append(signum)
+            raise Terminated(signum)
+
+    previous = {name: signal.signal(getattr(signal, name), handler) for name in names}
+    try:
+        yield
+    finally:
+        for name, old in previous.items():
+            if old is not None:  # None: set outside Python, cannot be put back
+                signal.signal(getattr(signal, name), old)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    with filtered_native_stderr(enabled=not os.environ.get(DEBUG_ENV)):
+    with filtered_native_stderr(enabled=not os.environ.get(DEBUG_ENV)), _stop_signals_raise():
         return _run(args)
 
 
@@ -274,6 +310,9 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         print("instantrestore: interrupted", file=sys.stderr)
         return 130
+    except Terminated as stop:
+        print(f"instantrestore: stopped by {signal.Signals(stop.signum).name}", file=sys.stderr)
+        return 128 + stop.signum  # what a shell reports for a process the signal killed: 143 for SIGTERM
     except Exception as error:  # noqa: BLE001 - sorted below: the user's mistakes vs our bugs
         message = " ".join(str(error).split()) or type(error).__name__
         if isinstance(error, user_errors()):

@@ -353,6 +353,36 @@ def test_video_output_name_at_the_file_system_limit(in_state, short_clip, tmp_pa
     assert listing(tmp_path) == {name}
 
 
+@pytest.mark.parametrize("signame, code", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_video_stopped_by_a_signal_leaves_nothing_behind(in_state, tmp_path, signame, code):
+    """timeout, docker stop, systemd and a closed terminal stop a run the way Ctrl+C does."""
+    import signal
+    import subprocess
+
+    frames = [placed_face(CLIP_SIZE, 0.45, (60.0 + i % 40, 10.0))[0] for i in range(240)]
+    long_clip = write_clip(tmp_path / "long.mp4", frames, fps=CLIP_FPS)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    command = [sys.executable, "-m", "instantrestore.plugin.cli", "video", str(long_clip), "-o",
+               str(out_dir / "long.restored.mp4"), "--profile", "me", "--backend", "torch", "--device", "cpu"]
+    env = {**os.environ, "INSTANTRESTORE_HOME": str(in_state), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        for line in process.stderr:  # the progress line of the first written frame: mid-run, temp file open
+            seen.append(line)
+            if " 1/240 frames" in line:
+                break
+        assert listing(out_dir), "".join(seen)  # the hidden temp file exists now
+        process.send_signal(getattr(signal, signame))
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == code, err
+    assert f"instantrestore: stopped by {signame}" in err and "Traceback" not in err
+    assert listing(out_dir) == set()
+
+
 def test_video_refuses_truncated_and_unreadable_inputs(in_state, clip, tmp_path, capsys):
     data = open(clip, "rb").read()
     cut = tmp_path / "cut.mp4"  # moov at the end: cannot even be opened
