@@ -373,10 +373,14 @@ def restore_video(in_path, out_path, profile_name: str, bundle_arg=None, backend
     summary = stats.summary()
     frames = sink.frames_written
     elapsed = time.monotonic() - started
-    no_face = int(summary.get("no_face", 0))
+    no_face, not_finite = int(summary.get("no_face", 0)), int(summary.get("not_finite", 0))
+    if not_finite:
+        progress(f"warning: the model's output was not finite (NaN or infinite) in {not_finite} of {frames} frames; "
+                 "they were left as they were. The model bundle or its engines may be damaged: export again")
     progress(f"wrote {out_path}: {frames} frames at {float(source.fps):.3g} fps in {elapsed:.1f} s "
-             f"({frames / elapsed if elapsed else 0:.2f} frames/s); face restored in {frames - no_face} of {frames}")
-    return {"frames": frames, "no_face": no_face, "seconds": elapsed, "stats": summary}
+             f"({frames / elapsed if elapsed else 0:.2f} frames/s); face restored in {frames - no_face - not_finite} "
+             f"of {frames}")
+    return {"frames": frames, "no_face": no_face, "not_finite": not_finite, "seconds": elapsed, "stats": summary}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -395,6 +395,44 @@ def sha256_file(path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+HASH_RACY_NS = 2_000_000_000
+
+
+def sha256_remembered(path) -> str:
+    """sha256_file(path), remembered beside the file in `.NAME.sha256.json` under the file's size, inode,
+    mtime and ctime: gigabytes of weights are hashed once, not on every load. Any write through the file
+    system changes mtime/ctime (ctime cannot be set back), so a changed file is hashed again; the record is
+    only a cache: unreadable, or a folder we cannot write, means hashing again."""
+    path = Path(path)
+    record_path = hash_record_path(path)
+    identity = _file_identity(path)
+    try:
+        record = json.loads(record_path.read_text())
+        if record.get("file") == identity and isinstance(record.get("sha256"), str):
+            return record["sha256"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    digest = sha256_file(path)
+    # Not remembered if written to while we read it, or so recently that a write in the same clock tick
+    # (file times are coarse) could follow and leave the same identity ("racy git").
+    if _file_identity(path) == identity and time.time_ns() - max(identity[2:]) > HASH_RACY_NS:
+        try:
+            atomic_write_json(record_path, {"file": identity, "sha256": digest})
+        except OSError:
+            pass
+    return digest
+
+
+def hash_record_path(path) -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}.sha256.json")
+
+
+def _file_identity(path: Path) -> list:
+    st = path.stat()
+    return [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+
+
 # ----------------------------------------------------------------------------------------------
 # Sidecars, lookup, invalidation
 
@@ -423,12 +461,12 @@ def read_sidecar(path) -> Optional[dict]:
         return None
 
 
-def classify(path, key: ArtifactKey, verify_hash: bool = False) -> tuple:
+def classify(path, key: ArtifactKey, verify_hash: bool = True) -> tuple:
     """(status, reason) of the artifact at `path` with respect to `key`.
 
     foreign: made for another bundle, GPU or precision; stale: same bundle and GPU but another
     TensorRT version, opset, profile or artifact format; corrupt: missing sidecar or files that do
-    not match it.
+    not match it (size, and with verify_hash the SHA-256, remembered per file: see sha256_remembered).
     """
     path = Path(path)
     if not path.exists():
@@ -452,12 +490,12 @@ def classify(path, key: ArtifactKey, verify_hash: bool = False) -> tuple:
             return CORRUPT, f"{name} is missing"
         if p.stat().st_size != rec.get("size"):
             return CORRUPT, f"{name} has {p.stat().st_size} bytes, sidecar says {rec.get('size')}"
-        if verify_hash and sha256_file(p) != rec.get("sha256"):
+        if verify_hash and sha256_remembered(p) != rec.get("sha256"):
             return CORRUPT, f"{name} does not match its recorded SHA-256"
     return VALID, "ok"
 
 
-def find_artifact(key: ArtifactKey, ext: str, verify_hash: bool = False, folder=None) -> Optional[Path]:
+def find_artifact(key: ArtifactKey, ext: str, verify_hash: bool = True, folder=None) -> Optional[Path]:
     """The valid artifact for `key` (in `folder` or the cache), or None."""
     path = key.path(ext, folder)
     status, _ = classify(path, key, verify_hash=verify_hash)
@@ -485,9 +523,9 @@ def remove_artifact(path) -> None:
         side.unlink()
     names = set((meta or {}).get("files", {}).keys()) | {path.name}
     for name in names:
-        p = path.with_name(name)
-        if p.exists():
-            p.unlink()
+        for p in (path.with_name(name), hash_record_path(path.with_name(name))):
+            if p.exists():
+                p.unlink()
 
 
 def prune_slot(key: ArtifactKey, ext: str, folder=None) -> list:

@@ -383,6 +383,31 @@ def test_video_stopped_by_a_signal_leaves_nothing_behind(in_state, tmp_path, sig
     assert listing(out_dir) == set()
 
 
+def test_video_leaves_a_frame_unchanged_when_the_model_returns_nan(in_state, short_clip, tmp_path, monkeypatch,
+                                                                  capsys):
+    """Damage the file checks cannot see (an fp16 overflow, a bad engine): no flat face is pasted, and the
+    summary says so instead of "face restored in 3 of 3"."""
+    from instantrestore.runtime.restorer import Restorer
+
+    monkeypatch.setattr(Restorer, "restore", lambda self, images, profile, noise=None: torch.full_like(images, float("nan")))
+    out_path = tmp_path / "out.mp4"
+    code, _, err = run(capsys, "video", short_clip, "-o", out_path, "--profile", "me", "--backend", "torch")
+    assert code == 0, err
+    assert "face restored in 0 of 3" in err
+    assert "warning: the model's output was not finite (NaN or infinite) in 3 of 3 frames" in err
+    # the frames as they were through the same encoder: the same pixels but for x264's threading noise
+    from instantrestore.runtime.media import FileSink, FileSource
+
+    source = FileSource(short_clip)
+    with FileSink(tmp_path / "unchanged.mp4", like=source) as sink:
+        for frame in source:
+            sink.write(frame.image, frame.time)
+    unchanged = np.stack(read_frames(tmp_path / "unchanged.mp4")).astype(np.int16)
+    diff = np.abs(np.stack(read_frames(out_path)).astype(np.int16) - unchanged)
+    _, inner = face_regions(unchanged[0].astype(np.uint8))
+    assert diff[:, inner].mean() < 0.1 and diff.max() <= 4
+
+
 def test_video_refuses_truncated_and_unreadable_inputs(in_state, clip, tmp_path, capsys):
     data = open(clip, "rb").read()
     cut = tmp_path / "cut.mp4"  # moov at the end: cannot even be opened
