@@ -35,6 +35,28 @@ class VirtualCameraUnavailable(MediaError):
 HDR_TRANSFERS = (16, 18)  # FFmpeg's AVColorTransferCharacteristic: SMPTE ST 2084 (PQ), ARIB STD-B67 (HLG)
 
 
+# The AVFrame fields of a stream's colour description (matrix, primaries, transfer), carried from input to output.
+COLOR_TAGS = ("colorspace", "color_primaries", "color_trc")
+AVCOL_RANGE_JPEG = 2  # full-range YUV
+
+
+def _frame_rgb(frame) -> np.ndarray:
+    """A decoded frame as RGB by the BT.601 matrix that FileSink encodes with, rounded, so untouched pixels
+    come out with the YUV values they came in with. (swscale's default yuv->rgb path truncates, about -1 level
+    per channel; it also follows the stream's matrix tag, which FileSink's OpenCV conversion cannot.)"""
+    import cv2
+    from av.video.reformatter import Colorspace, Interpolation
+
+    if frame.width % 2 or frame.height % 2:  # no 4:2:0 layout: swscale, with exact rounding
+        return frame.reformat(format="rgb24", src_colorspace=Colorspace.ITU601,
+                              interpolation=Interpolation.BILINEAR | Interpolation.ACCURATE_RND |
+                              Interpolation.FULL_CHR_H_INT).to_ndarray()
+    if frame.format.name != "yuv420p" or frame.color_range == AVCOL_RANGE_JPEG:  # 10-bit, 4:4:4, full range ...
+        frame = frame.reformat(format="yuv420p", dst_colorspace=Colorspace.ITU601,
+                               interpolation=Interpolation.POINT | Interpolation.ACCURATE_RND)
+    return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420)
+
+
 class SourceFrame(NamedTuple):
     image: np.ndarray  # (H, W, 3) uint8 RGB
     time: float  # seconds since the first frame of the source
@@ -99,6 +121,8 @@ class FileSource:
                 if self.rotation in (90, 270):
                     self.width, self.height = self.height, self.width
                 self.hdr = first is not None and first.color_trc in HDR_TRANSFERS
+                # an SDR output keeps the input's colour description; an HDR one is not HDR any more
+                self.color_tags = {} if first is None or self.hdr else {tag: getattr(first, tag) for tag in COLOR_TAGS}
         except MediaError:
             raise
         except (av.FFmpegError, OSError, ValueError) as error:
@@ -117,7 +141,7 @@ class FileSource:
                 for frame in container.decode(stream):
                     pts = frame.pts if frame.pts is not None else self.start_pts + decoded
                     seconds = float((pts - self.start_pts) * self.time_base)
-                    image = frame.to_ndarray(format="rgb24")
+                    image = _frame_rgb(frame)
                     if self.rotation:
                         image = np.ascontiguousarray(np.rot90(image, self.rotation // 90))
                     yield SourceFrame(image, seconds, decoded)
@@ -274,6 +298,9 @@ class FileSink:
             if not even and codec_name != "libx264":
                 raise MediaError(f"{codec_name} cannot encode an odd frame size {self.width}x{self.height}")
             self._video.pix_fmt = "yuv420p" if even else "yuv444p"
+            if even and like is not None:  # the YUV values are the input's (see _frame_rgb): so is their meaning
+                for tag, value in like.color_tags.items():
+                    setattr(self._video.codec_context, tag, value)
             if codec_name == "libx264":
                 self._video.options = {"crf": str(int(crf)), "preset": preset}
                 # frame threads: about twice slice threads' throughput; their latency does not matter in a file
