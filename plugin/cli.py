@@ -311,7 +311,8 @@ def _run(args) -> int:
         print("instantrestore: interrupted", file=sys.stderr)
         return 130
     except Terminated as stop:
-        print(f"instantrestore: stopped by {signal.Signals(stop.signum).name}", file=sys.stderr)
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            print(f"instantrestore: stopped by {signal.Signals(stop.signum).name}", file=sys.stderr)
         return 128 + stop.signum  # what a shell reports for a process the signal killed: 143 for SIGTERM
     except Exception as error:  # noqa: BLE001 - sorted below: the user's mistakes vs our bugs
         message = " ".join(str(error).split()) or type(error).__name__

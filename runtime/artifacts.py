@@ -312,8 +312,8 @@ def remove_stale_temps(folder, name: str) -> list:
 
 
 def _pid_running(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+    if pid == os.getpid() or sys.platform.startswith("win"):
+        return True  # Windows: os.kill(pid, 0) would send Ctrl+C to it; keep the file rather than guess
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -45,7 +45,7 @@ def _frame_rgb(frame) -> np.ndarray:
     come out with the YUV values they came in with. (swscale's default yuv->rgb path truncates, about -1 level
     per channel; it also follows the stream's matrix tag, which FileSink's OpenCV conversion cannot.)"""
     import cv2
-    from av.video.reformatter import Colorspace, Interpolation
+    from av.video.reformatter import ColorRange, Colorspace, Interpolation
 
     if frame.width % 2 or frame.height % 2:  # no 4:2:0 layout: swscale, with exact rounding
         return frame.reformat(format="rgb24", src_colorspace=Colorspace.ITU601,
@@ -53,6 +53,7 @@ def _frame_rgb(frame) -> np.ndarray:
                               Interpolation.FULL_CHR_H_INT).to_ndarray()
     if frame.format.name != "yuv420p" or frame.color_range == AVCOL_RANGE_JPEG:  # 10-bit, 4:4:4, full range ...
         frame = frame.reformat(format="yuv420p", dst_colorspace=Colorspace.ITU601,
+                               src_color_range=frame.color_range or None, dst_color_range=ColorRange.MPEG,
                                interpolation=Interpolation.POINT | Interpolation.ACCURATE_RND)
     return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420)
 
@@ -80,7 +81,8 @@ class FileSource:
 
     Attributes: path, width, height (as displayed), fps (Fraction), frame_count (as declared by the
     container, or estimated from the duration), duration (s), time_base, start_pts, audio_stream_count,
-    rotation (degrees counter-clockwise, from the display matrix phones write), hdr (PQ or HLG transfer).
+    rotation (degrees counter-clockwise, from the display matrix phones write), hdr (PQ or HLG transfer),
+    color_tags (the first frame's colour matrix, primaries and transfer, for an output of the same meaning).
     Frames come out upright, as a player shows them, so an output written from them plays upright with no
     rotation tag; they are 8-bit RGB, so HDR comes out as SDR.
     A truncated or unreadable file raises MediaError.
