@@ -52,9 +52,11 @@ def _frame_rgb(frame) -> np.ndarray:
                               interpolation=Interpolation.BILINEAR | Interpolation.ACCURATE_RND |
                               Interpolation.FULL_CHR_H_INT).to_ndarray()
     if frame.format.name != "yuv420p" or frame.color_range == AVCOL_RANGE_JPEG:  # 10-bit, 4:4:4, full range ...
-        frame = frame.reformat(format="yuv420p", dst_colorspace=Colorspace.ITU601,
-                               src_color_range=frame.color_range or None, dst_color_range=ColorRange.MPEG,
-                               interpolation=Interpolation.POINT | Interpolation.ACCURATE_RND)
+        # to 8-bit limited-range 4:2:0; YUV stays in its own matrix (converting it would shift the colours)
+        matrix = {} if frame.format.name.startswith("yuv") else {"dst_colorspace": Colorspace.ITU601}
+        frame = frame.reformat(format="yuv420p", src_color_range=frame.color_range or None,
+                               dst_color_range=ColorRange.MPEG,
+                               interpolation=Interpolation.POINT | Interpolation.ACCURATE_RND, **matrix)
     return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420)
 
 
@@ -124,7 +126,8 @@ class FileSource:
                     self.width, self.height = self.height, self.width
                 self.hdr = first is not None and first.color_trc in HDR_TRANSFERS
                 # an SDR output keeps the input's colour description; an HDR one is not HDR any more
-                self.color_tags = {} if first is None or self.hdr else {tag: getattr(first, tag) for tag in COLOR_TAGS}
+                yuv = first is not None and first.format.name.startswith("yuv")  # an RGB stream's tags say "RGB"
+                self.color_tags = {tag: getattr(first, tag) for tag in COLOR_TAGS} if yuv and not self.hdr else {}
         except MediaError:
             raise
         except (av.FFmpegError, OSError, ValueError) as error:
