@@ -404,23 +404,31 @@ def sha256_remembered(path) -> str:
     system changes mtime/ctime (ctime cannot be set back), so a changed file is hashed again; the record is
     only a cache: unreadable, or a folder we cannot write, means hashing again."""
     path = Path(path)
-    record_path = hash_record_path(path)
     identity = _file_identity(path)
-    try:
-        record = json.loads(record_path.read_text())
-        if record.get("file") == identity and isinstance(record.get("sha256"), str):
-            return record["sha256"]
-    except (OSError, ValueError, AttributeError):
-        pass
+    digest = remembered_sha256(path, identity)
+    if digest is not None:
+        return digest
     digest = sha256_file(path)
     # Not remembered if written to while we read it, or so recently that a write in the same clock tick
     # (file times are coarse) could follow and leave the same identity ("racy git").
     if _file_identity(path) == identity and time.time_ns() - max(identity[2:]) > HASH_RACY_NS:
         try:
-            atomic_write_json(record_path, {"file": identity, "sha256": digest})
+            atomic_write_json(hash_record_path(path), {"file": identity, "sha256": digest})
         except OSError:
             pass
     return digest
+
+
+def remembered_sha256(path, identity=None) -> Optional[str]:
+    """The SHA-256 sha256_remembered recorded for the file as it is now, or None (never hashed, or changed)."""
+    identity = identity or _file_identity(Path(path))
+    try:
+        record = json.loads(hash_record_path(path).read_text())
+        if record.get("file") == identity and isinstance(record.get("sha256"), str):
+            return record["sha256"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
 
 
 def hash_record_path(path) -> Path:

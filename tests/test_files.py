@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from instantrestore.plugin.cli import main
 from instantrestore.runtime import Profile, ProfileError, artifacts, load_bundle
+from instantrestore.runtime import bundle as bundle_module
 from instantrestore.runtime.bundle import CONFIG_NAME, WEIGHTS_NAME, BundleError
 from instantrestore.runtime.media import FileSink
 
@@ -280,7 +281,12 @@ def test_a_sound_bundle_loads_and_its_check_is_remembered(tiny_bundle, tmp_path,
     monkeypatch.setattr(artifacts, "HASH_RACY_NS", -1)
     assert load_bundle(bundle).bundle_id == json.loads((tiny_bundle / CONFIG_NAME).read_text())["bundle_id"]
     monkeypatch.setattr(artifacts, "sha256_file", lambda path: pytest.fail("hashed the weights again"))
+    monkeypatch.setattr(bundle_module, "_architecture_shapes", lambda *a: pytest.fail("checked the shapes again"))
     load_bundle(bundle)
+    config = json.loads((bundle / CONFIG_NAME).read_text())
+    (bundle / CONFIG_NAME).write_text(json.dumps({**config, "use_adain": not config["use_adain"]}))
+    with pytest.raises(BundleError, match="changed or damaged after export"):  # the config is checked every time
+        load_bundle(bundle)
 
 
 # ------------------------------------------------------------------------------------------ damaged profiles
