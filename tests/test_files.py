@@ -87,6 +87,25 @@ def test_temp_names_carry_the_writers_pid_and_fit_the_name_limit(tmp_path):
     assert len(stem) > 60 and name.startswith(stem)  # whole characters of the name
 
 
+def test_atomic_writes_follow_symlinks_refuse_devices_and_take_255_byte_names(tmp_path):
+    import stat
+
+    real = tmp_path / "real.json"
+    real.write_text("{}")
+    link = tmp_path / "settings.json"
+    link.symlink_to(real)
+    artifacts.atomic_write_json(link, {"bundle": "b"})
+    assert link.is_symlink() and json.loads(real.read_text()) == {"bundle": "b"}
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    with pytest.raises(FileExistsError, match="pipe.json exists and is not a regular file"):
+        artifacts.atomic_write_json(fifo, {})
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    long_name = "p" * 250 + ".json"
+    artifacts.atomic_write_json(tmp_path / long_name, {"ok": True})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([long_name, "pipe.json", "real.json", "settings.json"])
+
+
 # ------------------------------------------------------------------------------------------ remembered hashes
 
 
