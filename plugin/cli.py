@@ -8,11 +8,14 @@ below; other modules of this package join through COMMAND_MODULES (one line each
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.metadata
 import os
+import signal
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 from instantrestore.export import CheckpointError
@@ -217,7 +220,7 @@ def cmd_video(args) -> int:
     from . import jobs
 
     jobs.restore_video(args.input, args.output, args.profile, bundle_arg=args.bundle, backend=args.backend,
-                       device=args.device, batch_size=args.batch_size, blend=args.blend)
+                       device=args.device, batch_size=args.batch_size, blend=args.blend, overwrite=args.overwrite)
     print(args.output)
     return 0
 
@@ -229,6 +232,7 @@ def register_video(commands) -> None:
     video.add_argument("--profile", required=True, help="the profile made by `enroll`")
     video.add_argument("--batch-size", type=int, default=1, help="frames per restorer call (GPU throughput; default 1)")
     video.add_argument("--blend", type=float, default=1.0, help="strength of the restored face, 0..1 (default 1)")
+    video.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)")
     _common_model_options(video)
     video.set_defaults(run=cmd_video)
 
@@ -324,9 +328,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived (timeout, docker stop, systemd, a closed terminal). Raised in the main thread
+    like KeyboardInterrupt, and like it not an Exception, so every cleanup path runs and nothing swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_signals_raise():
+    """SIGTERM and SIGHUP raise Terminated while a command runs (main thread only: signal handlers live
+    there); a second signal during the cleanup is ignored so the cleanup finishes. The old handlers come back."""
+    names = [name for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stopping = []
+
+    def handler(signum, frame):
+        if not stopping:
+            stopping.append(signum)
+            raise Terminated(signum)
+
+    previous = {name: signal.signal(getattr(signal, name), handler) for name in names}
+    try:
+        yield
+    finally:
+        for name, old in previous.items():
+            if old is not None:  # None: set outside Python, cannot be put back
+                signal.signal(getattr(signal, name), old)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    with filtered_native_stderr(enabled=not os.environ.get(DEBUG_ENV)):
+    with filtered_native_stderr(enabled=not os.environ.get(DEBUG_ENV)), _stop_signals_raise():
         return _run(args)
 
 
@@ -336,6 +373,10 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         print("instantrestore: interrupted", file=sys.stderr)
         return 130
+    except Terminated as stop:
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            print(f"instantrestore: stopped by {signal.Signals(stop.signum).name}", file=sys.stderr)
+        return 128 + stop.signum  # what a shell reports for a process the signal killed: 143 for SIGTERM
     except Exception as error:  # noqa: BLE001 - sorted below: the user's mistakes vs our bugs
         message = " ".join(str(error).split()) or type(error).__name__
         if isinstance(error, user_errors()):

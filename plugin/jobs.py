@@ -359,8 +359,11 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def restore_video(in_path, out_path, profile_name: str, bundle_arg=None, backend: str = "auto",
-                  device: Optional[str] = None, batch_size: int = 1, blend: float = 1.0, progress=say) -> dict:
-    """Restore every frame of `in_path` into `out_path` (audio copied). Returns a summary dict."""
+                  device: Optional[str] = None, batch_size: int = 1, blend: float = 1.0, overwrite: bool = False,
+                  progress=say) -> dict:
+    """Restore every frame of `in_path` into `out_path` (audio copied); an existing `out_path` is replaced only
+    with `overwrite`. Returns a summary dict."""
+    from instantrestore.runtime.artifacts import output_target
     from instantrestore.runtime.media import FileSink, FileSource
     from instantrestore.runtime.pipeline import FramePipeline, run_file
 
@@ -376,6 +379,8 @@ def restore_video(in_path, out_path, profile_name: str, bundle_arg=None, backend
     folder = out_path.parent if str(out_path.parent) else Path(".")
     if not folder.is_dir():
         raise PluginError(f"the output folder {folder} does not exist")
+    if output_target(out_path).exists() and not overwrite:
+        raise PluginError(f"the output {out_path} exists; pass --overwrite to replace it")
     if not (0.0 <= blend <= 1.0):
         raise PluginError(f"--blend must be between 0 and 1, got {blend}")
     if batch_size < 1:
@@ -409,10 +414,14 @@ def restore_video(in_path, out_path, profile_name: str, bundle_arg=None, backend
     summary = stats.summary()
     frames = sink.frames_written
     elapsed = time.monotonic() - started
-    no_face = int(summary.get("no_face", 0))
+    no_face, not_finite = int(summary.get("no_face", 0)), int(summary.get("not_finite", 0))
+    if not_finite:
+        progress(f"warning: the model's output was not finite (NaN or infinite) in {not_finite} of {frames} frames; "
+                 "they were left as they were. The model bundle or its engines may be damaged: export again")
     progress(f"wrote {out_path}: {count_text(frames, 'frame')} at {rate_text(source.fps)} fps in {elapsed:.1f} s "
-             f"({frames / elapsed if elapsed else 0:.2f} frames/s); face restored in {frames - no_face} of {frames}")
-    return {"frames": frames, "no_face": no_face, "seconds": elapsed, "stats": summary}
+             f"({frames / elapsed if elapsed else 0:.2f} frames/s); face restored in {frames - no_face - not_finite} "
+             f"of {frames}")
+    return {"frames": frames, "no_face": no_face, "not_finite": not_finite, "seconds": elapsed, "stats": summary}
 
 
 # ------------------------------------------------------------------------------------------------

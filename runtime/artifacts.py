@@ -24,6 +24,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -263,6 +266,78 @@ def cuda_identity(device=None) -> tuple:
 # Atomic writes
 
 
+# Temp names: ".<name>.<pid>-<8 random>[suffix]" beside the target. The name is cut to TEMP_STEM_BYTES so a
+# target name at the file system's 255-byte limit still has a temp name; the pid says whose it is.
+TEMP_STEM_BYTES = 160
+# A temp file of a process that is gone is removed once it has not been written for this long: a writer in
+# another container (another pid namespace) sharing the folder looks dead to us, but a live writer of ours
+# is never idle that long.
+STALE_TEMP_AGE_S = 10 * 60
+
+
+def _temp_stem(name: str) -> str:
+    return name.encode()[:TEMP_STEM_BYTES].decode(errors="ignore")  # never half a UTF-8 character
+
+
+def temp_prefix(path) -> str:
+    """The prefix of our temp names for `path` (for tempfile.mkstemp/mkdtemp with dir=path's folder)."""
+    return f".{_temp_stem(Path(path).name)}.{os.getpid()}-"
+
+
+def remove_stale_temps(folder, name: str) -> list:
+    """Remove what an earlier process killed mid-write (kill -9, power loss) left of its temp files and
+    folders for the target `name` in `folder`: only names of our pattern, of a pid no longer running here,
+    not written for STALE_TEMP_AGE_S. Returns the paths removed; never raises (cleanup is best effort)."""
+    pattern = re.compile(rf"\.{re.escape(_temp_stem(name))}\.(\d+)-[a-z0-9_]{{8}}(\..*)?", re.DOTALL)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or _pid_running(int(match.group(1))):
+            continue
+        try:
+            if time.time() - entry.stat(follow_symlinks=False).st_mtime < STALE_TEMP_AGE_S:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:
+            pass
+    return removed
+
+
+def _pid_running(pid: int) -> bool:
+    if pid == os.getpid() or sys.platform.startswith("win"):
+        return True  # Windows: os.kill(pid, 0) would send Ctrl+C to it; keep the file rather than guess
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or we cannot tell: keep its files
+    return True
+
+
+def output_target(path) -> Path:
+    """The file a write to `path` replaces. A symlink is followed: its target gets the new file and the link
+    stays. An existing path that is not a regular file (a device such as /dev/null, a FIFO, a socket, a
+    folder) is refused: the rename would replace it with a file."""
+    target = Path(os.path.realpath(path))
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return target
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
+        raise FileExistsError(f"{path} exists and is {kind}; it cannot be replaced, choose a file name")
+    return target
+
+
 def commit_temp_file(tmp, path) -> None:
     """Give a finished temp file the ordinary mode (mkstemp makes 0600), flush it to disk and rename it
     over `path`: readers see the old file or the whole new one, never a part."""
@@ -275,10 +350,12 @@ def commit_temp_file(tmp, path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path in the target's folder; on success it replaces `path` atomically."""
-    path = Path(path)
+    """Yield a temp path in the target's folder; on success it replaces `path` atomically (a symlink's
+    target, see output_target)."""
+    path = output_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    remove_stale_temps(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -318,6 +395,52 @@ def sha256_file(path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+HASH_RACY_NS = 2_000_000_000
+
+
+def sha256_remembered(path) -> str:
+    """sha256_file(path), remembered beside the file in `.NAME.sha256.json` under the file's size, inode,
+    mtime and ctime: gigabytes of weights are hashed once, not on every load. Any write through the file
+    system changes mtime/ctime (ctime cannot be set back), so a changed file is hashed again; the record is
+    only a cache: unreadable, or a folder we cannot write, means hashing again."""
+    path = Path(path)
+    identity = _file_identity(path)
+    digest = remembered_sha256(path, identity)
+    if digest is not None:
+        return digest
+    digest = sha256_file(path)
+    # Not remembered if written to while we read it, or so recently that a write in the same clock tick
+    # (file times are coarse) could follow and leave the same identity ("racy git").
+    if _file_identity(path) == identity and time.time_ns() - max(identity[2:]) > HASH_RACY_NS:
+        try:
+            atomic_write_json(hash_record_path(path), {"file": identity, "sha256": digest})
+        except OSError:
+            pass
+    return digest
+
+
+def remembered_sha256(path, identity=None) -> Optional[str]:
+    """The SHA-256 sha256_remembered recorded for the file as it is now, or None (never hashed, or changed)."""
+    identity = identity or _file_identity(Path(path))
+    try:
+        record = json.loads(hash_record_path(path).read_text())
+        if record.get("file") == identity and isinstance(record.get("sha256"), str):
+            return record["sha256"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
+def hash_record_path(path) -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}.sha256.json")
+
+
+def _file_identity(path: Path) -> list:
+    st = path.stat()
+    return [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+
+
 # ----------------------------------------------------------------------------------------------
 # Sidecars, lookup, invalidation
 
@@ -346,12 +469,12 @@ def read_sidecar(path) -> Optional[dict]:
         return None
 
 
-def classify(path, key: ArtifactKey, verify_hash: bool = False) -> tuple:
+def classify(path, key: ArtifactKey, verify_hash: bool = True) -> tuple:
     """(status, reason) of the artifact at `path` with respect to `key`.
 
     foreign: made for another bundle, GPU or precision; stale: same bundle and GPU but another
     TensorRT version, opset, profile or artifact format; corrupt: missing sidecar or files that do
-    not match it.
+    not match it (size, and with verify_hash the SHA-256, remembered per file: see sha256_remembered).
     """
     path = Path(path)
     if not path.exists():
@@ -375,12 +498,12 @@ def classify(path, key: ArtifactKey, verify_hash: bool = False) -> tuple:
             return CORRUPT, f"{name} is missing"
         if p.stat().st_size != rec.get("size"):
             return CORRUPT, f"{name} has {p.stat().st_size} bytes, sidecar says {rec.get('size')}"
-        if verify_hash and sha256_file(p) != rec.get("sha256"):
+        if verify_hash and sha256_remembered(p) != rec.get("sha256"):
             return CORRUPT, f"{name} does not match its recorded SHA-256"
     return VALID, "ok"
 
 
-def find_artifact(key: ArtifactKey, ext: str, verify_hash: bool = False, folder=None) -> Optional[Path]:
+def find_artifact(key: ArtifactKey, ext: str, verify_hash: bool = True, folder=None) -> Optional[Path]:
     """The valid artifact for `key` (in `folder` or the cache), or None."""
     path = key.path(ext, folder)
     status, _ = classify(path, key, verify_hash=verify_hash)
@@ -408,9 +531,9 @@ def remove_artifact(path) -> None:
         side.unlink()
     names = set((meta or {}).get("files", {}).keys()) | {path.name}
     for name in names:
-        p = path.with_name(name)
-        if p.exists():
-            p.unlink()
+        for p in (path.with_name(name), hash_record_path(path.with_name(name))):
+            if p.exists():
+                p.unlink()
 
 
 def prune_slot(key: ArtifactKey, ext: str, folder=None) -> list:

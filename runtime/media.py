@@ -20,7 +20,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .artifacts import commit_temp_file
+from .artifacts import commit_temp_file, output_target, remove_stale_temps, temp_prefix
 
 
 class MediaError(Exception):
@@ -36,6 +36,31 @@ class VirtualCameraUnavailable(MediaError):
 
 
 HDR_TRANSFERS = (16, 18)  # FFmpeg's AVColorTransferCharacteristic: SMPTE ST 2084 (PQ), ARIB STD-B67 (HLG)
+
+
+# The AVFrame fields of a stream's colour description (matrix, primaries, transfer), carried from input to output.
+COLOR_TAGS = ("colorspace", "color_primaries", "color_trc")
+AVCOL_RANGE_JPEG = 2  # full-range YUV
+
+
+def _frame_rgb(frame) -> np.ndarray:
+    """A decoded frame as RGB by the BT.601 matrix that FileSink encodes with, rounded, so untouched pixels
+    come out with the YUV values they came in with. (swscale's default yuv->rgb path truncates, about -1 level
+    per channel; it also follows the stream's matrix tag, which FileSink's OpenCV conversion cannot.)"""
+    import cv2
+    from av.video.reformatter import ColorRange, Colorspace, Interpolation
+
+    if frame.width % 2 or frame.height % 2:  # no 4:2:0 layout: swscale, with exact rounding
+        return frame.reformat(format="rgb24", src_colorspace=Colorspace.ITU601,
+                              interpolation=Interpolation.BILINEAR | Interpolation.ACCURATE_RND |
+                              Interpolation.FULL_CHR_H_INT).to_ndarray()
+    if frame.format.name != "yuv420p" or frame.color_range == AVCOL_RANGE_JPEG:  # 10-bit, 4:4:4, full range ...
+        # to 8-bit limited-range 4:2:0; YUV stays in its own matrix (converting it would shift the colours)
+        matrix = {} if frame.format.name.startswith("yuv") else {"dst_colorspace": Colorspace.ITU601}
+        frame = frame.reformat(format="yuv420p", src_color_range=frame.color_range or None,
+                               dst_color_range=ColorRange.MPEG,
+                               interpolation=Interpolation.POINT | Interpolation.ACCURATE_RND, **matrix)
+    return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420)
 
 
 class SourceFrame(NamedTuple):
@@ -61,7 +86,8 @@ class FileSource:
 
     Attributes: path, width, height (as displayed), fps (Fraction), frame_count (as declared by the
     container, or estimated from the duration), duration (s), time_base, start_pts, audio_stream_count,
-    rotation (degrees counter-clockwise, from the display matrix phones write), hdr (PQ or HLG transfer).
+    rotation (degrees counter-clockwise, from the display matrix phones write), hdr (PQ or HLG transfer),
+    color_tags (the first frame's colour matrix, primaries and transfer, for an output of the same meaning).
     Frames come out upright, as a player shows them, so an output written from them plays upright with no
     rotation tag; they are 8-bit RGB, so HDR comes out as SDR.
     A truncated or unreadable file raises MediaError.
@@ -104,6 +130,9 @@ class FileSource:
                 if self.rotation in (90, 270):
                     self.width, self.height = self.height, self.width
                 self.hdr = first is not None and first.color_trc in HDR_TRANSFERS
+                # an SDR output keeps the input's colour description; an HDR one is not HDR any more
+                yuv = first is not None and first.format.name.startswith("yuv")  # an RGB stream's tags say "RGB"
+                self.color_tags = {tag: getattr(first, tag) for tag in COLOR_TAGS} if yuv and not self.hdr else {}
         except MediaError:
             raise
         except (av.FFmpegError, OSError, ValueError) as error:
@@ -122,7 +151,7 @@ class FileSource:
                 for frame in container.decode(stream):
                     pts = frame.pts if frame.pts is not None else self.start_pts + decoded
                     seconds = float((pts - self.start_pts) * self.time_base)
-                    image = frame.to_ndarray(format="rgb24")
+                    image = _frame_rgb(frame)
                     if self.rotation:
                         image = np.ascontiguousarray(np.rot90(image, self.rotation // 90))
                     yield SourceFrame(image, seconds, decoded)
@@ -369,10 +398,18 @@ class FileSink:
         folder = self.out_path.parent if str(self.out_path.parent) else Path(".")
         if not folder.is_dir():
             raise MediaError(f"output folder does not exist: {folder}")
-        handle, temp_name = tempfile.mkstemp(
-            prefix=f".{self.out_path.stem}.", suffix=f".partial{self.out_path.suffix or '.mp4'}", dir=folder
-        )
+        try:
+            target = output_target(self.out_path)
+            remove_stale_temps(target.parent, target.name)
+            # the temp name keeps the container's extension: PyAV picks the format by it
+            handle, temp_name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=f".partial{target.suffix[:32]}",
+                                                 dir=target.parent)
+        except FileExistsError as error:
+            raise MediaError(str(error)) from None
+        except OSError as error:  # its own text may name our temp file: name the output
+            raise MediaError(f"cannot write {self.out_path}: {error.strerror or _one_line(error)}") from None
         os.close(handle)
+        self._target = target
         self.temp_path = Path(temp_name)
         self.frames_written = 0
         self._closed = False
@@ -380,7 +417,7 @@ class FileSink:
         self._audio_in = None
         self._pending_audio = None
         with self._aborted_on_error("create"):
-            format_name = None if self.out_path.suffix else "mp4"
+            format_name = None if target.suffix else "mp4"
             self._container = av.open(str(self.temp_path), mode="w", format=format_name)
             codec_name = _pick_video_codec(codec)
             self._video = self._container.add_stream(codec_name, rate=self.fps)
@@ -389,6 +426,9 @@ class FileSink:
             if not even and codec_name != "libx264":
                 raise MediaError(f"{codec_name} cannot encode an odd frame size {self.width}x{self.height}")
             self._video.pix_fmt = "yuv420p" if even else "yuv444p"
+            if even and like is not None:  # the YUV values are the input's (see _frame_rgb): so is their meaning
+                for tag, value in like.color_tags.items():
+                    setattr(self._video.codec_context, tag, value)
             if codec_name == "libx264":
                 self._video.options = {"crf": str(int(crf)), "preset": preset}
                 # frame threads: about twice slice threads' throughput; their latency does not matter in a file
@@ -476,7 +516,7 @@ class FileSink:
             self._close_audio_input()
             if self.frames_written == 0:
                 raise MediaError(f"no frames were written to {self.out_path.name}")
-            commit_temp_file(self.temp_path, self.out_path)
+            commit_temp_file(self.temp_path, self._target)
             self._closed = True
 
     @contextlib.contextmanager
@@ -488,7 +528,9 @@ class FileSink:
             self.abort()
             if isinstance(error, MediaError):
                 raise
-            raise MediaError(f"cannot {doing} {self.out_path.name}: {_one_line(error)}") from error
+            # an OSError's own text names our temp file; the user knows the output
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else _one_line(error)
+            raise MediaError(f"cannot {doing} {self.out_path.name}: {reason}") from error
 
     def _close_audio_input(self):
         if self._audio_in is not None:

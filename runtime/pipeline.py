@@ -14,7 +14,7 @@ import dataclasses
 import queue
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -109,7 +109,7 @@ class PipelineStats:
         line = " | ".join(parts) + " ms"
         if summary["fps"]:
             line += f" | {summary['fps']:.1f} fps"
-        for name in ("no_face", "dropped", "repeated"):
+        for name in ("no_face", "not_finite", "dropped", "repeated"):
             if summary.get(name):
                 line += f" | {name} {summary[name]}"
         return line
@@ -127,14 +127,23 @@ class PipelineStats:
         return canvas
 
 
-RestoreFn = Callable[[np.ndarray], np.ndarray]
+class RestoredCrops(NamedTuple):
+    """What a restore callable returns when it can tell which crops it could not restore: `finite[i]` is False
+    where the model's output was NaN or infinite (damaged weights, an fp16 overflow). Such a crop is never
+    pasted: its frame passes through unchanged and is counted as "not_finite"."""
+
+    crops: np.ndarray  # (B, S, S, 3) uint8
+    finite: np.ndarray  # (B,) bool
+
+
+RestoreFn = Callable[[np.ndarray], "np.ndarray | RestoredCrops"]
 
 
 class FramePipeline:
     """Restores the tracked face in each frame.
 
     restore: callable taking a (B, S, S, 3) uint8 RGB batch of aligned crops and returning the
-        restored batch, same shape and dtype (e.g. restorer.crop_restorer(profile)).
+        restored batch, same shape and dtype, or RestoredCrops (e.g. restorer.crop_restorer(profile)).
     crop_size: S, from the model bundle. tracker: a tracking.Tracker (default: vendored BlazeFace).
     blend: 0..1 strength of the restored face. color_match: match the restored crop's colour to the
         original crop. Frames without a face are returned as they are (the same array).
@@ -167,15 +176,18 @@ class FramePipeline:
             raise PipelineError(f"expected an RGB uint8 frame (H, W, 3), got {frame.dtype} {frame.shape}")
         return frame
 
-    def _restore_batch(self, crops: np.ndarray) -> np.ndarray:
+    def _restore_batch(self, crops: np.ndarray) -> RestoredCrops:
         with self.stats.time("restore", frames=len(crops)):
             restored = self.restore(crops)
+        finite = np.ones(len(crops), bool)
+        if isinstance(restored, RestoredCrops):
+            restored, finite = restored.crops, np.asarray(restored.finite, bool)
         restored = np.asarray(restored)
-        if restored.shape != crops.shape or restored.dtype != np.uint8:
+        if restored.shape != crops.shape or restored.dtype != np.uint8 or finite.shape != (len(crops),):
             raise PipelineError(
                 f"restorer returned {restored.dtype} {restored.shape}, expected uint8 {crops.shape}"
             )
-        return restored
+        return RestoredCrops(restored, finite)
 
     def _locate(self, frame, timestamp):
         """Track and align one frame; returns (matrix, crop) or None when there is no face."""
@@ -211,20 +223,24 @@ class FramePipeline:
             raise PipelineError(f"{len(frames)} frames but {len(timestamps)} timestamps")
         return frames, [self._locate(frame, stamp) for frame, stamp in zip(frames, timestamps)]
 
-    def restore_located(self, located) -> Optional[np.ndarray]:
+    def restore_located(self, located) -> Optional[RestoredCrops]:
         """One restorer call for every located face, in order; None when no frame has a face."""
         crops = [item[1] for item in located if item is not None]
         return self._restore_batch(np.stack(crops)) if crops else None
 
-    def composite_batch(self, frames, located, restored) -> list:
-        """Each frame with its restored face pasted back; frames without a face are returned as they are."""
+    def composite_batch(self, frames, located, restored: Optional[RestoredCrops]) -> list:
+        """Each frame with its restored face pasted back; frames without a face, or whose restored face is not
+        finite, are returned as they are."""
         outputs, slot = list(frames), 0
         for index, item in enumerate(located):
             if item is None:
                 continue
             matrix, crop = item
-            with self.stats.time("composite"):
-                outputs[index] = self.compositor(frames[index], restored[slot], matrix, original_crop=crop)
+            if restored.finite[slot]:
+                with self.stats.time("composite"):
+                    outputs[index] = self.compositor(frames[index], restored.crops[slot], matrix, original_crop=crop)
+            else:
+                self.stats.count("not_finite")
             slot += 1
         return outputs
 

@@ -3,6 +3,7 @@ computed once at enrollment, stored as safetensors with the aligned reference th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -62,6 +63,7 @@ class Profile:
             "bundle_id": self.bundle_id,
             "layers": str(len(self.keys)),
             "count": str(self.count),
+            "sha256": _tensors_digest(tensors),
             "created": self.metadata.get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
             "info": json.dumps({k: v for k, v in self.metadata.items() if k != "created"}),
         }
@@ -76,7 +78,7 @@ class Profile:
             with safe_open(str(path), framework="pt") as f:
                 metadata = f.metadata() or {}
         except (OSError, SafetensorError) as e:
-            raise ProfileError(f"{path}: not a readable profile ({' '.join(str(e).split())})") from None
+            raise ProfileError(f"{path}: not a readable profile ({' '.join(str(e).split())}); enroll again") from None
         if metadata.get("format") != PROFILE_FORMAT:
             raise ProfileError(f"{path} is not an InstantRestore profile")
         return metadata
@@ -89,17 +91,21 @@ class Profile:
         try:
             tensors = load_file(str(path))
         except (OSError, SafetensorError) as e:
-            raise ProfileError(f"{path}: not a readable profile ({e})") from None
+            raise ProfileError(f"{path}: not a readable profile ({' '.join(str(e).split())}); enroll again") from None
         if bundle_id is not None and metadata.get("bundle_id") != bundle_id:
             raise ProfileError(
                 f"{path} was enrolled with another model bundle ({metadata.get('bundle_id', '?')[:12]}, this one is "
                 f"{bundle_id[:12]}); enroll again with this bundle"
             )
+        # Written by save(); profiles from before it lack the digest and are checked for their values only.
+        if "sha256" in metadata and metadata["sha256"] != _tensors_digest(tensors):
+            raise ProfileError(f"{path} is damaged (its contents do not match the checksum written with it); "
+                               "enroll again")
         try:
             layers = int(metadata["layers"])
             info = json.loads(metadata.get("info", "{}"))
             info["created"] = metadata.get("created")
-            return cls(
+            profile = cls(
                 metadata["bundle_id"],
                 [tensors[f"layer{i}.k"] for i in range(layers)],
                 [tensors[f"layer{i}.v"] for i in range(layers)],
@@ -110,3 +116,36 @@ class Profile:
             )
         except (KeyError, ValueError) as e:
             raise ProfileError(f"{path} is a damaged profile (missing or bad {e}); enroll again") from None
+        problem = profile._problem()
+        if problem:
+            raise ProfileError(f"{path} is a damaged profile ({problem}); enroll again")
+        return profile
+
+    def _problem(self):
+        """What makes these tensors unusable as a profile, in words, or None."""
+        if not self.keys:
+            return "no layers"
+        n = self.count
+        for i, (k, v, mean, std) in enumerate(zip(self.keys, self.values, self.value_means, self.value_stds)):
+            if k.ndim != 3 or v.shape != k.shape or n == 0 or k.shape[0] != n:
+                return f"layer {i} keys {tuple(k.shape)} and values {tuple(v.shape)} are not (N, T, C) alike"
+            if mean.shape != (n, 1, k.shape[2]) or std.shape != mean.shape:
+                return f"layer {i} value statistics have shape {tuple(mean.shape)}"
+            for name, t in (("keys", k), ("values", v), ("value means", mean), ("value stds", std)):
+                if not torch.isfinite(t).all():
+                    return f"layer {i} {name} are not finite numbers"
+            if (std < 0).any():
+                return f"layer {i} value stds are negative"
+        if self.thumbnails.dtype != torch.uint8 or self.thumbnails.ndim != 4 or self.thumbnails.shape[0] != n:
+            return f"thumbnails are {self.thumbnails.dtype} {tuple(self.thumbnails.shape)}"
+        return None
+
+
+def _tensors_digest(tensors: dict) -> str:
+    """SHA-256 of the tensors' names, dtypes, shapes and bytes (safetensors itself has no checksum)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .bundle import DTYPES, load_bundle
+from .pipeline import RestoredCrops
 from .profile import Profile, ProfileError
 
 DEFAULT_SEED = 0
@@ -112,7 +113,8 @@ class Restorer:
         return out.to(device=images.device, dtype=images.dtype)
 
     def crop_restorer(self, profile: Profile):
-        """A callable for the frame pipeline: uint8 RGB crops (B, S, S, 3) -> restored uint8 crops.
+        """A callable for the frame pipeline: uint8 RGB crops (B, S, S, 3) -> RestoredCrops (the restored
+        uint8 crops and which came out finite).
         Pixels travel as uint8 (a quarter of float32's bytes); on CUDA through pinned staging buffers."""
         pinned = self.device.type == "cuda"
         staging: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -129,12 +131,13 @@ class Restorer:
             # NHWC uint8 permuted to NCHW is a channels-last view, the layout the CUDA fast path runs in
             x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(self.backend.dtype) / 127.5 - 1.0
             y = self.restore(x, profile)
+            finite = torch.isfinite(y).flatten(1).all(1)  # NaN would become a flat grey face in uint8
             y = ((y.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
             if not pinned:
-                return y.cpu().numpy()
+                return RestoredCrops(y.cpu().numpy(), finite.cpu().numpy())
             host_out.copy_(y, non_blocking=True)
             torch.cuda.current_stream(self.device).synchronize()
-            return host_out.numpy().copy()
+            return RestoredCrops(host_out.numpy().copy(), finite.cpu().numpy())
 
         return restore_crops
 

@@ -357,6 +357,121 @@ def test_video_refuses_to_overwrite_its_input(in_state, clip, tmp_path, capsys):
     assert sha256(clip) == before and listing(clip.parent) == folder_before
 
 
+@pytest.fixture(scope="module")
+def short_clip(tmp_path_factory):
+    """Three frames of the drifting face: enough for the tests about where the output goes."""
+    folder = tmp_path_factory.mktemp("short-clip")
+    frames = [placed_face(CLIP_SIZE, 0.45, (60.0 + 2 * i, 10.0 + i))[0] for i in range(3)]
+    return write_clip(folder / "short.mp4", frames, fps=CLIP_FPS)
+
+
+def test_video_replaces_an_existing_output_only_with_overwrite(in_state, short_clip, tmp_path, capsys):
+    out_path = tmp_path / "out.mp4"
+    out_path.write_bytes(b"my earlier render")
+    code, out, err = run(capsys, "video", short_clip, "-o", out_path, "--profile", "me", "--backend", "torch")
+    assert_clear_error(code, err, str(out_path), "exists", "--overwrite")
+    assert out_path.read_bytes() == b"my earlier render" and listing(tmp_path) == {"out.mp4"}
+    code, out, err = run(capsys, "video", short_clip, "-o", out_path, "--profile", "me", "--backend", "torch",
+                         "--overwrite")
+    assert code == 0, err
+    assert stream_info(out_path)["frames"] == 3 and listing(tmp_path) == {"out.mp4"}
+
+
+def test_video_never_turns_a_fifo_into_a_file(in_state, short_clip, tmp_path, capsys):
+    import stat
+
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run(capsys, "video", short_clip, "-o", fifo, "--profile", "me", "--backend", "torch", *extra)
+        assert_clear_error(code, err, str(fifo), "not a regular file")
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert listing(tmp_path) == {"pipe.mp4"}
+
+
+def test_video_into_a_symlink_writes_its_target_and_keeps_the_link(in_state, short_clip, tmp_path, capsys):
+    renders = tmp_path / "renders"
+    renders.mkdir()
+    (renders / "old.mp4").write_bytes(b"old render")
+    link, dangling = tmp_path / "latest.mp4", tmp_path / "next.mp4"
+    link.symlink_to(renders / "old.mp4")
+    dangling.symlink_to(renders / "new.mp4")
+    code, _, err = run(capsys, "video", short_clip, "-o", link, "--profile", "me", "--backend", "torch")
+    assert_clear_error(code, err, "exists", "--overwrite")  # the link's target exists
+    for target, extra in ((link, ["--overwrite"]), (dangling, [])):
+        code, _, err = run(capsys, "video", short_clip, "-o", target, "--profile", "me", "--backend", "torch", *extra)
+        assert code == 0, err
+        assert target.is_symlink() and stream_info(target)["frames"] == 3
+    assert listing(renders) == {"old.mp4", "new.mp4"}
+
+
+def test_video_output_name_at_the_file_system_limit(in_state, short_clip, tmp_path, capsys):
+    name = "a" * 251 + ".mp4"  # 255 bytes, the most ext4, tmpfs and NTFS take
+    code, out, err = run(capsys, "video", short_clip, "-o", tmp_path / name, "--profile", "me", "--backend", "torch")
+    assert code == 0, err
+    assert listing(tmp_path) == {name} and stream_info(tmp_path / name)["frames"] == 3
+    too_long = "b" * 252 + ".mp4"
+    code, out, err = run(capsys, "video", short_clip, "-o", tmp_path / too_long, "--profile", "me",
+                         "--backend", "torch")
+    assert_clear_error(code, err, too_long, "File name too long")
+    assert listing(tmp_path) == {name}
+
+
+@pytest.mark.parametrize("signame, code", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_video_stopped_by_a_signal_leaves_nothing_behind(in_state, tmp_path, signame, code):
+    """timeout, docker stop, systemd and a closed terminal stop a run the way Ctrl+C does."""
+    import signal
+    import subprocess
+
+    frames = [placed_face(CLIP_SIZE, 0.45, (60.0 + i % 40, 10.0))[0] for i in range(240)]
+    long_clip = write_clip(tmp_path / "long.mp4", frames, fps=CLIP_FPS)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    command = [sys.executable, "-m", "instantrestore.plugin.cli", "video", str(long_clip), "-o",
+               str(out_dir / "long.restored.mp4"), "--profile", "me", "--backend", "torch", "--device", "cpu"]
+    env = {**os.environ, "INSTANTRESTORE_HOME": str(in_state), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        for line in process.stderr:  # the progress line of the first written frame: mid-run, temp file open
+            seen.append(line)
+            if " 1/240 frames" in line:
+                break
+        assert listing(out_dir), "".join(seen)  # the hidden temp file exists now
+        process.send_signal(getattr(signal, signame))
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == code, err
+    assert f"instantrestore: stopped by {signame}" in err and "Traceback" not in err
+    assert listing(out_dir) == set()
+
+
+def test_video_leaves_a_frame_unchanged_when_the_model_returns_nan(in_state, short_clip, tmp_path, monkeypatch,
+                                                                  capsys):
+    """Damage the file checks cannot see (an fp16 overflow, a bad engine): no flat face is pasted, and the
+    summary says so instead of "face restored in 3 of 3"."""
+    from instantrestore.runtime.restorer import Restorer
+
+    monkeypatch.setattr(Restorer, "restore", lambda self, images, profile, noise=None: torch.full_like(images, float("nan")))
+    out_path = tmp_path / "out.mp4"
+    code, _, err = run(capsys, "video", short_clip, "-o", out_path, "--profile", "me", "--backend", "torch")
+    assert code == 0, err
+    assert "face restored in 0 of 3" in err
+    assert "warning: the model's output was not finite (NaN or infinite) in 3 of 3 frames" in err
+    # the frames as they were through the same encoder: the same pixels but for x264's threading noise
+    from instantrestore.runtime.media import FileSink, FileSource
+
+    source = FileSource(short_clip)
+    with FileSink(tmp_path / "unchanged.mp4", like=source) as sink:
+        for frame in source:
+            sink.write(frame.image, frame.time)
+    unchanged = np.stack(read_frames(tmp_path / "unchanged.mp4")).astype(np.int16)
+    diff = np.abs(np.stack(read_frames(out_path)).astype(np.int16) - unchanged)
+    _, inner = face_regions(unchanged[0].astype(np.uint8))
+    assert diff[:, inner].mean() < 0.1 and diff.max() <= 4
+
+
 def test_video_refuses_truncated_and_unreadable_inputs(in_state, clip, tmp_path, capsys):
     data = open(clip, "rb").read()
     cut = tmp_path / "cut.mp4"  # moov at the end: cannot even be opened

@@ -168,9 +168,13 @@ def test_foreign_engine_is_never_loaded_nor_deleted(home):
 def test_corrupt_or_uncommitted_engine_is_rejected(home):
     key = _key()
     path = _write_plan(key)
-    path.write_bytes(b"plan-bytez")  # same size, other content
-    assert artifacts.find_artifact(key, "plan") == path
-    assert artifacts.find_artifact(key, "plan", verify_hash=True) is None
+    assert artifacts.find_artifact(key, "plan") == path  # verified, and the verification remembered
+    with open(path, "r+b") as f:  # four bytes changed in place, after that successful load
+        f.seek(2)
+        f.write(b"zzzz")
+    assert artifacts.find_artifact(key, "plan") is None  # loading checks the SHA-256 of the sidecar
+    assert artifacts.classify(path, key)[0] == artifacts.CORRUPT
+    assert artifacts.find_artifact(key, "plan", verify_hash=False) == path  # the size alone cannot tell
     path.write_bytes(b"short")
     assert artifacts.classify(path, key)[0] == artifacts.CORRUPT
     artifacts.sidecar_path(path).unlink()  # a write that never committed
