@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from instantrestore.runtime.artifacts import sha256_file
+from instantrestore.runtime.artifacts import remove_stale_temps, sha256_file, temp_prefix
 from instantrestore.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, CONFIG_NAME, DTYPES, WEIGHTS_NAME
 from instantrestore.runtime.network import shared_layer_names, up_block_resolution
 
@@ -370,10 +370,19 @@ def _is_bundle_folder(folder: Path) -> bool:
 
 
 def _write_bundle(out: Path, config: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """Write into a temporary folder beside `out`, then swap it in: a failure leaves no partial bundle."""
-    check_bundle_destination(out)
+    """Write into a temporary folder beside `out`, then swap it in: a failure or a signal leaves no partial
+    bundle, and what a killed export left behind (its temp folder, the previous bundle moved aside) is removed
+    or put back by the next one."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    old = out.with_name(f".{out.name}.old")
+    if not out.exists() and _is_bundle_folder(old):
+        os.replace(old, out)  # killed between the two renames below: the previous bundle comes back
+    check_bundle_destination(out)
+    remove_stale_temps(out.parent, out.name)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out), dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would carry over: a bundle is an ordinary folder
     try:
         save_file(tensors, str(tmp / WEIGHTS_NAME))
         identity = {k: v for k, v in config.items() if k != "source"}
@@ -383,7 +392,6 @@ def _write_bundle(out: Path, config: dict, tensors: dict[str, torch.Tensor]) -> 
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         if out.exists():
             check_bundle_destination(out)  # again: the folder may have changed during the minutes of work
-            old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(out, old)
             try:

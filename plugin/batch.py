@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
 
-from instantrestore.runtime.artifacts import atomic_write_json, sha256_file
+from instantrestore.runtime.artifacts import atomic_write_json, remove_temp, sha256_file, temp_files
 
 from . import home
 from .progress import ProgressBar, say
@@ -46,6 +46,10 @@ class BatchError(ValueError):
     """A batch the user has to fix before anything runs (no inputs, clashing outputs, no Ray)."""
 
 
+class BatchStopped(BaseException):
+    """Raised in a video's pipeline when the batch is interrupted: its sink is aborted, so no partial file."""
+
+
 @dataclasses.dataclass
 class BatchOptions:
     inputs: list
@@ -58,7 +62,8 @@ class BatchOptions:
     batch_size: int = 1
     ray: Optional[str] = None  # None: one process; "local", "auto" or "ray://HOST:PORT"
     jobs: Optional[int] = None  # Ray workers (default: the cluster's GPUs, or 1)
-    force: bool = False
+    force: bool = False  # restore again what is done
+    overwrite: bool = False  # replace files at output paths that this batch did not write
 
 
 @dataclasses.dataclass
@@ -189,10 +194,10 @@ def one_line(error: BaseException) -> str:
 
 
 def remove_partials(output: Path) -> None:
-    """The temp files a killed writer of `output` left in its folder (FileSink's names: ours, and their
-    writer is gone)."""
-    for partial in output.parent.glob(f".{output.stem}.*.partial{output.suffix or '.mp4'}"):
-        partial.unlink(missing_ok=True)
+    """The temp files a dead worker left for `output`: ours by name, and no other worker writes this output
+    (its pid means nothing here: the worker may have run on another node)."""
+    for path, _ in temp_files(output.parent, output.name):
+        remove_temp(path)
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -267,6 +272,9 @@ def run_batch(options: BatchOptions, events: Optional[Callable] = None) -> list[
             video.status = "skipped"
             entry = manifest[video.name]
             video.frames, video.faces_restored = entry.get("frames", video.frames), entry.get("faces_restored", 0)
+        elif video.output.exists() and video.name not in manifest and not options.overwrite:
+            video.status = "failed"
+            video.reason = f"{video.output} exists and was not written by this batch; --overwrite replaces it"
     pending = [v for v in videos if v.status == "pending"]
     skipped = sum(v.status == "skipped" for v in videos)
     say(f"{len(videos)} video{'s' if len(videos) != 1 else ''}: {len(pending)} to restore, {skipped} already done"
@@ -313,21 +321,34 @@ def _run_here(options, bundle, profile, pending, progress, record, events) -> No
         with restore_lock:
             return restore(crops)
 
+    stop = threading.Event()
+
+    def frame_written(video: Video, done: int) -> None:
+        if stop.is_set():
+            raise BatchStopped()  # inside the video's pipeline: its sink is aborted
+        progress.frame(video, done)
+
     def one(video: Video) -> None:
         events("started", video=video, pid=os.getpid())
         started = time.monotonic()
         try:
             result = restore_file(shared_restore, restorer.crop_size, video.source, video.output, options.blend,
-                                  options.batch_size, progress=lambda done, total: progress.frame(video, done))
+                                  options.batch_size, progress=lambda done, total: frame_written(video, done))
             video.status, video.frames, video.faces_restored = "done", result["frames"], result["faces_restored"]
         except Exception as error:  # noqa: BLE001 - reported in the summary; the other videos go on
             video.status, video.reason = "failed", one_line(error)
         video.seconds = time.monotonic() - started
         record(video)
 
-    with ThreadPoolExecutor(max_workers=LOCAL_VIDEOS_IN_FLIGHT, thread_name_prefix="batch-video") as pool:
+    pool = ThreadPoolExecutor(max_workers=LOCAL_VIDEOS_IN_FLIGHT, thread_name_prefix="batch-video")
+    try:
         for future in [pool.submit(one, video) for video in pending]:
             future.result()
+    except BaseException:  # Ctrl+C, SIGTERM: the videos at work stop at their next frame, leaving nothing
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 # ------------------------------------------------------------------------------------------ Ray
@@ -375,6 +396,7 @@ class BatchWorker:
 
 def _run_on_ray(options, bundle, profile_path: Path, pending: list[Video], record, events) -> None:
     ray = _import_ray()
+    running: dict = {}  # task -> (worker, video)
     started_here = not ray.is_initialized()
     if started_here:
         if options.ray == "local":
@@ -385,7 +407,8 @@ def _run_on_ray(options, bundle, profile_path: Path, pending: list[Video], recor
         gpus = int(ray.cluster_resources().get("GPU", 0))
         workers = min(len(pending), options.jobs or max(1, gpus))
         resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-        say(f"ray: {workers} worker{'s' if workers != 1 else ''} on {'a GPU each' if gpus else 'CPUs (no GPUs in the cluster)'}")
+        on = "a GPU each" if gpus else "CPUs (the cluster has no GPUs)"
+        say(f"ray: {workers} worker{'s' if workers != 1 else ''} on {on}")
         # shipped once through the object store; every worker loads the model from it
         bundle_ref = ray.put({path.name: path.read_bytes() for path in Path(bundle.path).iterdir() if path.is_file()})
         profile_ref = ray.put(profile_path.read_bytes())
@@ -403,7 +426,6 @@ def _run_on_ray(options, bundle, profile_path: Path, pending: list[Video], recor
 
         queue = collections.deque(pending)
         attempts: collections.Counter = collections.Counter()
-        running: dict = {}
 
         def submit(worker) -> None:
             video = queue.popleft()
@@ -426,7 +448,8 @@ def _run_on_ray(options, bundle, profile_path: Path, pending: list[Video], recor
                     say(f"a worker died while restoring {video.name}; retrying it on another")
                     queue.appendleft(video)
                 else:
-                    video.status, video.reason = "failed", f"its worker died {attempts[video.name]} times ({type(error).__name__})"
+                    video.status = "failed"
+                    video.reason = f"its worker died {attempts[video.name]} times ({type(error).__name__})"
                     record(video)
                 ray.kill(worker[0])
                 if queue:
@@ -440,6 +463,15 @@ def _run_on_ray(options, bundle, profile_path: Path, pending: list[Video], recor
             record(video)
             if queue:
                 submit(worker)
+    except BaseException:  # Ctrl+C, SIGTERM: stop the videos at work and remove what they were writing
+        for (actor, _), _video in running.values():
+            ray.kill(actor)
+        if started_here:
+            ray.shutdown()
+            started_here = False
+        for _, video in running.values():
+            remove_partials(video.output)
+        raise
     finally:
         if started_here:
             ray.shutdown()
@@ -468,16 +500,28 @@ def cmd_batch(args) -> int:
     ray = args.ray
     options = BatchOptions(inputs=args.inputs, out_dir=Path(args.output), profile=args.profile[0],
                            bundle=args.bundle, backend=args.backend, device=args.device, blend=args.blend,
-                           batch_size=args.batch_size, ray=ray, jobs=args.jobs, force=args.force)
+                           batch_size=args.batch_size, ray=ray, jobs=args.jobs, force=args.force,
+                           overwrite=args.overwrite)
     started = time.monotonic()
-    videos = run_batch(options)
+    restoring: list[float] = []  # from the first video started to the last finished: after the model loads
+
+    def timing(kind, **info):
+        if kind in ("started", "finished"):
+            restoring.append(time.monotonic())
+
+    videos = run_batch(options, events=timing)
     print(summary_table(videos))
     failed = [v for v in videos if v.status == "failed"]
     done = [v for v in videos if v.status == "done"]
     frames = sum(v.frames for v in done)
     elapsed = time.monotonic() - started
-    say(f"{len(done)} restored ({frames} frames in {elapsed:.1f} s), {sum(v.status == 'skipped' for v in videos)} "
-        f"already done, {len(failed)} failed")
+    rates = ""
+    if done and len(restoring) > 1 and restoring[-1] > restoring[0]:
+        busy = restoring[-1] - restoring[0]
+        rates = (f"; {len(done) / busy:.2f} videos/s, {frames / busy:.1f} frames/s once the model was loaded "
+                 f"({elapsed - busy:.1f} s of start-up)")
+    say(f"{len(done)} restored ({frames} frames in {elapsed:.1f} s{rates}), "
+        f"{sum(v.status == 'skipped' for v in videos)} already done, {len(failed)} failed")
     return 2 if failed else 0
 
 
@@ -494,6 +538,8 @@ def register(commands) -> None:
     batch.add_argument("--jobs", type=int, help="with --ray: how many workers (default: one per GPU of the cluster, "
                                                 "or 1 without GPUs)")
     batch.add_argument("--force", action="store_true", help="restore every video again, even those already done")
+    batch.add_argument("--overwrite", action="store_true",
+                       help="replace files at the output paths that this batch did not write (default: refuse)")
     batch.add_argument("--batch-size", type=int, default=1, help="frames per restorer call (default 1)")
     batch.add_argument("--blend", type=float, default=1.0, help="strength of the restored face, 0..1 (default 1)")
     add_model_options(batch)

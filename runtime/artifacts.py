@@ -284,30 +284,43 @@ def temp_prefix(path) -> str:
     return f".{_temp_stem(Path(path).name)}.{os.getpid()}-"
 
 
+def temp_files(folder, name: str) -> list[tuple[Path, int]]:
+    """Our temp files and folders for the target `name` in `folder`, each with the pid that made it."""
+    pattern = re.compile(rf"\.{re.escape(_temp_stem(name))}\.(\d+)-[a-z0-9_]{{8}}(\..*)?", re.DOTALL)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    return [(Path(entry.path), int(match.group(1))) for entry in entries if (match := pattern.fullmatch(entry.name))]
+
+
+def remove_temp(path: Path) -> bool:
+    """Remove one of our temp files or folders; never raises (cleanup is best effort)."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except OSError:
+        return False
+    return True
+
+
 def remove_stale_temps(folder, name: str) -> list:
     """Remove what an earlier process killed mid-write (kill -9, power loss) left of its temp files and
     folders for the target `name` in `folder`: only names of our pattern, of a pid no longer running here,
     not written for STALE_TEMP_AGE_S. Returns the paths removed; never raises (cleanup is best effort)."""
-    pattern = re.compile(rf"\.{re.escape(_temp_stem(name))}\.(\d+)-[a-z0-9_]{{8}}(\..*)?", re.DOTALL)
     removed = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        match = pattern.fullmatch(entry.name)
-        if match is None or _pid_running(int(match.group(1))):
+    for path, pid in temp_files(folder, name):
+        if _pid_running(pid):
             continue
         try:
-            if time.time() - entry.stat(follow_symlinks=False).st_mtime < STALE_TEMP_AGE_S:
+            if time.time() - path.lstat().st_mtime < STALE_TEMP_AGE_S:
                 continue
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
-            removed.append(Path(entry.path))
         except OSError:
-            pass
+            continue
+        if remove_temp(path):
+            removed.append(path)
     return removed
 
 

@@ -5,6 +5,7 @@ another."""
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -18,6 +19,7 @@ from PIL import Image
 from instantrestore.plugin import batch, home
 from instantrestore.plugin.batch import BatchError, BatchOptions, collect_inputs, run_batch
 from instantrestore.plugin.cli import main
+from instantrestore.runtime.artifacts import temp_files
 from media_helpers import astronaut, placed_face, read_frames, write_clip
 
 pytestmark = pytest.mark.timeout(600)
@@ -143,6 +145,27 @@ def test_batch_in_one_process_restores_reports_and_resumes(in_home, talks, video
     assert rows["a.mp4"].split()[1] == "done" and rows["2024/b.mp4"].split()[1] == "done"
 
 
+def test_an_interrupted_batch_leaves_no_partial_file_and_resumes(in_home, talks, tmp_path):
+    out = tmp_path / "restored"
+    command = [sys.executable, "-m", "instantrestore.plugin.cli", "batch", str(talks), "-o", str(out),
+               "--profile", "me", "--backend", "torch"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if out.is_dir() and any(temp_files(folder, name) for folder in (out, out / "2024") if folder.is_dir()
+                                for name in ("a.mp4", "b.mp4")):
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert not [name for name in files_under(out) if Path(name).name.startswith(".") and name != MANIFEST]
+    # the next run finishes the job
+    assert main(["batch", str(talks), "-o", str(out), "--profile", "me", "--backend", "torch"]) == 2
+    assert files_under(out) == {"a.mp4", "2024/b.mp4", MANIFEST}
+
+
 def test_batch_on_ray_survives_a_killed_worker(in_home, talks, video_outputs, tmp_path):
     pytest.importorskip("ray")
     out = tmp_path / "restored"
@@ -152,7 +175,7 @@ def test_batch_on_ray_survives_a_killed_worker(in_home, talks, video_outputs, tm
         """Kill the worker once its partial output exists: mid-video."""
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if list(output.parent.glob(f".{output.stem}.*.partial.mp4")):
+            if output.parent.is_dir() and temp_files(output.parent, output.name):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
                 return

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -227,6 +228,31 @@ def test_out_that_is_a_bundle_is_replaced(tiny_release, tmp_path):
                       dtype="float32")
     assert load_bundle(out).bundle_id == load_bundle(tiny_release["bundle"]).bundle_id
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_what_a_killed_export_left_is_cleaned_up_or_put_back(tiny_release, tmp_path):
+    """kill -9 during an export: its temp folder is removed by the next export into that folder; killed
+    between its two renames, the previous bundle (moved aside) comes back."""
+    import shutil
+
+    out = tmp_path / "bundle"
+    dead_pid = 2 ** 22 + 17  # above Linux's pid_max: no such process
+    stale = tmp_path / f".bundle.{dead_pid}-abcd1234"
+    stale.mkdir()
+    (stale / "weights.safetensors").write_bytes(b"x" * 100)
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    shutil.copytree(tiny_release["bundle"], tmp_path / ".bundle.old")
+    import_checkpoint(tiny_release["checkpoint"], base=tiny_release["base"], vae=tiny_release["vae"], out=out,
+                      dtype="float32")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+    assert load_bundle(out).bundle_id == load_bundle(tiny_release["bundle"]).bundle_id
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # an ordinary folder, not mkdtemp's 0700
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def test_a_missing_checkpoint_is_one_line(tiny_release, tmp_path, capsys):
