@@ -179,12 +179,12 @@ def check_bundle() -> list:
         return [Check("bundle", MISSING, str(error), f"delete {home.settings_path()} and export again")]
     if path is None:
         return [Check("bundle", MISSING, "no model bundle exported yet",
-                      "download final_model_ckpt.pt from the hub repo hwdz15508/InstantRestore, then "
-                      "`instantrestore export --checkpoint final_model_ckpt.pt` (see README)")]
+                      "`instantrestore export` (fetches the authors' weights from the hub; offline, see README)")]
     try:
         bundle = load_bundle(path)
     except BundleError as error:
-        return [Check("bundle", MISSING, str(error), "export again: `instantrestore export --checkpoint ...`")]
+        return [Check("bundle", MISSING, str(error), "export again (`instantrestore export`), or choose another "
+                                                     "with `instantrestore bundles use NAME`")]
     out = [Check("bundle", OK, f"{path} (id {bundle.bundle_id[:12]}, {bundle.config.get('dtype')}, crop "
                  f"{bundle.crop_size})")]
     from instantrestore.runtime.backend_onnxruntime import onnx_ready

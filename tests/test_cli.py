@@ -761,7 +761,7 @@ def test_doctor_reports_each_part_with_next_steps(fresh_home, capsys):
                   "virtual camera", "state folder", "bundle", "profiles"):
         assert any(line.split("  ")[0].strip() in ("ok", "warn", "missing") and f" {topic} " in line
                    for line in out.splitlines()), topic
-    assert "next: download final_model_ckpt.pt from the hub repo hwdz15508/InstantRestore" in out
+    assert "next: `instantrestore export` (fetches the authors' weights from the hub" in out
     assert "next: `instantrestore enroll" in out
     assert "to fix before the camera can run" in out.splitlines()[-1]
 
