@@ -3,7 +3,6 @@ model bundle: LoRA merged into plain weights, only what restore and enroll need,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -17,7 +16,8 @@ import torch
 from safetensors.torch import save_file
 
 from instantrestore.runtime.artifacts import remove_stale_temps, sha256_file, temp_prefix
-from instantrestore.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, CONFIG_NAME, DTYPES, WEIGHTS_NAME
+from instantrestore.runtime.bundle import (BUNDLE_FORMAT, BUNDLE_VERSION, CONFIG_NAME, DTYPES, WEIGHTS_NAME,
+                                          content_id)
 from instantrestore.runtime.network import shared_layer_names, up_block_resolution
 
 PROMPT = "A high-quality photo of a person; professional, 8k"
@@ -385,10 +385,7 @@ def _write_bundle(out: Path, config: dict, tensors: dict[str, torch.Tensor]) -> 
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would carry over: a bundle is an ordinary folder
     try:
         save_file(tensors, str(tmp / WEIGHTS_NAME))
-        identity = {k: v for k, v in config.items() if k != "source"}
-        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
-        digest.update(sha256_file(tmp / WEIGHTS_NAME).encode())
-        config["bundle_id"] = digest.hexdigest()
+        config["bundle_id"] = content_id(config, sha256_file(tmp / WEIGHTS_NAME))
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         if out.exists():
             check_bundle_destination(out)  # again: the folder may have changed during the minutes of work

@@ -182,8 +182,10 @@ def restore_file(crop_restorer: Callable, crop_size: int, in_path, out_path, ble
     except BaseException:
         sink.abort()
         raise
-    frames = sink.frames_written
-    return {"frames": frames, "faces_restored": frames - int(stats.summary().get("no_face", 0))}
+    frames, summary = sink.frames_written, stats.summary()
+    # a face whose restored crop was not finite was left as it was (damaged weights): not restored
+    not_restored = int(summary.get("no_face", 0)) + int(summary.get("not_finite", 0))
+    return {"frames": frames, "faces_restored": frames - not_restored}
 
 
 def one_line(error: BaseException) -> str:
