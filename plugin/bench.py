@@ -3,16 +3,20 @@
 Model mode times encode, UNet, decode and the whole restore step (eager, and on CUDA as one CUDA graph),
 the authors' per-image structure (references enrolled again for every image) for the ratio, enrollment,
 and peak GPU memory. Pipeline mode times decode, track, restore, composite and encode on a synthetic
-1080p clip. Figures are medians after warm-up; `--json` prints one JSON object last.
+1080p clip. Soak mode runs the live runner in real time for minutes and reports dropped frames, latency
+and resident memory over the run (a leak shows as growth). Figures are medians after warm-up; `--json`
+prints one JSON object last.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +27,9 @@ from instantrestore.runtime import load_bundle, load_restorer
 from instantrestore.runtime.artifacts import state_dir
 
 from .progress import say
+
+
+FRAMES_DEFAULT, SOAK_FRAMES_DEFAULT = 30, 14_400
 
 
 def _sync(device: torch.device) -> None:
@@ -179,6 +186,111 @@ def bench_pipeline(restorer=None, frames: int = 120, batch: int = 1, size=(1920,
             "fps": frames / wall, "no_face_frames": summary.get("no_face", 0)}
 
 
+class LoopedClip:
+    """A camera stand-in for the soak: a few seconds of frames played in a loop at `fps` (the live runner paces
+    a source that is not live at its own rate), `total` frames in all."""
+
+    live = False
+
+    def __init__(self, frames: list, fps: float, total: int):
+        self.frames, self.fps, self.total = frames, fps, total
+
+    def __iter__(self):
+        from instantrestore.runtime.media import SourceFrame
+
+        for index in range(self.total):
+            yield SourceFrame(self.frames[index % len(self.frames)], index / self.fps, index)
+
+
+class CountingSink:
+    """Where the soak's frames go: counted, not kept."""
+
+    def __init__(self):
+        self.count = 0
+
+    def write(self, image, timestamp=None):
+        self.count += 1
+
+    def close(self):
+        pass
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory now (Linux), None where /proc is not there."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def bench_soak(restorer=None, frames: int = 14_400, size=(1280, 720), fps: float = 30.0, stand_in_ms: float = 10.0,
+               crop_size: int = 512, progress=None) -> dict:
+    """The live runner for `frames` frames in real time (14,400 = 8 minutes at 30 fps) on a looped clip of a
+    real face: frames sent, dropped and repeated, latency, and resident memory sampled every second. The
+    growth is measured from the end of the first tenth (after warm-up) to the end: a leak shows as growth
+    in proportion to the run's length."""
+    import cv2
+
+    from instantrestore.runtime.align import face_crops
+    from instantrestore.runtime.pipeline import FramePipeline, run_live
+
+    try:
+        from skimage.data import astronaut
+    except ImportError:
+        raise ValueError("the soak needs scikit-image for its test face: pip install scikit-image") from None
+    width, height = size
+    side = height * 5 // 6
+    photo = cv2.resize(astronaut()[:320, 90:410], (side, side), interpolation=cv2.INTER_CUBIC)
+    clip = []
+    for i in range(int(fps) * 4):  # four seconds of a head moving a little, as on a call
+        frame = np.full((height, width, 3), 90, np.uint8)
+        x = width // 2 - side // 2 + int(30 * np.sin(i / 12))
+        y = (height - side) // 2 + int(10 * np.cos(i / 17))
+        frame[y:y + side, x:x + side] = photo
+        clip.append(frame)
+    if restorer is None:
+        restore_crops = stand_in_restorer(stand_in_ms)
+        labels = {"device": device_name(torch.device("cpu")), "backend": f"stand-in ({stand_in_ms:g} ms per face)"}
+    else:
+        crop_size = restorer.crop_size
+        crops = face_crops(astronaut(), crop_size)
+        if not crops:
+            raise ValueError("the benchmark's test face was not detected")
+        restore_crops = restorer.crop_restorer(restorer.enroll_crops(crops[0].crop[None]))
+        labels = {"device": device_name(restorer.device), "backend": restorer.backend.name}
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def sample():
+        started = time.monotonic()
+        while not done.wait(1.0):
+            rss = resident_mb()
+            if rss is not None:
+                samples.append((time.monotonic() - started, rss))
+                if progress and len(samples) % 30 == 0:
+                    progress(f"soak: {samples[-1][0]:.0f} s, resident memory {rss:.1f} MB")
+
+    sampler = threading.Thread(target=sample, name="instantrestore-soak-memory", daemon=True)
+    sink = CountingSink()
+    with FramePipeline(restore_crops, crop_size) as pipeline:
+        sampler.start()
+        try:
+            report = run_live(pipeline, LoopedClip(clip, fps, frames), sink, max_frames=frames)
+        finally:
+            done.set()
+            sampler.join()
+    result = {**labels, "frames": frames, "size": f"{width}x{height}", "fps_target": fps,
+              "sent": report.sent, "dropped": report.dropped, "repeated": report.repeated,
+              "seconds": report.duration_s, "mean_latency_ms": 1000 * report.mean_latency_s,
+              "max_latency_ms": 1000 * report.max_latency_s}
+    if len(samples) >= 2:
+        settled = samples[len(samples) // 10]
+        result.update(rss_settled_mb=settled[1], rss_end_mb=samples[-1][1], rss_max_mb=max(m for _, m in samples),
+                      rss_growth_mb=samples[-1][1] - settled[1])
+    return result
+
+
 LABELS = {
     "encode_ms": "VAE encode", "unet_ms": "UNet (shared attention)", "decode_ms": "VAE decode",
     "restore_ms": "restore step, no CUDA graph", "restore_graph_ms": "restore step, CUDA graph",
@@ -195,7 +307,10 @@ def format_report(result: dict) -> str:
             label = LABELS.get(key, key[:-3].replace("stage_", "pipeline: "))
             lines.append(f"  {label:34s} {value:9.2f} ms")
     for key, unit in (("fps", "frames/s"), ("speedup_vs_authors_structure", "x"), ("kv_mb", "MB of K/V"),
-                      ("peak_gpu_mb", "MB peak GPU memory")):
+                      ("peak_gpu_mb", "MB peak GPU memory"), ("sent", "frames sent"), ("dropped", "frames dropped"),
+                      ("repeated", "frames repeated"), ("seconds", "s"), ("rss_settled_mb", "MB resident after warm-up"),
+                      ("rss_end_mb", "MB resident at the end"), ("rss_max_mb", "MB resident at most"),
+                      ("rss_growth_mb", "MB growth after warm-up")):
         if key in result:
             lines.append(f"  {key:34s} {result[key]:9.2f} {unit}")
     return "\n".join(lines)
@@ -211,21 +326,30 @@ def register(commands) -> None:
     bench.add_argument("--dtype", choices=["float16", "float32"], help="default: float16 on cuda, float32 on cpu")
     bench.add_argument("--refs", type=int, default=4)
     bench.add_argument("--batch", type=int, default=1)
-    bench.add_argument("--frames", type=int, default=30, help="timed repetitions (frames in --pipeline mode)")
+    bench.add_argument("--frames", type=int, default=FRAMES_DEFAULT,
+                       help=f"timed repetitions (frames in --pipeline mode; --soak: {SOAK_FRAMES_DEFAULT})")
     bench.add_argument("--compile", action="store_true", help="torch backend: torch.compile under the CUDA graph")
     bench.add_argument("--pipeline", action="store_true", help="time the whole pipeline on a synthetic 1080p clip")
+    bench.add_argument("--soak", action="store_true",
+                       help="run the live runner in real time on a looped 720p clip (--frames, default 14400: 8 "
+                            "minutes at 30 fps) and report dropped frames, latency and memory over time")
     bench.add_argument("--stand-in-ms", type=float, metavar="MS",
-                       help="--pipeline without the model: a stand-in waits MS per face as a GPU call would")
+                       help="--pipeline or --soak without the model: a stand-in waits MS per face as a GPU call would")
     bench.add_argument("--json", action="store_true", help="print one JSON object last")
     bench.set_defaults(run=run)
 
 
 def run(args) -> int:
+    if args.soak and args.pipeline:
+        raise ValueError("--soak and --pipeline are two benchmarks; give one")
+    soak_frames = args.frames if args.frames != FRAMES_DEFAULT else SOAK_FRAMES_DEFAULT
     if args.stand_in_ms is not None:
-        if not args.pipeline or args.bundle or args.random:
-            raise ValueError("--stand-in-ms replaces the model in --pipeline mode; drop --bundle/--random")
+        if not (args.pipeline or args.soak) or args.bundle or args.random:
+            raise ValueError("--stand-in-ms replaces the model in --pipeline or --soak mode; drop --bundle/--random")
         if not 0 <= args.stand_in_ms <= 10_000 or args.batch < 1 or args.frames < 1:
             raise ValueError("--stand-in-ms must be within 0..10000, --batch and --frames at least 1")
+        if args.soak:
+            return _report(bench_soak(None, frames=soak_frames, stand_in_ms=args.stand_in_ms, progress=say), args.json)
         result = bench_pipeline(None, frames=args.frames, batch=args.batch, stand_in_ms=args.stand_in_ms)
         return _report(result, args.json)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -247,7 +371,9 @@ def run(args) -> int:
         from .jobs import load_engine
 
         restorer = load_engine(bundle, args.backend, device.type, dtype)
-    if args.pipeline:
+    if args.soak:
+        result = bench_soak(restorer, frames=soak_frames, progress=say)
+    elif args.pipeline:
         result = bench_pipeline(restorer, frames=args.frames, batch=args.batch)
     else:
         result = bench_model(restorer, refs=args.refs, batch=args.batch, frames=args.frames)

@@ -47,7 +47,22 @@ def test_bench_pipeline_with_a_stand_in_for_the_model(tmp_path, monkeypatch, cap
     assert result["no_face_frames"] == 0 and result["stage_restore_ms"] >= 1.9  # the stand-in waited 2 ms per face
     assert not (tmp_path / "bench").exists()  # no model was built
     assert main(["bench", "--stand-in-ms", "2"]) == 2
-    assert "replaces the model in --pipeline mode" in capsys.readouterr().err
+    assert "replaces the model in --pipeline or --soak mode" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(300)
+def test_the_soak_runs_the_live_runner_in_real_time_and_samples_memory(tmp_path, monkeypatch, capsys):
+    """A short soak (the real one is 14,400 frames, minutes: a benchmark, not a test): the report is there
+    and says what the live runner did."""
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(tmp_path))
+    assert main(["bench", "--soak", "--stand-in-ms", "2", "--frames", "90", "--json"]) == 0
+    result = last_json(capsys)
+    assert result["frames"] == 90 and result["size"] == "1280x720" and result["fps_target"] == 30
+    assert result["seconds"] >= 2.9  # played at the clip's rate, not as fast as possible
+    assert result["sent"] >= 85 and result["mean_latency_ms"] > 0
+    assert result["rss_end_mb"] > 100 and "rss_growth_mb" in result
+    assert main(["bench", "--soak", "--pipeline", "--stand-in-ms", "2"]) == 2
+    assert "two benchmarks" in capsys.readouterr().err
 
 
 def test_bench_refuses_bad_numbers(capsys):
