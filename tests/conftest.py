@@ -25,6 +25,18 @@ def state_folder(tmp_path_factory):
         os.environ["INSTANTRESTORE_HOME"] = previous
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules that run whole commands: two torch threads on a shared 2-core runner can be 10x slower
+    than one (spinning OpenMP workers)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def release_factory(tmp_path_factory):
     """The miniature release and its fp32 bundle for a (use_adain, train_input) pair, made once."""

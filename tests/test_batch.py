@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from instantrestore.plugin import batch, home
@@ -22,17 +21,9 @@ from instantrestore.plugin.cli import main
 from instantrestore.runtime.artifacts import temp_files
 from media_helpers import astronaut, placed_face, read_frames, write_clip
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("one_torch_thread")]
 
 SIZE, FRAMES = (320, 240), 10
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ from instantrestore.plugin.cli import main  # noqa: E402
 from instantrestore.runtime import Profile  # noqa: E402
 
 # MediaPipe runs in most of these: never let a hang stall the suite.
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("one_torch_thread")]
 
 CLIP_FRAMES, CLIP_FPS, CLIP_SIZE = 12, 24, (320, 240)
 
@@ -80,15 +80,6 @@ def assert_clear_error(code, err, *fragments):
     for fragment in fragments:
         assert fragment in last, last
     return last
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Two threads on a shared 2-core runner can be 10x slower than one (spinning OpenMP workers).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
