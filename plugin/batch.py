@@ -20,6 +20,7 @@ import os
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
@@ -403,7 +404,14 @@ def _run_on_ray(options, bundle, profile_path: Path, pending: list[Video], recor
         if options.ray == "local":
             ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         else:
-            ray.init(address=options.ray, logging_level="ERROR", log_to_driver=False)
+            try:
+                with warnings.catch_warnings():  # Ray Client warns, then raises: the error says it all
+                    warnings.simplefilter("ignore")
+                    ray.init(address=options.ray, logging_level="ERROR", log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as error:
+                reason = " ".join(str(error).split()).split(". ")[0]
+                raise BatchError(f"cannot reach the Ray cluster {options.ray!r} ({reason}); start one (`ray start "
+                                 "--head`) or give its address as --ray ray://HOST:10001") from None
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         workers = min(len(pending), options.jobs or max(1, gpus))

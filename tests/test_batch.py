@@ -194,6 +194,16 @@ def test_batch_on_ray_survives_a_killed_worker(in_home, talks, video_outputs, tm
     assert again == {"2024/b.mp4": "skipped", "2024/broken.mp4": "failed", "a.mp4": "skipped"}
 
 
+def test_no_ray_cluster_to_join_is_one_line(in_home, talks, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["batch", str(talks / "a.mp4"), "-o", str(tmp_path / "o"), "--profile", "me", "--ray", "auto"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("instantrestore: error: cannot reach the Ray cluster 'auto' (")
+    assert "ray start --head" in last
+    assert not list((tmp_path / "o").rglob("*.mp4"))
+
+
 def test_ray_missing_says_how_to_install_it(in_home, talks, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
     assert main(["batch", str(talks), "-o", str(tmp_path / "o"), "--profile", "me", "--ray"]) == 2
