@@ -33,6 +33,8 @@ RELEASE_FILE = "final_model_ckpt.pt"
 DEFAULT_CHECKPOINT = f"{RELEASE_REPO}/{RELEASE_FILE}"
 # What a cfg["model"] without these flags means: the defaults of the authors' own ModelConfig
 AUTHORS_DEFAULT_FLAGS = {"use_adain": False, "train_input": True}
+# The cfg["model"] entries the import understands; a switch it does not know is said, never silently dropped
+KNOWN_MODEL_CFG = {"lora_rank_unet", "lora_rank_vae", "use_shortcuts", *AUTHORS_DEFAULT_FLAGS}
 # transformers 4.x nests CLIPTextModel's weights under this level (the release and the hub's sd-turbo keep
 # it); transformers 5 does not
 TEXT_MODEL_LEVEL = "text_model."
@@ -278,6 +280,10 @@ def import_checkpoint(checkpoint=DEFAULT_CHECKPOINT, base="stabilityai/sd-turbo"
     for name in assumed:
         report(progress, f"the checkpoint's cfg does not set {name}: assuming {str(flags[name]).lower()}, "
                          "the default of the authors' ModelConfig")
+    unknown = sorted(k for k, v in model_cfg.items() if k not in KNOWN_MODEL_CFG and v is True)
+    if unknown:
+        report(progress, f"warning: the checkpoint's cfg switches on {', '.join(unknown)}, which this importer does "
+                         "not know; the bundle is the method without it")
     source = {
         "checkpoint": str(checkpoint) if hub_file(checkpoint) else path.name,
         "checkpoint_sha256": sha256_file(path),

@@ -53,7 +53,8 @@ def test_the_prompt_embedding_comes_from_the_release_text_encoder(tiny_release):
 
 
 def test_a_cfg_without_the_flags_takes_the_authors_defaults(release_factory, tmp_path):
-    release = write_release(tmp_path, model_cfg={"lora_rank_unet": 4, "lora_rank_vae": 4, "use_shortcuts": False})
+    release = write_release(tmp_path, model_cfg={"lora_rank_unet": 4, "lora_rank_vae": 4, "use_shortcuts": False,
+                                                 "use_landmark_attention": True})
     messages = []
     out = import_checkpoint(release["checkpoint"], base=release["base"], vae=release["vae"], out=tmp_path / "b",
                             dtype="float32", progress=messages.append)
@@ -62,6 +63,7 @@ def test_a_cfg_without_the_flags_takes_the_authors_defaults(release_factory, tmp
     assert config["source"]["assumed_flags"] == ["use_adain", "train_input"]
     said = " ".join(messages)
     assert "does not set use_adain: assuming false" in said and "does not set train_input: assuming true" in said
+    assert "switches on use_landmark_attention, which this importer does not know" in said
     # the same network as a checkpoint that states those flags
     stated = release_factory(use_adain=False, train_input=True)
     assert config["bundle_id"] == json.loads((stated["bundle"] / "config.json").read_text())["bundle_id"]
