@@ -249,10 +249,10 @@ def build(panel: Panel):
     def refresh_profiles():
         names = profile_names()
         table = profile_rows() or [["(none yet)", "", "", ""]]
-        pick = gr.update(choices=names, value=names[0] if names else None)
-        return table, pick, pick, pick
+        # a fresh update for each dropdown: Gradio consumes the dict it is given
+        return (table, *(gr.update(choices=names, value=names[0] if names else None) for _ in range(3)))
 
-    with gr.Blocks(title="InstantRestore Live") as demo:
+    with gr.Blocks(title="InstantRestore Live", analytics_enabled=False) as demo:
         gr.Markdown("# InstantRestore Live\nYour face, restored with your own photos: enroll once, then go live or "
                     "restore a recording.")
         with gr.Tabs():
@@ -372,9 +372,9 @@ def build(panel: Panel):
                 home.check_profile_name((profile_name or "").strip())
                 log = []
                 path = jobs.enroll(paths, profile_name.strip(), progress=log.append)
-                line = f"profile {profile_name.strip()!r} saved ({len(paths)} photo{'s' if len(paths) != 1 else ''})"
-                tips = [text for text in log if text.startswith("tip:")]
-                message = line + ("; " + tips[0] if tips else "") + f" in {path.parent}"
+                message = (f"profile {profile_name.strip()!r} saved from {len(paths)} photo{'s' if len(paths) != 1 else ''}"
+                           f" ({path}); choose it in Live and Recordings")
+                message += "".join(f"  \n{line}" for line in log if line.startswith("tip:"))
             except Exception as error:  # noqa: BLE001
                 message = error_line(error)
             return (message, *refresh_profiles())
@@ -551,7 +551,7 @@ def launch(panel: Panel, host: str = LOCALHOST, port: int = DEFAULT_PORT, open_b
     demo = build(panel)
     demo.queue(default_concurrency_limit=4)
     demo.launch(server_name=host, server_port=port, share=False, inbrowser=open_browser, prevent_thread_lock=not block,
-                allowed_paths=[str(outputs_dir())], show_error=True, quiet=True)
+                allowed_paths=[str(outputs_dir())], show_error=True, quiet=True, footer_links=["gradio", "settings"])
     return demo
 
 
