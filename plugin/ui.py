@@ -288,8 +288,9 @@ def build(panel: Panel):
                 cameras = list_cameras()
                 with gr.Row():
                     with gr.Column():
-                        camera = gr.Dropdown(label="Camera", choices=cameras, value=cameras[0][1] if cameras else None,
-                                             elem_id="live-camera")
+                        camera = gr.Dropdown(label="Camera" if cameras else "Camera (none found: plug one in, or "
+                                             "play a video file below)", choices=cameras,
+                                             value=cameras[0][1] if cameras else None, elem_id="live-camera")
                         camera_file = gr.Textbox(label="Or play a video file as the camera (its path)",
                                                  elem_id="live-file")
                         live_profile = gr.Dropdown(label="Profile", choices=profile_names(),
@@ -306,6 +307,7 @@ def build(panel: Panel):
                         preview = gr.Image(label="Output preview", interactive=False, elem_id="live-preview")
                         live_stats = gr.Markdown(elem_id="live-stats")
                         live_status = gr.Markdown(elem_id="live-status")
+                        live_settings = gr.Markdown(elem_id="live-settings")
                 live_timer = gr.Timer(TICK_S, active=False)
 
             # ---------------------------------------------------------------- recordings
@@ -338,8 +340,7 @@ def build(panel: Panel):
             with gr.Tab("System", id="system"):
                 recheck = gr.Button("Check again", elem_id="sys-check")
                 system_summary = gr.Markdown(elem_id="sys-summary")
-                report = gr.Dataframe(headers=["status", "topic", "detail", "next step"], interactive=False,
-                                      wrap=True, elem_id="sys-report")
+                report = gr.Markdown(elem_id="sys-report")
                 gr.Markdown("### Virtual camera setup on this computer\n```\n" + "\n".join(vcam.setup_instructions())
                             + "\n```")
 
@@ -399,14 +400,15 @@ def build(panel: Panel):
         # ---------------------------------------------------------------- live events
         def on_start(camera_spec, file_spec, profile_name, blend, backend):
             if panel.live is not None and panel.live.running:
-                return "the camera is already live; Stop it first", gr.update()
+                return "the camera is already live; Stop it first", gr.update(), gr.update()
             spec = (file_spec or "").strip() or camera_spec
             if not profile_name:
-                return error_line(jobs.PluginError("enroll a profile first (Enroll tab)")), gr.update()
+                return error_line(jobs.PluginError("enroll a profile first (Enroll tab)")), gr.update(), gr.update()
             if spec is None:
-                return error_line(jobs.PluginError("no camera found; plug one in, or give a video file")), gr.update()
+                return (error_line(jobs.PluginError("no camera found; plug one in, or give a video file")), gr.update(),
+                        gr.update())
             panel.live = LiveJob(profile_name=profile_name, input_spec=spec, backend=backend, blend=float(blend))
-            return "starting...", gr.Timer(active=True)
+            return "starting...", gr.Timer(active=True), ""
 
         def on_stop():
             if panel.live is None or not panel.live.running:
@@ -457,13 +459,14 @@ def build(panel: Panel):
                 return "this takes effect after a restart: Stop, then Start"
             return gr.update()
 
-        start.click(on_start, [camera, camera_file, live_profile, strength, live_backend], [live_status, live_timer])
+        start.click(on_start, [camera, camera_file, live_profile, strength, live_backend],
+                    [live_status, live_timer, live_settings])
         stop.click(on_stop, None, [live_status, live_timer])
         live_timer.tick(on_live_tick, [side], [preview, live_stats, live_status, live_timer])
-        strength.release(on_strength, [strength], [live_status])
-        live_profile.change(on_live_profile, [live_profile], [live_status])
+        strength.change(on_strength, [strength], [live_settings])
+        live_profile.change(on_live_profile, [live_profile], [live_settings])
         for control in (camera, camera_file, live_backend):
-            control.change(needs_restart, None, [live_status])
+            control.change(needs_restart, None, [live_settings])
 
         # ---------------------------------------------------------------- recording events
         def on_restore(upload, path_text, profile_name, blend, output_name, overwrite):
@@ -520,14 +523,22 @@ def build(panel: Panel):
         def on_check():
             from . import doctor
 
-            rows = [[item.status, item.topic, item.detail, item.next_step] for item in doctor.run_checks()]
-            return system_line(), rows
+            return system_line(), doctor_table(doctor.run_checks())
 
         recheck.click(on_check, None, [system_summary, report])
         demo.load(on_check, None, [system_summary, report])
         demo.load(refresh_profiles, None, profile_outputs)
         demo.unload(panel.stop_live)  # closing the tab leaves no camera held
     return demo
+
+
+def doctor_table(results) -> str:
+    """`doctor`'s report as a Markdown table: each finding and its next step."""
+    cell = lambda value: str(value).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| status | topic | detail | next step |", "|---|---|---|---|"]
+    lines += [f"| {cell(item.status)} | {cell(item.topic)} | {cell(item.detail)} | {cell(item.next_step)} |"
+              for item in results]
+    return "\n".join(lines)
 
 
 def system_line() -> str:
@@ -538,7 +549,7 @@ def system_line() -> str:
     try:
         bundle = home.resolve_bundle()
         choice = jobs.choose_engine(bundle, "auto")
-        engine = f"{choice.backend} on {choice.device} ({choice.reason})"
+        engine = f"{choice.backend} on {choice.device} ({choice.reason.split(';')[0][:160]})"
         in_use = f"{bundle.path} ({bundle.config.get('dtype')})"
     except Exception as error:  # noqa: BLE001
         in_use, engine = error_line(error), "none until a bundle exists"

@@ -168,7 +168,8 @@ def text(driver, elem_id) -> str:
 
 
 def open_tab(driver, name):
-    driver.find_element("xpath", f"//button[@role='tab' and normalize-space()='{name}']").click()
+    find = lambda: driver.find_elements("xpath", f"//button[@role='tab' and normalize-space()='{name}']")  # noqa: E731
+    wait_for(driver, find, timeout=60, what=f"the {name} tab")[0].click()
 
 
 def type_into(driver, elem_id, value):
@@ -194,6 +195,27 @@ def screenshot(driver, folder, name):
     path = folder / f"panel-{name}.png"
     driver.save_screenshot(str(path))
     return path
+
+
+# ------------------------------------------------------------------------------------------------ no browser, served
+
+
+def test_cancel_leaves_no_partial_file(panel_home, media, selfies_profile):
+    from instantrestore.plugin import ui
+
+    ui.outputs_dir().mkdir(parents=True, exist_ok=True)
+    job = ui.RecordingJob(in_path=media["clip"], out_path=ui.outputs_dir() / "cancelled.mp4",
+                          profile_name=selfies_profile, blend=1.0, overwrite=False)
+    job.cancel.set()  # taken at the first written frame
+    job.join(timeout=240)
+    assert job.error == "cancelled; nothing was written"
+    assert not [p.name for p in ui.outputs_dir().iterdir() if "cancelled" in p.name]  # temp files included
+
+
+@pytest.fixture(scope="module")
+def selfies_profile(panel_home, media):
+    assert main(["enroll", *map(str, media["selfies"][:1]), "--name", "cli-made"]) == 0
+    return "cli-made"
 
 
 # ------------------------------------------------------------------------------------------------ browser tests
@@ -302,11 +324,29 @@ def test_go_live_on_a_clip_see_preview_and_counters_move_then_stop(server, drive
     assert "frames/s" in text(driver, "live-stats") and "latency" in text(driver, "live-stats")
     screenshot(driver, shots, "live")
 
+    # the strength changes while live, without a restart
+    box = element(driver, "live-strength").find_element("css selector", "input[type=number]")
+    box.clear()
+    box.send_keys("0.5\n")
+    wait_for(driver, lambda: "strength 0.50 (applied now)" in text(driver, "live-settings"), what="the new strength")
+    assert server["panel"].live.control.pipeline.compositor.blend == 0.5
+    type_into(driver, "live-file", str(media["camera"]) + " ")
+    wait_for(driver, lambda: "after a restart" in text(driver, "live-settings"), what="the restart note")
+
     click(driver, "live-stop")
     wait_for(driver, lambda: "released" in text(driver, "live-status"), what="the stop")
     (camera,) = RecordingVirtualCamera.instances
     assert camera.closed and len(camera.frames) >= first
     assert not server["panel"].live.running
+
+    # closing the tab while live releases the camera too
+    type_into(driver, "live-file", media["camera"])
+    click(driver, "live-start")
+    wait_for(driver, lambda: "recording-virtual-camera" in text(driver, "live-status"), what="going live again")
+    driver.get("about:blank")
+    wait_for(driver, lambda: not server["panel"].live.running, what="the camera to be released")
+    assert len(RecordingVirtualCamera.instances) == 2 and RecordingVirtualCamera.instances[-1].closed
+    driver.get(server["url"])
 
 
 @browser
@@ -314,9 +354,8 @@ def test_go_live_on_a_clip_see_preview_and_counters_move_then_stop(server, drive
 def test_system_tab_shows_the_doctor_report(server, driver, shots):
     open_tab(driver, "System")
     click(driver, "sys-check")
-    wait_for(driver, lambda: "bundle" in table_cells(driver, "sys-report"), what="the report")
-    cells = table_cells(driver, "sys-report")
-    at = cells.index("virtual camera")
-    assert cells[at - 1] == "missing" and "v4l2loopback" in " ".join(cells[at:at + 3]), cells  # none here
+    wait_for(driver, lambda: "ok bundle" in text(driver, "sys-report"), what="the report")
+    (line,) = [line for line in text(driver, "sys-report").splitlines() if line.startswith("missing virtual camera")]
+    assert "no v4l2loopback device" in line and "sudo modprobe v4l2loopback" in line  # none here: and the next step
     assert "Backend:" in text(driver, "sys-summary") and "GPU:" in text(driver, "sys-summary")
     screenshot(driver, shots, "system")
