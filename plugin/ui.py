@@ -414,7 +414,7 @@ def build(panel: Panel):
             if panel.live is None or not panel.live.running:
                 return "not live", gr.update()
             panel.stop_live()
-            return live_line(), gr.Timer(active=False)
+            return live_line(), gr.Timer(active=panel.live.running)  # keep polling a camera slow to let go
 
         def live_line() -> str:
             job = panel.live

@@ -65,6 +65,19 @@ def test_ui_help_and_the_install_hint_without_gradio(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == 'instantrestore: error: the control panel needs Gradio: pip install "instantrestore[ui]"'
 
 
+def test_ui_serves_on_localhost_unless_host_is_given_and_then_warns(monkeypatch, capsys):
+    from instantrestore.plugin import ui
+
+    calls = []
+    monkeypatch.setattr(ui, "launch", lambda panel, host, port, open_browser, block: calls.append((host, port, open_browser)))
+    assert main(["ui", "--no-browser"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["ui", "--host", "0.0.0.0", "--port", "7870"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: serving on 0.0.0.0: anyone who can reach this address sees your camera and your photos" in err
+    assert calls == [("127.0.0.1", 7860, False), ("0.0.0.0", 7870, True)]
+
+
 # ------------------------------------------------------------------------------------------------ browser fixtures
 
 
@@ -111,6 +124,7 @@ def server(panel_home):
     panel = ui.Panel()
     port = free_port()
     demo = ui.launch(panel, port=port, open_browser=False, block=False)
+    assert demo.server_name == "127.0.0.1" and not demo.share and demo.share_url is None  # private by default
     yield {"url": f"http://127.0.0.1:{port}/", "panel": panel, "demo": demo}
     panel.close()
     demo.close()
@@ -259,9 +273,11 @@ def test_a_bad_photo_shows_its_reason_then_enroll_by_upload(server, driver, medi
 
 @browser
 @pytest.mark.browser
-def test_restore_a_clip_to_100_percent_and_download_it(server, driver, media, shots, panel_home, tmp_path):
+def test_restore_a_clip_to_100_percent_and_download_it(server, driver, media, shots, panel_home, tmp_path,
+                                                       selfies_profile):
     from instantrestore.plugin import ui
 
+    driver.get(server["url"])  # the profile list as it is now
     open_tab(driver, "Recordings")
     upload(driver, "rec-upload", [media["clip"]])
     wait_for(driver, lambda: element(driver, "rec-upload").find_elements("css selector", "a, .file-name, td"),
@@ -293,7 +309,8 @@ def test_restore_a_clip_to_100_percent_and_download_it(server, driver, media, sh
 
 @browser
 @pytest.mark.browser
-def test_go_live_on_a_clip_see_preview_and_counters_move_then_stop(server, driver, media, shots):
+def test_go_live_on_a_clip_see_preview_and_counters_move_then_stop(server, driver, media, shots, selfies_profile):
+    driver.get(server["url"])
     open_tab(driver, "Live")
     type_into(driver, "live-file", "/no/such/camera.mp4")
     click(driver, "live-start")
