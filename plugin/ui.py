@@ -378,6 +378,8 @@ def build(panel: Panel):
                 message += "".join(f"  \n{line}" for line in log if line.startswith("tip:"))
             except Exception as error:  # noqa: BLE001
                 message = error_line(error)
+                for path in paths:  # the photo as the user named it, not the upload's temp path
+                    message = message.replace(str(path), Path(path).name)
             return (message, *refresh_profiles())
 
         def on_remove(profile_name):

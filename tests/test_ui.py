@@ -34,7 +34,9 @@ pytestmark = pytest.mark.timeout(300)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run")
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+                  # a synthetic webcam (a test pattern, no face) for the in-page photo
+                  "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
 CLIP_FRAMES, CLIP_FPS, CLIP_SIZE = 12, 24, (320, 240)
 
 
@@ -244,6 +246,23 @@ def test_a_bad_photo_shows_its_reason_then_enroll_by_upload(server, driver, medi
     # the words `enroll` prints, naming the file as the user knows it
     assert text(driver, "enroll-checks") == ("refused: landscape.jpg: no face found; use a photo where your face is "
                                              "clearly visible and facing the camera")
+    type_into(driver, "enroll-name", "me")
+    click(driver, "enroll-save")  # refused with enroll's line, naming the photo, and nothing saved
+    wait_for(driver, lambda: "error" in text(driver, "enroll-status"), what="the refusal")
+    assert text(driver, "enroll-status") == ("instantrestore: error: landscape.jpg: no face found; use a photo where "
+                                             "your face is clearly visible and facing the camera")
+    assert not (panel_home / "profiles" / "me.safetensors").exists()
+
+    # a photo taken with the webcam in the page goes through the same checks
+    webcam = element(driver, "enroll-webcam")
+    webcam.find_element("xpath", ".//*[contains(text(), 'Click to Access Webcam')]").click()
+    wait_for(driver, lambda: webcam.find_elements("css selector", "button[aria-label='capture photo']"),
+             what="the webcam")[0].click()
+    wait_for(driver, lambda: webcam.find_elements("css selector", "img"), what="the captured photo")
+    click(driver, "enroll-add-shot")
+    wait_for(driver, lambda: "webcam-1.png" in text(driver, "enroll-checks"), what="the webcam photo's check")
+    assert "refused: webcam-1.png: no face found" in text(driver, "enroll-checks")  # a test pattern, no face
+
     click(driver, "enroll-clear")
     wait_for(driver, lambda: not text(driver, "enroll-checks"), what="the photos to clear")
 
