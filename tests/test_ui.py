@@ -329,6 +329,7 @@ def test_restore_a_clip_to_100_percent_and_download_it(server, driver, media, sh
 @browser
 @pytest.mark.browser
 def test_go_live_on_a_clip_see_preview_and_counters_move_then_stop(server, driver, media, shots, selfies_profile):
+    RecordingVirtualCamera.instances.clear()  # other modules' cameras
     driver.get(server["url"])
     open_tab(driver, "Live")
     type_into(driver, "live-file", "/no/such/camera.mp4")
