@@ -68,6 +68,7 @@ def test_ui_help_and_the_install_hint_without_gradio(monkeypatch, capsys):
 
 
 def test_ui_serves_on_localhost_unless_host_is_given_and_then_warns(monkeypatch, capsys):
+    pytest.importorskip("gradio", reason="gradio is not installed (pip install -e '.[dev]')")
     from instantrestore.plugin import ui
 
     calls = []
