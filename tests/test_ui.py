@@ -330,6 +330,10 @@ def test_restore_a_clip_to_100_percent_and_download_it(server, driver, media, sh
 @browser
 @pytest.mark.browser
 def test_go_live_on_a_clip_see_preview_and_counters_move_then_stop(server, driver, media, shots, selfies_profile):
+    from selenium.webdriver.common.keys import Keys
+
+    second_profile = "zz-second"  # listed last: the first profile is the one picked when the page opens
+    assert main(["enroll", str(media["selfies"][1]), "--name", second_profile]) == 0
     RecordingVirtualCamera.instances.clear()  # other modules' cameras
     driver.get(server["url"])
     open_tab(driver, "Live")
@@ -368,6 +372,15 @@ def test_go_live_on_a_clip_see_preview_and_counters_move_then_stop(server, drive
     box.send_keys("0.5\n")
     wait_for(driver, lambda: "strength 0.50 (applied now)" in text(driver, "live-settings"), what="the new strength")
     assert server["panel"].live.control.pipeline.compositor.blend == 0.5
+    # and so does the profile
+    restore_before = server["panel"].live.control.pipeline.restore
+    pick = element(driver, "live-profile").find_element("css selector", "input")
+    pick.click()
+    pick.send_keys(Keys.CONTROL, "a")
+    pick.send_keys(second_profile, Keys.ENTER)
+    wait_for(driver, lambda: f"profile '{second_profile}' (applied now)" in text(driver, "live-settings"),
+             what="the new profile")
+    assert server["panel"].live.control.pipeline.restore is not restore_before
     type_into(driver, "live-file", str(media["camera"]) + " ")
     wait_for(driver, lambda: "after a restart" in text(driver, "live-settings"), what="the restart note")
 
