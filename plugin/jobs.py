@@ -415,8 +415,8 @@ def restore_video(in_path, out_path, profile_name: str, bundle_arg=None, backend
     bar = ProgressBar(f"restoring {in_path.name}") if frame_progress is None else None
     try:
         with FramePipeline(restorer.crop_restorer(profile), restorer.crop_size, blend=blend) as pipeline:
-            stats = run_file(pipeline, source, sink, progress=bar if bar is not None else frame_progress, batch_size=batch_size,
-                             on_frame=on_frame)
+            stats = run_file(pipeline, source, sink, progress=bar if bar is not None else frame_progress,
+                             batch_size=batch_size, on_frame=on_frame)
     except BaseException:
         sink.abort()  # run_file aborts too; this covers a failure before it starts
         raise

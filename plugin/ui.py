@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -145,6 +146,10 @@ class Job:
             self.error = "cancelled; nothing was written"
         except Exception as error:  # noqa: BLE001 - shown in the page as the CLI's one line; the server goes on
             self.error = error_line(error)
+            from .cli import user_errors
+
+            if not isinstance(error, user_errors()):  # a bug: where it happened goes to the terminal, to report
+                traceback.print_exc()
 
     def say(self, line: str) -> None:
         self.lines.append(line)
@@ -500,6 +505,8 @@ def build(panel: Panel):
                 return "nothing to cancel"
             job.cancel.set()
             job.join(timeout=30.0)
+            if job.running:  # taken at the first frame: the model is still loading
+                return "cancelling: it stops as soon as the model has loaded, and writes nothing"
             return job.error or "cancelled"
 
         def on_rec_tick():
