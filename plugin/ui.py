@@ -111,9 +111,6 @@ def check_photos(paths) -> tuple[list, list]:
     """(gallery items, one line per photo) for the photos given: each one's aligned face, or why it is refused;
     the same checks as `enroll`. Lines name the file as the user called it, not the upload's temp path."""
     bundle = home.resolve_bundle()
-    limit = jobs.MAX_SELFIES
-    if len(paths) > limit:
-        raise jobs.PluginError(f"{len(paths)} photos given; use at most {limit} ({jobs.RECOMMENDED_SELFIES} is best)")
     gallery, lines = [], []
     for path, result in jobs.check_selfies([Path(p) for p in paths], bundle.crop_size).items():
         if isinstance(result, str):
@@ -247,9 +244,6 @@ class Panel:
 def build(panel: Panel):
     """The Gradio Blocks of the control panel."""
     gr = import_gradio()
-
-    def status(text: str) -> str:
-        return text
 
     def refresh_profiles():
         names = profile_names()
