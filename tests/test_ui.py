@@ -241,6 +241,8 @@ def selfies_profile(panel_home, media):
 @browser
 @pytest.mark.browser
 def test_a_bad_photo_shows_its_reason_then_enroll_by_upload(server, driver, media, shots, panel_home):
+    from selenium.webdriver.common.keys import Keys
+
     open_tab(driver, "Enroll")
     upload(driver, "enroll-files", [media["bad"]])
     wait_for(driver, lambda: "refused" in text(driver, "enroll-checks"), what="the bad photo's check")
@@ -289,6 +291,24 @@ def test_a_bad_photo_shows_its_reason_then_enroll_by_upload(server, driver, medi
     click(driver, "enroll-save")
     wait_for(driver, lambda: "bad profile name" in text(driver, "enroll-status"), what="the bad name's error")
     assert text(driver, "enroll-status").startswith("instantrestore: error: bad profile name 'no/slash'")
+
+    # a profile is removed from the list and from the disk
+    enroll_again = [str(p) for p in media["selfies"][:1]]
+    assert main(["enroll", *enroll_again, "--name", "to-remove"]) == 0
+    driver.get(server["url"])
+    open_tab(driver, "Enroll")
+    wait_for(driver, lambda: "to-remove" in table_cells(driver, "profiles-table"), what="the new profile")
+    pick = element(driver, "remove-pick").find_element("css selector", "input")
+    pick.click()
+    pick.send_keys(Keys.CONTROL, "a")
+    pick.send_keys("to-remove", Keys.ENTER)
+    click(driver, "remove-profile")
+    wait_for(driver, lambda: "removed" in text(driver, "enroll-status") or "error" in text(driver, "enroll-status"),
+             what="the removal")
+    assert text(driver, "enroll-status") == "removed profile 'to-remove'"
+    wait_for(driver, lambda: "to-remove" not in table_cells(driver, "profiles-table"), what="the list to update")
+    assert "me" in table_cells(driver, "profiles-table")
+    assert not (panel_home / "profiles" / "to-remove.safetensors").exists()
 
 
 @browser
