@@ -394,7 +394,7 @@ def build(panel: Panel):
         profile_outputs = [table, remove_pick, live_profile, rec_profile]
         photos.change(on_photos, [photos, shots], [checked, check_lines, enroll_status])
         add_shot.click(on_shot, [webcam, photos, shots], [shots, checked, check_lines, enroll_status])
-        clear.click(lambda: (None, [], [], "", ""), None, [photos, shots, checked, check_lines, enroll_status])
+        clear.click(lambda: (None, None, [], [], "", ""), None, [photos, webcam, shots, checked, check_lines, enroll_status])
         save.click(on_save, [photos, shots, name], [enroll_status, *profile_outputs])
         remove.click(on_remove, [remove_pick], [enroll_status, *profile_outputs])
 
