@@ -610,7 +610,8 @@ class LiveControl:
 def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str = "auto", device: Optional[str] = None,
                size_text=None, fps: Optional[float] = None, vcam_backend: Optional[str] = None,
                vcam_device: Optional[str] = None, max_frames: Optional[int] = None, preview: bool = False,
-               show_stats: bool = False, blend: float = 1.0, progress=say, control: Optional[LiveControl] = None) -> dict:
+               show_stats: bool = False, blend: float = 1.0, progress=say,
+               control: Optional[LiveControl] = None) -> dict:
     """Live restore from a camera or a file into the virtual camera until Ctrl+C, the end of the
     file, `max_frames` captured frames, or control.stop."""
     from instantrestore.runtime.media import (PreviewSink, SteadyCamera, VirtualCameraSink, VirtualCameraUnavailable,

@@ -372,7 +372,8 @@ def build(panel: Panel):
                 home.check_profile_name((profile_name or "").strip())
                 log = []
                 path = jobs.enroll(paths, profile_name.strip(), progress=log.append)
-                message = (f"profile {profile_name.strip()!r} saved from {len(paths)} photo{'s' if len(paths) != 1 else ''}"
+                photos_text = f"{len(paths)} photo{'s' if len(paths) != 1 else ''}"
+                message = (f"profile {profile_name.strip()!r} saved from {photos_text}"
                            f" ({path}); choose it in Live and Recordings")
                 message += "".join(f"  \n{line}" for line in log if line.startswith("tip:"))
             except Exception as error:  # noqa: BLE001
@@ -394,7 +395,8 @@ def build(panel: Panel):
         profile_outputs = [table, remove_pick, live_profile, rec_profile]
         photos.change(on_photos, [photos, shots], [checked, check_lines, enroll_status])
         add_shot.click(on_shot, [webcam, photos, shots], [shots, checked, check_lines, enroll_status])
-        clear.click(lambda: (None, None, [], [], "", ""), None, [photos, webcam, shots, checked, check_lines, enroll_status])
+        clear.click(lambda: (None, None, [], [], "", ""), None,
+                    [photos, webcam, shots, checked, check_lines, enroll_status])
         save.click(on_save, [photos, shots, name], [enroll_status, *profile_outputs])
         remove.click(on_remove, [remove_pick], [enroll_status, *profile_outputs])
 

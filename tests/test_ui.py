@@ -64,7 +64,8 @@ def test_ui_help_and_the_install_hint_without_gradio(monkeypatch, capsys):
     assert "127.0.0.1" in out and "instantrestore ui --port 7870 --no-browser" in out
     monkeypatch.setitem(sys.modules, "gradio", None)  # what a missing package looks like to import
     assert main(["ui", "--no-browser"]) == 2
-    assert capsys.readouterr().err.strip() == 'instantrestore: error: the control panel needs Gradio: pip install "instantrestore[ui]"'
+    assert capsys.readouterr().err.strip() == ('instantrestore: error: the control panel needs Gradio: '
+                                               'pip install "instantrestore[ui]"')
 
 
 def test_ui_serves_on_localhost_unless_host_is_given_and_then_warns(monkeypatch, capsys):
@@ -72,7 +73,8 @@ def test_ui_serves_on_localhost_unless_host_is_given_and_then_warns(monkeypatch,
     from instantrestore.plugin import ui
 
     calls = []
-    monkeypatch.setattr(ui, "launch", lambda panel, host, port, open_browser, block: calls.append((host, port, open_browser)))
+    monkeypatch.setattr(ui, "launch", lambda panel, host, port, open_browser, block:
+                        calls.append((host, port, open_browser)))
     assert main(["ui", "--no-browser"]) == 0
     assert "warning" not in capsys.readouterr().err
     assert main(["ui", "--host", "0.0.0.0", "--port", "7870"]) == 0
@@ -173,7 +175,8 @@ def wait_for(driver, condition, timeout=120, what="the page"):
 
 
 def visible_lines(driver) -> str:
-    return " | ".join(line for line in driver.find_element("tag name", "body").text.splitlines() if line.strip())[-1500:]
+    lines = driver.find_element("tag name", "body").text.splitlines()
+    return " | ".join(line for line in lines if line.strip())[-1500:]
 
 
 def element(driver, elem_id):
