@@ -25,7 +25,7 @@ from .progress import quiet_when_the_reader_leaves, say
 from .quiet import filtered_native_stderr
 
 # Modules of this package with their own `register(commands)` (e.g. "bench" for plugin/bench.py).
-COMMAND_MODULES = ("bundles", "batch", "doctor", "bench")
+COMMAND_MODULES = ("bundles", "batch", "doctor", "bench", "ui")
 DEBUG_ENV = "INSTANTRESTORE_DEBUG"  # set to 1 to see the traceback of an unexpected error
 
 
@@ -47,6 +47,15 @@ def user_errors() -> tuple:
     except Exception:  # noqa: BLE001 - the ONNX exporter's dependencies are optional at run time
         pass
     return tuple(errors)
+
+
+def error_line(error: BaseException) -> str:
+    """The one line the CLI prints for a failed command, also shown by the panel."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, user_errors()):
+        return f"instantrestore: error: {message}"
+    return (f"instantrestore: internal error ({type(error).__name__}): {message} "
+            f"(set {DEBUG_ENV}=1 to see where; please report it)")
 
 
 
@@ -155,13 +164,7 @@ def cmd_profiles(args) -> int:
     if not profiles:
         say(f"no profiles in {home.profiles_dir()}; create one with `instantrestore enroll IMG... --name NAME`")
         return 0
-    try:
-        current = home.last_bundle_dir()
-        from instantrestore.runtime import load_bundle
-
-        current_id = load_bundle(current).bundle_id if current else None
-    except Exception:  # noqa: BLE001 - listing works without a bundle
-        current_id = None
+    current_id = home.default_bundle_id()
     for info in profiles:
         if info.error:
             print(f"{info.name}\t{info.error}")
@@ -294,6 +297,10 @@ HELP_SCREENS = {
     "video": ("Restore a recorded video file frame by frame; frame count, rate and audio are kept, and the input "
               "is never modified.",
               ("instantrestore video talk.mp4 -o talk.restored.mp4 --profile me",)),
+    "ui": ("Open the control panel in your browser: enroll photos, go live with the virtual camera and restore "
+           "recordings without a terminal. It serves on this computer only (127.0.0.1) unless --host is given; it "
+           "never makes a public link. Ctrl+C stops it.",
+           ("instantrestore ui", "instantrestore ui --port 7870 --no-browser")),
     "doctor": ("Check this machine: packages, GPU, backends, face detector, cameras, virtual camera, state folder, "
                "bundle and profiles, with the next step for anything missing. Exits 1 while the camera cannot run.",
                ("instantrestore doctor",)),
@@ -378,14 +385,12 @@ def _run(args) -> int:
             print(f"instantrestore: stopped by {signal.Signals(stop.signum).name}", file=sys.stderr)
         return 128 + stop.signum  # what a shell reports for a process the signal killed: 143 for SIGTERM
     except Exception as error:  # noqa: BLE001 - sorted below: the user's mistakes vs our bugs
-        message = " ".join(str(error).split()) or type(error).__name__
         if isinstance(error, user_errors()):
-            print(f"instantrestore: error: {message}", file=sys.stderr)
+            print(error_line(error), file=sys.stderr)
             return 2
         if os.environ.get(DEBUG_ENV):
             raise
-        print(f"instantrestore: internal error ({type(error).__name__}): {message} "
-              f"(set {DEBUG_ENV}=1 to see where; please report it)", file=sys.stderr)
+        print(error_line(error), file=sys.stderr)
         return 1
 
 

@@ -89,6 +89,15 @@ def last_bundle_dir() -> Optional[Path]:
     return Path(value) if isinstance(value, str) and value else None
 
 
+def default_bundle_id() -> Optional[str]:
+    """The default bundle's id, or None when there is none or it is unreadable (listings work without one)."""
+    try:
+        path = last_bundle_dir()
+        return load_bundle(path).bundle_id if path else None
+    except Exception:  # noqa: BLE001 - reported by the commands that need the bundle
+        return None
+
+
 def resolve_bundle(bundle_arg=None) -> Bundle:
     """The bundle given with --bundle, else the last exported one; clear errors when there is none."""
     if bundle_arg is not None:

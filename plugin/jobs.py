@@ -279,10 +279,32 @@ def selfie_crop(path: Path, image: np.ndarray, crop_size: int, detector):
     return main
 
 
+def check_selfies(paths, crop_size: int) -> dict:
+    """{path: its aligned face, or the one-line reason it is refused}, in order. Every photo is checked, so
+    one run lists all the problems (`enroll`, and the panel's photo by photo view)."""
+    from instantrestore.runtime.tracking import FaceDetector, TrackingError
+
+    results, images = {}, {}
+    for path in paths:
+        try:
+            images[path] = read_image(path)
+        except PluginError as error:
+            results[path] = str(error)
+    if images:
+        with FaceDetector(mode="image", timeout_s=60.0) as detector:
+            for path, image in images.items():
+                try:
+                    results[path] = selfie_crop(path, image, crop_size, detector)
+                except PluginError as error:
+                    results[path] = str(error)
+                except TrackingError as error:  # the detector refused this photo; the others are still checked
+                    results[path] = f"{path}: {error}"
+    return {path: results[path] for path in paths}
+
+
 def enroll(image_paths, name: str, bundle_arg=None, device: Optional[str] = None, progress=say) -> Path:
     """Detect, align and enroll the selfies; write the profile `name`; returns its path."""
     from instantrestore.runtime.artifacts import MAX_REFERENCES
-    from instantrestore.runtime.tracking import FaceDetector, TrackingError
 
     home.check_profile_name(name)
     paths = [Path(p) for p in image_paths]
@@ -300,25 +322,11 @@ def enroll(image_paths, name: str, bundle_arg=None, device: Optional[str] = None
     bundle = home.resolve_bundle(bundle_arg)
     home.check_writable(home.profiles_dir())
 
-    # Every photo is checked before anything is refused, so one run lists all the problems.
-    problems, images = {}, {}
-    for path in paths:
-        try:
-            images[path] = read_image(path)
-        except PluginError as error:
-            problems[path] = str(error)
-    faces = []
-    if images:
-        with FaceDetector(mode="image", timeout_s=60.0) as detector:
-            for path, image in images.items():
-                try:
-                    faces.append(selfie_crop(path, image, bundle.crop_size, detector))
-                except PluginError as error:
-                    problems[path] = str(error)
-                except TrackingError as error:  # the detector refused this photo; the others are still checked
-                    problems[path] = f"{path}: {error}"
+    found = check_selfies(paths, bundle.crop_size)
+    problems = [result for result in found.values() if isinstance(result, str)]
     if problems:
-        raise PluginError("; ".join(problems[path] for path in paths if path in problems))
+        raise PluginError("; ".join(problems))
+    faces = [found[path] for path in paths]
     for path, face in zip(paths, faces):
         progress(f"{path.name}: face of {face.face_size:.0f} pixels (detector score {face.score:.2f})")
         if face.face_size < bundle.crop_size / 4:
@@ -360,9 +368,11 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def restore_video(in_path, out_path, profile_name: str, bundle_arg=None, backend: str = "auto",
                   device: Optional[str] = None, batch_size: int = 1, blend: float = 1.0, overwrite: bool = False,
-                  progress=say) -> dict:
+                  progress=say, frame_progress=None, on_frame=None) -> dict:
     """Restore every frame of `in_path` into `out_path` (audio copied); an existing `out_path` is replaced only
-    with `overwrite`. Returns a summary dict."""
+    with `overwrite`. Returns a summary dict. frame_progress(done, total) replaces the terminal's progress bar and
+    on_frame(raw, restored) sees each frame (the panel); an exception either raises cancels the run, leaving no
+    output."""
     from instantrestore.runtime.artifacts import output_target
     from instantrestore.runtime.media import FileSink, FileSource
     from instantrestore.runtime.pipeline import FramePipeline, run_file
@@ -402,15 +412,17 @@ def restore_video(in_path, out_path, profile_name: str, bundle_arg=None, backend
         sink.abort()
         raise
     started = time.monotonic()
-    bar = ProgressBar(f"restoring {in_path.name}")
+    bar = ProgressBar(f"restoring {in_path.name}") if frame_progress is None else None
     try:
         with FramePipeline(restorer.crop_restorer(profile), restorer.crop_size, blend=blend) as pipeline:
-            stats = run_file(pipeline, source, sink, progress=bar, batch_size=batch_size)
+            stats = run_file(pipeline, source, sink, progress=bar if bar is not None else frame_progress,
+                             batch_size=batch_size, on_frame=on_frame)
     except BaseException:
         sink.abort()  # run_file aborts too; this covers a failure before it starts
         raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     summary = stats.summary()
     frames = sink.frames_written
     elapsed = time.monotonic() - started
@@ -569,12 +581,39 @@ class PreviewClosed(Exception):
     """The user closed the preview window: stop the camera like Ctrl+C."""
 
 
+class LiveControl:
+    """Another thread's handle on a running `run_camera` (the panel): stop it, change the strength or the profile
+    without a restart, see each shown frame through on_frame(raw, shown, latency_s)."""
+
+    def __init__(self, on_frame=None):
+        self.stop = threading.Event()
+        self.on_frame = on_frame
+        self.camera_name = None  # what call apps list, once the virtual camera is open
+        self.pipeline = None  # once the model is loaded
+        self.blend = None  # a strength set while the model loads, applied when it is live
+        self._engine = self._bundle = None
+
+    def set_blend(self, blend: float) -> None:
+        if not (0.0 <= blend <= 1.0):
+            raise PluginError(f"--blend must be between 0 and 1, got {blend}")
+        self.blend = float(blend)
+        if self.pipeline is not None:
+            self.pipeline.compositor.blend = float(blend)  # read at every frame's paste
+
+    def set_profile(self, name: str) -> None:
+        if self.pipeline is None:
+            raise PluginError("the model is still loading; change the profile when the camera is live")
+        profile = home.load_profile(name, self._bundle)
+        self.pipeline.restore = self._engine.crop_restorer(profile)  # the next restore uses it
+
+
 def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str = "auto", device: Optional[str] = None,
                size_text=None, fps: Optional[float] = None, vcam_backend: Optional[str] = None,
                vcam_device: Optional[str] = None, max_frames: Optional[int] = None, preview: bool = False,
-               show_stats: bool = False, blend: float = 1.0, progress=say) -> dict:
+               show_stats: bool = False, blend: float = 1.0, progress=say,
+               control: Optional[LiveControl] = None) -> dict:
     """Live restore from a camera or a file into the virtual camera until Ctrl+C, the end of the
-    file, or `max_frames` captured frames."""
+    file, `max_frames` captured frames, or control.stop."""
     from instantrestore.runtime.media import (PreviewSink, SteadyCamera, VirtualCameraSink, VirtualCameraUnavailable,
                                               display_problem)
     from instantrestore.runtime.pipeline import FramePipeline, run_live
@@ -620,6 +659,8 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
             raise PluginError(f"the input {input_device} is the virtual camera itself; pick your real camera with --input")
 
         shown_as = vcam.camera_name_in_apps(camera_sink.backend, camera_sink.device)
+        if control is not None:
+            control.camera_name = shown_as
         progress(f"virtual camera: {camera_sink.device} ({camera_sink.backend}) {out_size[0]}x{out_size[1]} at "
                  f"{rate_text(out_fps)} fps; pick \"{shown_as}\" in your call app. Ctrl+C stops.")
         def load_and_warm_up():
@@ -636,14 +677,21 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
         else:
             restorer, restore_crops = load_and_warm_up()
         pipeline = stack.enter_context(FramePipeline(restore_crops, restorer.crop_size, blend=blend))
+        if control is not None:
+            control._engine, control._bundle, control.pipeline = restorer, bundle, pipeline
+            if control.blend is not None:
+                pipeline.compositor.blend = control.blend
         preview_sink = PreviewSink() if preview else None
         tee = OutputTee(camera_sink, out_size, preview_sink, pipeline.stats, show_stats=show_stats)
         stack.callback(tee.close)
         stopped_by = "end of input"
         try:
-            report = run_live(pipeline, source, tee, max_frames=max_frames, fps=out_fps)
+            report = run_live(pipeline, source, tee, max_frames=max_frames, fps=out_fps,
+                              halt=control.stop if control else None, on_frame=control.on_frame if control else None)
             if max_frames is not None and report.captured >= max_frames:
                 stopped_by = count_text(max_frames, "frame")
+            elif control is not None and control.stop.is_set():
+                stopped_by = "user"
         except (KeyboardInterrupt, PreviewClosed):
             report = None
             stopped_by = "user"

@@ -298,13 +298,14 @@ class _Handoff:
 _END = object()
 
 
-def run_file(pipeline: FramePipeline, source, sink, progress=None, batch_size: int = 1) -> PipelineStats:
+def run_file(pipeline: FramePipeline, source, sink, progress=None, batch_size: int = 1, on_frame=None) -> PipelineStats:
     """Restore every frame of source, in order, into sink, then close the sink.
 
     Three stages overlap on three threads: decode + track + align, restore (this thread), composite +
     encode; so the restorer (the GPU) works on one batch while the CPU prepares the next and writes
     the last. batch_size > 1 sends several frames' faces to the restorer at once (throughput on a GPU).
-    progress(done, total) is called after each written frame (total may be 0 if unknown).
+    progress(done, total) is called after each written frame (total may be 0 if unknown), and
+    on_frame(raw, restored) before it (a preview); an exception raised by either cancels the run.
     On any error the sink is aborted (no partial output file) and the error is raised.
     """
     if batch_size < 1:
@@ -356,6 +357,8 @@ def run_file(pipeline: FramePipeline, source, sink, progress=None, batch_size: i
                     sink.write(output, item.time)
                 stats.frame_done()
                 done += 1
+                if on_frame is not None:
+                    on_frame(item.image, output)
                 if progress is not None:
                     progress(done, total)
 
@@ -428,7 +431,8 @@ class _LatestSlot:
         return self._queue.qsize()
 
 
-def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = None, stats=None, fps=None) -> LiveReport:
+def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = None, stats=None, fps=None,
+             halt: Optional[threading.Event] = None, on_frame=None) -> LiveReport:
     """Camera-style run: capture + track + align, restore, and composite + output on separate threads.
 
     The capture thread tracks every frame and keeps only the newest for the restorer (older ones are
@@ -436,8 +440,9 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
     composites and sends each restored frame as soon as it is ready and re-sends the last one when
     nothing new comes within a frame period, so the call keeps the source's rate and never stalls. A
     source with live=False (a file) is played at its own frame rate. max_frames stops after that many
-    captured frames. The sink is left open (the caller owns it). Returns a LiveReport; counts also go
-    to stats.
+    captured frames; setting `halt` (another thread) stops the run as soon as it can. on_frame(raw,
+    shown, latency_s) sees each newly shown frame (a preview). The sink is left open (the caller owns
+    it). Returns a LiveReport; counts also go to stats.
     """
     stats = stats if stats is not None else pipeline.stats
     rate = float(fps or getattr(source, "fps", 0) or 30.0)
@@ -513,7 +518,7 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
     last_was_fresh = True
     started = time.monotonic()
     try:
-        while not errors:
+        while not errors and not (halt is not None and halt.is_set()):
             # A restored frame is sent as soon as it is ready. When none comes, the last one is sent
             # again: first after 1.25 periods (a little slack for a late result), then every period.
             if last_output is None:
@@ -535,6 +540,8 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
             if fresh:  # compositing here lets the worker start on the next frame meanwhile
                 last_output = pipeline.composite_batch(*output)[0]
                 latencies.append(time.monotonic() - captured_at)
+                if on_frame is not None:
+                    on_frame(output[0][0], last_output, latencies[-1])
             else:
                 report.repeated += 1
                 stats.count("repeated")

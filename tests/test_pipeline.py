@@ -716,3 +716,58 @@ def test_missing_virtual_camera_is_a_clear_error():
         VirtualCameraSink(320, 240, 30, backend="instantrestore-test-broken")
     with pytest.raises(VirtualCameraUnavailable, match="unknown virtual camera backend"):
         VirtualCameraSink(320, 240, 30, backend="no-such-backend")
+
+
+# ---------------------------------------------------------------- hooks for another thread (the control panel)
+
+
+def test_live_mode_stops_on_halt_and_shows_each_new_frame_to_on_frame():
+    frames = face_frames(60)  # 3 s at 20 fps: the halt, not the end of the frames, stops it
+    halt, seen = threading.Event(), []
+
+    def on_frame(raw, shown, latency_s):
+        seen.append((raw, shown, latency_s))
+        if len(seen) == 4:
+            halt.set()
+
+    sink = RecordingSink()
+    pipeline = make_pipeline()
+    try:
+        report = run_live(pipeline, FakeCamera(frames, fps=20.0), sink, halt=halt, on_frame=on_frame)
+    finally:
+        close_all(pipeline)
+    assert len(seen) == 4 and report.captured < len(frames)
+    raw, shown, latency_s = seen[0]
+    assert any(np.array_equal(raw, frame) for frame in frames)  # the camera's own frame, beside
+    assert np.array_equal(shown, sink.frames[0]) and not np.array_equal(shown, raw)  # what the camera sent
+    assert latency_s >= 0
+
+
+def test_file_mode_shows_each_frame_to_on_frame_and_an_error_there_leaves_no_output(face_clip, tmp_path):
+    source = FileSource(face_clip)
+    out_path = tmp_path / "out.mp4"
+    seen = []
+    pipeline = make_pipeline()
+    try:
+        run_file(pipeline, source, FileSink(out_path, like=source), on_frame=lambda raw, out: seen.append((raw, out)))
+    finally:
+        close_all(pipeline)
+    written = read_frames(out_path)
+    assert len(seen) == len(written) == 20
+    assert not np.array_equal(seen[0][0], seen[0][1])  # before and after differ: the face was restored
+
+    class Cancel(Exception):
+        pass
+
+    def cancel(raw, out):
+        raise Cancel()
+
+    cancelled = tmp_path / "cancelled.mp4"
+    source = FileSource(face_clip)
+    pipeline = make_pipeline()
+    try:
+        with pytest.raises(Cancel):
+            run_file(pipeline, source, FileSink(cancelled, like=source), on_frame=cancel)
+    finally:
+        close_all(pipeline)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]  # no partial file, no temp file
