@@ -259,8 +259,9 @@ def find_faces(image: np.ndarray, crop_size: int, detector) -> list:
     return [align_face(image, face, crop_size) for face in found]
 
 
-def selfie_crop(path: Path, image: np.ndarray, crop_size: int, detector):
-    """The aligned face of one selfie, or PluginError saying what is wrong with the photo."""
+def selfie_crop(path: Path, image: np.ndarray, crop_size: int, detector, progress=None):
+    """The aligned face of one selfie, or PluginError saying what is wrong with the photo. A smaller second face
+    (someone in the background) is ignored, and said so through `progress`."""
     height, width = image.shape[:2]
     if min(height, width) < MIN_FACE_PIXELS:
         raise PluginError(f"{path}: the photo is only {width}x{height} pixels; a face needs {MIN_FACE_PIXELS}+ pixels")
@@ -271,12 +272,37 @@ def selfie_crop(path: Path, image: np.ndarray, crop_size: int, detector):
     others = [face for face in faces[1:] if face.face_size >= SECOND_FACE_RATIO * main.face_size]
     if others:
         raise PluginError(f"{path}: {1 + len(others)} faces found; use a photo of you alone")
+    if len(faces) > 1 and progress is not None:
+        progress(f"{path.name}: {count_text(len(faces) - 1, 'smaller face')} ignored (only the largest face, "
+                 f"{main.face_size:.0f} pixels, is enrolled)")
     if main.face_size < MIN_FACE_PIXELS:
         raise PluginError(
             f"{path}: the face is too small ({main.face_size:.0f} pixels, need {MIN_FACE_PIXELS}+); use a closer or "
             "higher-resolution photo"
         )
     return main
+
+
+def one_person(paths, images, faces) -> np.ndarray:
+    """The identity descriptors of the selfies' faces (N, 128), or PluginError naming the photo of someone else."""
+    from instantrestore.runtime.identity import MATCH_DISTANCE, RecognizerError, shared_recognizer
+
+    try:
+        recognizer = shared_recognizer()
+    except RecognizerError as error:
+        raise PluginError(str(error)) from None
+    embeddings = np.concatenate([recognizer.embed(image, [face.box]) for image, face in zip(images, faces)])
+    if len(paths) < 2:
+        return embeddings
+    far = np.linalg.norm(embeddings[:, None] - embeddings[None], axis=2) >= MATCH_DISTANCE
+    # a photo is the odd one when it is far from most of the others
+    odd = [path for path, row in zip(paths, far) if row.sum() * 2 > len(paths) - 1]
+    if len(paths) == 2 and odd:
+        raise PluginError(f"{paths[0]} and {paths[1]} show two different people; enroll photos of one person")
+    if odd:
+        named = ", ".join(map(str, odd))
+        raise PluginError(f"{named}: not the same person as the other photos; enroll photos of one person only")
+    return embeddings
 
 
 def enroll(image_paths, name: str, bundle_arg=None, device: Optional[str] = None, progress=say) -> Path:
@@ -312,7 +338,7 @@ def enroll(image_paths, name: str, bundle_arg=None, device: Optional[str] = None
         with FaceDetector(mode="image", timeout_s=60.0) as detector:
             for path, image in images.items():
                 try:
-                    faces.append(selfie_crop(path, image, bundle.crop_size, detector))
+                    faces.append(selfie_crop(path, image, bundle.crop_size, detector, progress))
                 except PluginError as error:
                     problems[path] = str(error)
                 except TrackingError as error:  # the detector refused this photo; the others are still checked
@@ -325,9 +351,12 @@ def enroll(image_paths, name: str, bundle_arg=None, device: Optional[str] = None
             progress(f"{path.name}: the face is small for the model's {bundle.crop_size}-pixel crop; a closer photo "
                      "keeps more detail")
 
+    embeddings = one_person(paths, [images[path] for path in paths], faces)
+
     restorer = load_engine(bundle, "torch", device, None, progress)
     progress(f"enrolling {len(paths)} photo{'s' if len(paths) != 1 else ''} as {name!r}")
     profile = restorer.enroll_crops(np.stack([face.crop for face in faces]))
+    profile.embeddings = embeddings
     profile.metadata.update({
         "name": name,
         "sources": [path.name for path in paths],
@@ -358,14 +387,25 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def restore_video(in_path, out_path, profile_name: str, bundle_arg=None, backend: str = "auto",
+def face_pipeline(profiles: dict, restorers: dict, crop_size: int, blend: float = 1.0):
+    """The frame pipeline restoring each recognised face with its own profile (profiles: name -> Profile;
+    restorers: name -> crop restorer); faces of no one enrolled pass through untouched."""
+    from instantrestore.runtime.identity import Identities
+    from instantrestore.runtime.pipeline import FramePipeline
+
+    identities = Identities({name: profile.embeddings for name, profile in profiles.items()})
+    return FramePipeline(restorers, crop_size, blend=blend, identities=identities)
+
+
+def restore_video(in_path, out_path, profile_name, bundle_arg=None, backend: str = "auto",
                   device: Optional[str] = None, batch_size: int = 1, blend: float = 1.0, overwrite: bool = False,
                   progress=say) -> dict:
-    """Restore every frame of `in_path` into `out_path` (audio copied); an existing `out_path` is replaced only
-    with `overwrite`. Returns a summary dict."""
+    """Restore every frame of `in_path` into `out_path` (audio copied), each enrolled person's face with their
+    profile (`profile_name`: one name or several); an existing `out_path` is replaced only with `overwrite`.
+    Returns a summary dict."""
     from instantrestore.runtime.artifacts import output_target
     from instantrestore.runtime.media import FileSink, FileSource
-    from instantrestore.runtime.pipeline import FramePipeline, run_file
+    from instantrestore.runtime.pipeline import run_file
 
     in_path, out_path = Path(in_path), Path(out_path)
     if not in_path.exists():
@@ -386,7 +426,7 @@ def restore_video(in_path, out_path, profile_name: str, bundle_arg=None, backend
     if batch_size < 1:
         raise PluginError(f"--batch-size must be at least 1, got {batch_size}")
     bundle = home.resolve_bundle(bundle_arg)
-    profile = home.load_profile(profile_name, bundle)
+    profiles = home.load_profiles(profile_name, bundle)
     source = FileSource(in_path)
     if out_path.exists():
         progress(f"{out_path} exists; it will be replaced when the new file is complete")
@@ -404,7 +444,8 @@ def restore_video(in_path, out_path, profile_name: str, bundle_arg=None, backend
     started = time.monotonic()
     bar = ProgressBar(f"restoring {in_path.name}")
     try:
-        with FramePipeline(restorer.crop_restorer(profile), restorer.crop_size, blend=blend) as pipeline:
+        restorers = {name: restorer.crop_restorer(profile) for name, profile in profiles.items()}
+        with face_pipeline(profiles, restorers, restorer.crop_size, blend) as pipeline:
             stats = run_file(pipeline, source, sink, progress=bar, batch_size=batch_size)
     except BaseException:
         sink.abort()  # run_file aborts too; this covers a failure before it starts
@@ -569,15 +610,16 @@ class PreviewClosed(Exception):
     """The user closed the preview window: stop the camera like Ctrl+C."""
 
 
-def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str = "auto", device: Optional[str] = None,
+def run_camera(profile_name, input_spec=None, bundle_arg=None, backend: str = "auto", device: Optional[str] = None,
                size_text=None, fps: Optional[float] = None, vcam_backend: Optional[str] = None,
                vcam_device: Optional[str] = None, max_frames: Optional[int] = None, preview: bool = False,
                show_stats: bool = False, blend: float = 1.0, progress=say) -> dict:
     """Live restore from a camera or a file into the virtual camera until Ctrl+C, the end of the
-    file, or `max_frames` captured frames."""
+    file, or `max_frames` captured frames; each enrolled person (`profile_name`: one name or several) with their
+    own profile."""
     from instantrestore.runtime.media import (PreviewSink, SteadyCamera, VirtualCameraSink, VirtualCameraUnavailable,
                                               display_problem)
-    from instantrestore.runtime.pipeline import FramePipeline, run_live
+    from instantrestore.runtime.pipeline import run_live
 
     size = parse_size(size_text)
     if fps is not None and not (1 <= fps <= 240):
@@ -589,7 +631,7 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
     if preview and (problem := display_problem()):
         raise PluginError(f"--preview: {problem}; run without --preview (the virtual camera needs no display)")
     bundle = home.resolve_bundle(bundle_arg)
-    profile = home.load_profile(profile_name, bundle)
+    profiles = home.load_profiles(profile_name, bundle)
     choose_engine(bundle, backend, device)  # a backend that cannot run here is said before anything opens
 
     with contextlib.ExitStack() as stack:
@@ -624,18 +666,19 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
                  f"{rate_text(out_fps)} fps; pick \"{shown_as}\" in your call app. Ctrl+C stops.")
         def load_and_warm_up():
             engine = load_engine(bundle, backend, device, None, progress)
-            restore_crops = engine.crop_restorer(profile)
+            restorers = {name: engine.crop_restorer(profile) for name, profile in profiles.items()}
             # the first restore pays for CUDA-graph capture, autotuning or the first engine run: not on air
-            restore_crops(np.zeros((1, engine.crop_size, engine.crop_size, 3), np.uint8))
-            return engine, restore_crops
+            for restore_crops in restorers.values():
+                restore_crops(np.zeros((1, engine.crop_size, engine.crop_size, 3), np.uint8))
+            return engine, restorers
 
         if source.live:
             progress("it shows your camera as it is until the model is loaded")
             with Passthrough(source, lambda image: camera_sink.write(fit(image, out_size))):
-                restorer, restore_crops = load_and_warm_up()
+                restorer, restorers = load_and_warm_up()
         else:
-            restorer, restore_crops = load_and_warm_up()
-        pipeline = stack.enter_context(FramePipeline(restore_crops, restorer.crop_size, blend=blend))
+            restorer, restorers = load_and_warm_up()
+        pipeline = stack.enter_context(face_pipeline(profiles, restorers, restorer.crop_size, blend))
         preview_sink = PreviewSink() if preview else None
         tee = OutputTee(camera_sink, out_size, preview_sink, pipeline.stats, show_stats=show_stats)
         stack.callback(tee.close)

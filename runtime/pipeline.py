@@ -14,7 +14,7 @@ import dataclasses
 import queue
 import threading
 import time
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Mapping, NamedTuple, Optional
 
 import numpy as np
 
@@ -139,11 +139,24 @@ class RestoredCrops(NamedTuple):
 RestoreFn = Callable[[np.ndarray], "np.ndarray | RestoredCrops"]
 
 
-class FramePipeline:
-    """Restores the tracked face in each frame.
+class LocatedFace(NamedTuple):
+    """A face of one frame, aligned: the frame->crop matrix, the crop, and whose profile restores it (None: the
+    pipeline's only restorer, when it runs without recognition)."""
 
-    restore: callable taking a (B, S, S, 3) uint8 RGB batch of aligned crops and returning the
-        restored batch, same shape and dtype, or RestoredCrops (e.g. restorer.crop_restorer(profile)).
+    matrix: np.ndarray
+    crop: np.ndarray
+    name: Optional[str] = None
+
+
+class FramePipeline:
+    """Restores the faces in each frame.
+
+    restore: a callable taking a (B, S, S, 3) uint8 RGB batch of aligned crops and returning the restored
+        batch, same shape and dtype, or RestoredCrops (e.g. restorer.crop_restorer(profile)); with
+        `identities`, a mapping from each enrolled name to such a callable.
+    identities: an identity.Identities. With it, every face recognised as an enrolled person is restored with
+        that person's profile and every other face passes through untouched. Without it, the tracker's main
+        face is restored (no recognition: for callers that have no enrolled photos).
     crop_size: S, from the model bundle. tracker: a tracking.Tracker (default: vendored BlazeFace).
     blend: 0..1 strength of the restored face. color_match: match the restored crop's colour to the
         original crop. Frames without a face are returned as they are (the same array).
@@ -151,16 +164,23 @@ class FramePipeline:
 
     def __init__(
         self,
-        restore: RestoreFn,
+        restore,
         crop_size: int,
         tracker: Optional[Tracker] = None,
         blend: float = 1.0,
         color_match: bool = True,
         stats: Optional[PipelineStats] = None,
+        identities=None,
     ):
-        if not callable(restore):
+        if identities is None and not callable(restore):
             raise PipelineError("restore must be a callable taking a (B, S, S, 3) uint8 batch")
+        if identities is not None:
+            restore = dict(restore) if isinstance(restore, Mapping) else {}
+            missing = [name for name in identities.gallery if not callable(restore.get(name))]
+            if missing:
+                raise PipelineError(f"no restorer for the enrolled {', '.join(map(repr, missing))}")
         self.restore = restore
+        self.identities = identities
         self.crop_size = int(crop_size)
         if self.crop_size < 8:
             raise PipelineError(f"crop size must be at least 8, got {crop_size}")
@@ -176,9 +196,9 @@ class FramePipeline:
             raise PipelineError(f"expected an RGB uint8 frame (H, W, 3), got {frame.dtype} {frame.shape}")
         return frame
 
-    def _restore_batch(self, crops: np.ndarray) -> RestoredCrops:
+    def _restore_batch(self, name, crops: np.ndarray) -> RestoredCrops:
         with self.stats.time("restore", frames=len(crops)):
-            restored = self.restore(crops)
+            restored = (self.restore if self.identities is None else self.restore[name])(crops)
         finite = np.ones(len(crops), bool)
         if isinstance(restored, RestoredCrops):
             restored, finite = restored.crops, np.asarray(restored.finite, bool)
@@ -189,33 +209,49 @@ class FramePipeline:
             )
         return RestoredCrops(restored, finite)
 
-    def _locate(self, frame, timestamp):
-        """Track and align one frame; returns (matrix, crop) or None when there is no face."""
-        with self.stats.time("track"):
+    def _tracked(self, frame, timestamp) -> list:
+        """[(track, name)] of the faces to restore in this frame; counts the others by reason."""
+        if self.identities is None:
             track = self.tracker.update(frame, timestamp)
-        if track is None:
+            return [] if track is None else [(track, None)]
+        tracks = self.tracker.update_all(frame, timestamp)
+        chosen = []
+        for track, verdict in zip(tracks, self.identities.assign(frame, tracks)):
+            if verdict.name is None:
+                self.stats.count(verdict.reason)
+            else:
+                chosen.append((track, verdict.name))
+        return chosen
+
+    def _locate(self, frame, timestamp) -> list:
+        """Track, recognise and align one frame: a LocatedFace for each face to restore (none: [])."""
+        with self.stats.time("track"):
+            tracked = self._tracked(frame, timestamp)
+        if not tracked:
             self.stats.count("no_face")
             self.last_matrix = None
-            return None
+            return []
+        located = []
         with self.stats.time("align"):
-            matrix = alignment_matrix(track.keypoints, self.crop_size)
-            crop = warp_to_crop(frame, matrix, self.crop_size)
-        self.last_matrix = matrix
-        return matrix, crop
+            for track, name in tracked:
+                matrix = alignment_matrix(track.keypoints, self.crop_size)
+                located.append(LocatedFace(matrix, warp_to_crop(frame, matrix, self.crop_size), name))
+        self.last_matrix = located[0].matrix
+        return located
 
     def process(self, frame, timestamp: Optional[float] = None) -> np.ndarray:
-        """Restore the face in one RGB uint8 frame; timestamp (s) drives the keypoint smoothing."""
+        """Restore the faces in one RGB uint8 frame; timestamp (s) drives the keypoint smoothing."""
         return self.process_batch([frame], [timestamp])[0]
 
     def process_batch(self, frames, timestamps=None) -> list:
-        """Like process() for several consecutive frames, with one restorer call for all faces."""
+        """Like process() for several consecutive frames, with one restorer call per profile for all faces."""
         frames, located = self.locate_batch(frames, timestamps)
         return self.composite_batch(frames, located, self.restore_located(located))
 
     # The three steps of process_batch, which run_file runs on three threads.
 
     def locate_batch(self, frames, timestamps=None) -> tuple[list, list]:
-        """Check, track and align consecutive frames: (frames, [(matrix, crop) or None per frame])."""
+        """Check, track and align consecutive frames: (frames, [[LocatedFace, ...] per frame])."""
         frames = [self._check_frame(frame) for frame in frames]
         if timestamps is None:
             timestamps = [None] * len(frames)
@@ -224,24 +260,33 @@ class FramePipeline:
         return frames, [self._locate(frame, stamp) for frame, stamp in zip(frames, timestamps)]
 
     def restore_located(self, located) -> Optional[RestoredCrops]:
-        """One restorer call for every located face, in order; None when no frame has a face."""
-        crops = [item[1] for item in located if item is not None]
-        return self._restore_batch(np.stack(crops)) if crops else None
+        """The restored crops of every located face, in order (one restorer call per profile); None when no frame
+        has a face to restore."""
+        faces = [face for frame_faces in located for face in frame_faces]
+        if not faces:
+            return None
+        size = self.crop_size
+        crops, finite = np.empty((len(faces), size, size, 3), np.uint8), np.ones(len(faces), bool)
+        for name in dict.fromkeys(face.name for face in faces):
+            slots = [i for i, face in enumerate(faces) if face.name == name]
+            restored = self._restore_batch(name, np.stack([faces[i].crop for i in slots]))
+            crops[slots], finite[slots] = restored.crops, restored.finite
+        return RestoredCrops(crops, finite)
 
     def composite_batch(self, frames, located, restored: Optional[RestoredCrops]) -> list:
-        """Each frame with its restored face pasted back; frames without a face, or whose restored face is not
+        """Each frame with its restored faces pasted back; frames without a face, or whose restored faces are not
         finite, are returned as they are."""
         outputs, slot = list(frames), 0
-        for index, item in enumerate(located):
-            if item is None:
-                continue
-            matrix, crop = item
-            if restored.finite[slot]:
-                with self.stats.time("composite"):
-                    outputs[index] = self.compositor(frames[index], restored.crops[slot], matrix, original_crop=crop)
-            else:
-                self.stats.count("not_finite")
-            slot += 1
+        for index, frame_faces in enumerate(located):
+            for face in frame_faces:
+                if restored.finite[slot]:
+                    with self.stats.time("composite"):
+                        outputs[index] = self.compositor(outputs[index], restored.crops[slot], face.matrix,
+                                                         original_crop=face.crop)
+                    self.stats.count("faces_restored")
+                else:
+                    self.stats.count("not_finite")
+                slot += 1
         return outputs
 
     def close(self):

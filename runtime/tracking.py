@@ -423,19 +423,29 @@ def refine_near(detector, frame, face: FaceDetection, roi_scale: float = 2.5, ti
 ChooseFace = Callable[[Sequence[FaceDetection], np.ndarray], Optional[FaceDetection]]
 
 
+@dataclasses.dataclass
+class _Follow:
+    """One followed face: its current Track and its own smoothing (in units of its size at the start)."""
+
+    track: Track
+    filter: OneEuroFilter
+    unit: float
+
+
 class Tracker:
-    """Follows one face over frames: detection, face choice, One Euro smoothing, short gaps.
+    """Follows every face over frames: detection, One Euro smoothing per face, short gaps.
+
+    update_all() returns every followed face (the frame pipeline restores each one recognised as an enrolled
+    person); update() returns one of them, the main face (kept while it is seen; else the largest central
+    face, or choose_face's pick).
 
     detector: anything with ``detect(frame, timestamp_s) -> list[FaceDetection]`` (default: the
         vendored BlazeFace in video mode).
-    choose_face: ``choose_face(faces, frame) -> FaceDetection | None``; the hook for picking the
-        enrolled person. When not given, the face that continues the current track is kept and a new
-        track starts on the largest central face.
+    choose_face: ``choose_face(faces, frame) -> FaceDetection | None``: update()'s choice of main face.
     max_missed: frames a track survives without a detection (keeps the last keypoints).
-    roi_scale: while a face is tracked, detect in a square of this many face sizes around it
+    roi_scale: a followed face is detected again in a square of this many face sizes around it
         (BlazeFace sees the whole frame at 128x128, so a small face gets few input pixels and
-        noisy keypoints); the full frame is searched when the face is not found there. None: always
-        the full frame.
+        noisy keypoints). None: the full frame only.
     min_cutoff, beta, d_cutoff: One Euro parameters; speed is measured in face sizes per second so
         the same values work at any resolution and face size.
     """
@@ -459,74 +469,100 @@ class Tracker:
         self.choose_face = choose_face
         self.max_missed = int(max_missed)
         self.roi_scale = roi_scale
-        self._filter = OneEuroFilter(min_cutoff=min_cutoff, beta=beta, d_cutoff=d_cutoff)
-        self._track: Optional[Track] = None
-        self._unit = 1.0  # face size at track start; keypoints are filtered in these units
+        self._filter_settings = dict(min_cutoff=min_cutoff, beta=beta, d_cutoff=d_cutoff)
+        self._follows: list[_Follow] = []
+        self._main_id: Optional[int] = None
         self._next_id = 0
         self._frame_index = 0
 
     @property
     def track(self) -> Optional[Track]:
-        return self._track
+        """The main face's track, as update() last returned it."""
+        return next((f.track for f in self._follows if f.track.track_id == self._main_id), None)
+
+    @property
+    def tracks(self) -> list:
+        return [f.track for f in self._follows]
 
     def reset(self):
-        self._track = None
-        self._filter.reset()
+        self._follows = []
+        self._main_id = None
 
-    def _pick(self, faces, frame) -> Optional[FaceDetection]:
-        if self.choose_face is not None:
-            return self.choose_face(faces, frame)
-        if self._track is not None:
-            overlaps = [(box_iou(face.box, self._track.box), face) for face in faces]
-            best_iou, best = max(overlaps, key=lambda pair: pair[0])
-            if best_iou > 0.3:
-                return best
-        return largest_central_face(faces, frame)
+    def _seen_again(self, follow: _Follow, frame, faces, timestamp_s) -> Optional[FaceDetection]:
+        """This face in this frame: detected near where it was, else the full-frame detection over it."""
+        box = follow.track.box
+        if self.roi_scale is not None:
+            nearby = detect_near(self.detector, frame, box, self.roi_scale, timestamp_s)
+            nearby = [(box_iou(face.box, box), face) for face in nearby]
+            nearby = [pair for pair in nearby if pair[0] > 0.3]
+            if nearby:
+                return max(nearby, key=lambda pair: pair[0])[1]
+        overlaps = [(box_iou(face.box, box), face) for face in faces]
+        overlaps = [pair for pair in overlaps if pair[0] > 0.3]
+        return max(overlaps, key=lambda pair: pair[0])[1] if overlaps else None
 
-    def _detect_near_track(self, frame, timestamp_s, box=None) -> list:
-        if box is None and self._track is not None:
-            box = self._track.box
-        if self.roi_scale is None or box is None:
-            return []
-        return detect_near(self.detector, frame, box, self.roi_scale, timestamp_s)
+    def _smoothed(self, follow: _Follow, face: FaceDetection, timestamp_s) -> Track:
+        keypoints = follow.filter(face.keypoints.astype(np.float64) / follow.unit, timestamp_s) * follow.unit
+        return Track(keypoints=keypoints.astype(np.float32), raw_keypoints=face.keypoints.astype(np.float32),
+                     box=face.box, score=face.score, missed=0, track_id=follow.track.track_id)
 
-    def update(self, frame, timestamp_s: Optional[float] = None) -> Optional[Track]:
-        """Detect in this frame and return the current track, or None when no face is followed."""
+    def _start(self, face: FaceDetection, frame, timestamp_s) -> _Follow:
+        if self.roi_scale is not None:
+            # Start the track from a detection near the face too, so the next frames (detected
+            # near the track) do not pull the smoothed keypoints by the full-frame detection's bias.
+            face = refine_near(self.detector, frame, face, self.roi_scale, timestamp_s)
+        self._next_id += 1
+        follow = _Follow(Track(face.keypoints, face.keypoints, face.box, face.score, 0, self._next_id),
+                         OneEuroFilter(**self._filter_settings), max(face.size, 1.0))
+        follow.track = self._smoothed(follow, face, timestamp_s)
+        return follow
+
+    def update_all(self, frame, timestamp_s: Optional[float] = None) -> list:
+        """Detect in this frame; every followed face's Track (held ones with missed > 0), oldest first."""
         if timestamp_s is None:
             timestamp_s = self._frame_index / 30.0
         self._frame_index += 1
-        faces = self._detect_near_track(frame, timestamp_s)
-        if not faces:
-            faces = self.detector.detect(frame, timestamp_s)
-        face = self._pick(faces, frame) if faces else None
-        if face is None:
-            if self._track is None:
-                return None
-            if self._track.missed + 1 > self.max_missed:
-                self.reset()
-                return None
-            self._track = dataclasses.replace(self._track, missed=self._track.missed + 1)
-            return self._track
+        faces = self.detector.detect(frame, timestamp_s)
+        kept, taken = [], []
+        for follow in self._follows:
+            face = self._seen_again(follow, frame, faces, timestamp_s)
+            if face is not None and any(box_iou(face.box, other) > 0.3 for other in taken):
+                face = None  # two tracks on one face: the older keeps it
+            if face is None:
+                if follow.track.missed + 1 > self.max_missed:
+                    continue
+                follow.track = dataclasses.replace(follow.track, missed=follow.track.missed + 1)
+            else:
+                follow.track = self._smoothed(follow, face, timestamp_s)
+                taken.append(face.box)
+            kept.append(follow)
+        for face in faces:
+            if all(box_iou(face.box, other) <= 0.3 for other in taken):
+                kept.append(self._start(face, frame, timestamp_s))
+                taken.append(face.box)
+        self._follows = kept
+        return self.tracks
 
-        new_person = self._track is None or box_iou(face.box, self._track.box) < 0.1
-        if new_person:
-            if self.roi_scale is not None:
-                # Start the track from a detection near the face too, so the next frames (detected
-                # near the track) do not pull the smoothed keypoints by the full-frame detection's bias.
-                face = refine_near(self.detector, frame, face, self.roi_scale, timestamp_s)
-            self._filter.reset()
-            self._unit = max(face.size, 1.0)
-            self._next_id += 1
-        smoothed = self._filter(face.keypoints.astype(np.float64) / self._unit, timestamp_s) * self._unit
-        self._track = Track(
-            keypoints=smoothed.astype(np.float32),
-            raw_keypoints=face.keypoints.astype(np.float32),
-            box=face.box,
-            score=face.score,
-            missed=0,
-            track_id=self._next_id,
-        )
-        return self._track
+    def update(self, frame, timestamp_s: Optional[float] = None) -> Optional[Track]:
+        """Detect in this frame and return the main face's track, or None when no face is followed."""
+        tracks = self.update_all(frame, timestamp_s)
+        main = self.track
+        seen = [track for track in tracks if track.missed == 0]
+        if main is not None and (main.missed == 0 or not seen):
+            return main
+        if not seen:
+            self._main_id = None
+            return None
+        candidates = [FaceDetection(t.raw_keypoints, t.box, t.score) for t in seen]
+        if self.choose_face is not None:
+            chosen = self.choose_face(candidates, frame)
+        else:
+            chosen = largest_central_face(candidates, frame)
+        if chosen is None:
+            self._main_id = None
+            return None
+        self._main_id = next(t.track_id for t, c in zip(seen, candidates) if c is chosen)
+        return self.track
 
     def close(self):
         if self._owns_detector and hasattr(self.detector, "close"):
