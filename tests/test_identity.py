@@ -100,13 +100,12 @@ def test_only_the_enrolled_person_is_restored_never_the_larger_stranger():
     with FaceDetector(mode="image", timeout_s=MEDIAPIPE_TIMEOUT_S) as detector:
         gallery = {"eileen": descriptor(astronaut(), detector)[None]}  # enrolled from her own, clean photo
     outputs, pipeline = run_two_people({"eileen": lambda crops: 255 - crops}, gallery, frames)
-    # identity settles on the second recognition: the first frame passes through, then only she changes
-    assert np.array_equal(outputs[0], frames[0])
-    for output, frame in zip(outputs[1:], frames[1:]):
+    for output, frame in zip(outputs, frames):  # a clear match: restored from her first frame on
         assert change(output, frame, astronaut_box) > 60
         assert change(output, frame, hopper_box) == 0.0
     summary = pipeline.stats.summary()
-    assert summary["faces_restored"] == 5 and summary["not enrolled"] == 5
+    # the stranger is "unsure" on the first frame (a non-match is confirmed like a loose match), then "not enrolled"
+    assert (summary["faces_restored"], summary["identity unsure"], summary["not enrolled"]) == (6, 1, 5)
 
 
 def test_each_person_is_restored_with_their_own_profile():
@@ -193,3 +192,19 @@ def test_a_profile_from_before_recognition_is_upgraded_once(two_person_home, mon
         probe_e, probe_g = descriptor(astronaut(), detector), descriptor(hopper(), detector)
     distances = lambda probe: np.linalg.norm(np.asarray(upgraded.embeddings) - probe, axis=1).min()  # noqa: E731
     assert distances(probe_e) < MATCH_DISTANCE < distances(probe_g)
+
+
+def test_enroll_says_when_it_ignored_a_smaller_face(two_person_home, tmp_path, monkeypatch, capsys):
+    folder, _ = two_person_home
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(folder))
+    photo = np.full((800, 800, 3), 120, np.uint8)  # her face 407 px; Grace Hopper behind her, 119 px
+    photo[:720, :720] = cv2.resize(astronaut()[50:230, 135:315], (720, 720))
+    photo[608:, 632:] = cv2.resize(hopper()[100:420, 130:410], (168, 192))
+    code = main(["enroll", str(save(tmp_path, "with_friend.jpg", photo)), "--name", "eileen2"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "with_friend.jpg: 1 smaller face ignored" in err
+    profile = home.load_profile("eileen2", home.resolve_bundle())
+    with FaceDetector(mode="image", timeout_s=MEDIAPIPE_TIMEOUT_S) as detector:
+        probe = descriptor(astronaut(), detector)
+    assert np.linalg.norm(np.asarray(profile.embeddings)[0] - probe) < MATCH_DISTANCE  # hers, not Grace's
