@@ -178,13 +178,14 @@ class Compositor:
         self.blend = float(blend)
         self.color_match = bool(color_match)
 
-    def __call__(self, frame, restored_crop, matrix, original_crop=None, out=None) -> np.ndarray:
+    def __call__(self, frame, restored_crop, matrix, original_crop=None, out=None, strength: float = 1.0) -> np.ndarray:
+        """strength (0..1) scales the blend: a face held over a missed detection fades out."""
         return paste_back(
             frame,
             restored_crop,
             matrix,
             original_crop=original_crop,
-            blend=self.blend,
+            blend=self.blend * float(strength),
             color_match=self.color_match,
             out=out,
         )

@@ -146,6 +146,72 @@ class LocatedFace(NamedTuple):
     matrix: np.ndarray
     crop: np.ndarray
     name: Optional[str] = None
+    strength: float = 1.0  # below 1 while a face the detector missed is held: the paste fades out
+
+
+# File mode places each face once this many later frames are tracked: the paste follows a moving face without
+# trailing it (a local linear fit over +-12 frames, README "Where"), and a face the detector missed is only
+# held when it is found again (never pasted where the face has gone).
+LOOK_AHEAD = 12
+
+
+def _local_linear(points: dict, index: int, half_window: int) -> Optional[np.ndarray]:
+    """The keypoints at frame `index` from the detections {frame: (6, 2) keypoints} within +-half_window: a
+    tricube-weighted straight-line fit over time (no lag for steady motion, noise averaged away on a still face).
+    None when `index` has no detection and none comes after it (the face has gone)."""
+    near = [(j - index, p) for j, p in points.items() if abs(j - index) <= half_window]
+    if index not in points and not any(d > 0 for d, _ in near):
+        return None
+    d = np.array([d for d, _ in near], np.float64)
+    p = np.stack([p for _, p in near]).astype(np.float64)
+    w = (1.0 - (np.abs(d) / (half_window + 1.0)) ** 3) ** 3
+    s0, s1, s2 = w.sum(), (w * d).sum(), (w * d * d).sum()
+    t0, t1 = np.tensordot(w, p, 1), np.tensordot(w * d, p, 1)
+    det = s0 * s2 - s1 * s1
+    if det <= 1e-9 * max(s0 * s2, 1e-12):  # one detection, or all at one time: nothing to fit a line to
+        return (t0 / s0).astype(np.float32)
+    return ((s2 * t0 - s1 * t1) / det).astype(np.float32)
+
+
+class LookAhead:
+    """File mode's tracking with look-ahead: push() frames in order, get back (item, frame, located) for the frames
+    whose faces are now placed (LOOK_AHEAD frames later); flush() at the end."""
+
+    def __init__(self, pipeline: "FramePipeline", half_window: int = LOOK_AHEAD):
+        self.pipeline, self.half_window = pipeline, int(half_window)
+        self._pending: collections.deque = collections.deque()
+        self._detections: dict[int, dict[int, np.ndarray]] = {}  # track id -> {frame index: raw keypoints}
+        self._index = 0
+
+    def push(self, item, frame, timestamp) -> list:
+        frame = self.pipeline._check_frame(frame)
+        observed = self.pipeline.observe(frame, timestamp)
+        for track, _ in observed:
+            if track.missed == 0:
+                self._detections.setdefault(track.track_id, {})[self._index] = track.raw_keypoints
+        self._pending.append((self._index, item, frame, observed))
+        self._index += 1
+        done = []
+        while len(self._pending) > self.half_window:
+            done.append(self._place(*self._pending.popleft()))
+        return done
+
+    def flush(self) -> list:
+        done = [self._place(*entry) for entry in self._pending]
+        self._pending.clear()
+        return done
+
+    def _place(self, index, item, frame, observed):
+        faces = []
+        for track, name in observed:
+            keypoints = _local_linear(self._detections.get(track.track_id, {}), index, self.half_window)
+            if keypoints is not None:
+                faces.append((keypoints, name, 1.0))
+        for points in self._detections.values():  # what no later frame's window needs
+            for j in [j for j in points if j < index - self.half_window]:
+                del points[j]
+        self._detections = {tid: points for tid, points in self._detections.items() if points}
+        return item, frame, self.pipeline._align(frame, faces)
 
 
 class FramePipeline:
@@ -209,35 +275,45 @@ class FramePipeline:
             )
         return RestoredCrops(restored, finite)
 
-    def _tracked(self, frame, timestamp) -> list:
-        """[(track, name)] of the faces to restore in this frame; counts the others by reason."""
-        if self.identities is None:
-            track = self.tracker.update(frame, timestamp)
-            return [] if track is None else [(track, None)]
-        tracks = self.tracker.update_all(frame, timestamp)
-        chosen = []
-        for track, verdict in zip(tracks, self.identities.assign(frame, tracks)):
-            if verdict.name is None:
-                self.stats.count(verdict.reason)
-            else:
-                chosen.append((track, verdict.name))
-        return chosen
-
-    def _locate(self, frame, timestamp) -> list:
-        """Track, recognise and align one frame: a LocatedFace for each face to restore (none: [])."""
+    def observe(self, frame, timestamp) -> list:
+        """Track and recognise one frame: [(track, name)] of the faces to restore (held ones too, missed > 0);
+        counts the others by reason."""
         with self.stats.time("track"):
-            tracked = self._tracked(frame, timestamp)
-        if not tracked:
+            if self.identities is None:
+                track = self.tracker.update(frame, timestamp)
+                return [] if track is None else [(track, None)]
+            tracks = self.tracker.update_all(frame, timestamp)
+            chosen = []
+            for track, verdict in zip(tracks, self.identities.assign(frame, tracks)):
+                if verdict.name is None:
+                    self.stats.count(verdict.reason)
+                else:
+                    chosen.append((track, verdict.name))
+            return chosen
+
+    def _align(self, frame, faces) -> list:
+        """A LocatedFace for each (keypoints, name, strength) of a frame."""
+        if not faces:
             self.stats.count("no_face")
             self.last_matrix = None
             return []
         located = []
         with self.stats.time("align"):
-            for track, name in tracked:
-                matrix = alignment_matrix(track.keypoints, self.crop_size)
-                located.append(LocatedFace(matrix, warp_to_crop(frame, matrix, self.crop_size), name))
+            for keypoints, name, strength in faces:
+                matrix = alignment_matrix(keypoints, self.crop_size)
+                located.append(LocatedFace(matrix, warp_to_crop(frame, matrix, self.crop_size), name, strength))
         self.last_matrix = located[0].matrix
         return located
+
+    def _locate(self, frame, timestamp) -> list:
+        """Live: track, recognise and align one frame; a held face fades out over the frames it is held."""
+        fade = 1.0 / (self.tracker.max_missed + 1)
+        observed = self.observe(frame, timestamp)
+        return self._align(frame, [(track.keypoints, name, 1.0 - track.missed * fade) for track, name in observed])
+
+    def look_ahead(self) -> LookAhead:
+        """File mode's tracking, which places each frame's faces knowing the frames after it."""
+        return LookAhead(self)
 
     def process(self, frame, timestamp: Optional[float] = None) -> np.ndarray:
         """Restore the faces in one RGB uint8 frame; timestamp (s) drives the keypoint smoothing."""
@@ -282,7 +358,7 @@ class FramePipeline:
                 if restored.finite[slot]:
                     with self.stats.time("composite"):
                         outputs[index] = self.compositor(outputs[index], restored.crops[slot], face.matrix,
-                                                         original_crop=face.crop)
+                                                         original_crop=face.crop, strength=face.strength)
                     self.stats.count("faces_restored")
                 else:
                     self.stats.count("not_finite")
@@ -371,19 +447,21 @@ def run_file(pipeline: FramePipeline, source, sink, progress=None, batch_size: i
                 stop.set()
         return run
 
-    def batches():
-        batch = []
-        for item in _timed_frames(source, stats):
-            batch.append(item)
-            if len(batch) == batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
     def prepare():
-        for batch in batches():
-            to_restore.put((batch, *pipeline.locate_batch([i.image for i in batch], [i.time for i in batch])))
+        ahead, batch = pipeline.look_ahead(), []
+
+        def add(placed):
+            for item, frame, located in placed:
+                batch.append((item, frame, located))
+                if len(batch) == batch_size:
+                    to_restore.put(tuple(map(list, zip(*batch))))
+                    batch.clear()
+
+        for item in _timed_frames(source, stats):
+            add(ahead.push(item, item.image, item.time))
+        add(ahead.flush())
+        if batch:
+            to_restore.put(tuple(map(list, zip(*batch))))
         to_restore.put(_END)
 
     def restore():

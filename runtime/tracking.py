@@ -430,6 +430,24 @@ class _Follow:
     track: Track
     filter: OneEuroFilter
     unit: float
+    patch: Optional[np.ndarray] = None  # what the face looked like when last detected (see _still_there)
+
+
+NEW_FACE_EVERY = 3  # frames between full-frame searches for new faces while all followed faces are found
+
+# A held face's box may change by this much (mean grey level, in a 16x16 thumbnail) and still be taken for the
+# face the detector blinked on; a cut or a person walking out changes it far more.
+HOLD_CHANGE = 18.0
+
+
+def _patch(frame, box) -> Optional[np.ndarray]:
+    height, width = frame.shape[:2]
+    x0, y0 = max(0, int(box[0])), max(0, int(box[1]))
+    x1, y1 = min(width, int(math.ceil(box[2]))), min(height, int(math.ceil(box[3])))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    grey = cv2.cvtColor(np.ascontiguousarray(frame[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
 class Tracker:
@@ -442,7 +460,8 @@ class Tracker:
     detector: anything with ``detect(frame, timestamp_s) -> list[FaceDetection]`` (default: the
         vendored BlazeFace in video mode).
     choose_face: ``choose_face(faces, frame) -> FaceDetection | None``: update()'s choice of main face.
-    max_missed: frames a track survives without a detection (keeps the last keypoints).
+    max_missed: frames a track survives without a detection (keeps the last keypoints), and only while the
+        picture under it still looks like the face that was there (a cut or a person leaving ends it at once).
     roi_scale: a followed face is detected again in a square of this many face sizes around it
         (BlazeFace sees the whole frame at 128x128, so a small face gets few input pixels and
         noisy keypoints). None: the full frame only.
@@ -455,7 +474,7 @@ class Tracker:
         detector=None,
         *,
         choose_face: Optional[ChooseFace] = None,
-        max_missed: int = 5,
+        max_missed: int = 2,
         roi_scale: Optional[float] = 2.5,
         min_cutoff: float = 0.2,
         beta: float = 1.0,
@@ -488,7 +507,7 @@ class Tracker:
         self._follows = []
         self._main_id = None
 
-    def _seen_again(self, follow: _Follow, frame, faces, timestamp_s) -> Optional[FaceDetection]:
+    def _seen_again(self, follow: _Follow, frame, full_frame, timestamp_s) -> Optional[FaceDetection]:
         """This face in this frame: detected near where it was, else the full-frame detection over it."""
         box = follow.track.box
         if self.roi_scale is not None:
@@ -497,9 +516,17 @@ class Tracker:
             nearby = [pair for pair in nearby if pair[0] > 0.3]
             if nearby:
                 return max(nearby, key=lambda pair: pair[0])[1]
-        overlaps = [(box_iou(face.box, box), face) for face in faces]
+        overlaps = [(box_iou(face.box, box), face) for face in full_frame()]
         overlaps = [pair for pair in overlaps if pair[0] > 0.3]
         return max(overlaps, key=lambda pair: pair[0])[1] if overlaps else None
+
+    @staticmethod
+    def _still_there(follow: _Follow, frame) -> bool:
+        """Whether the face the detector missed is plausibly still under its box."""
+        now = _patch(frame, follow.track.box)
+        if follow.patch is None or now is None:
+            return False
+        return float(np.abs(now - follow.patch).mean()) <= HOLD_CHANGE
 
     def _smoothed(self, follow: _Follow, face: FaceDetection, timestamp_s) -> Track:
         keypoints = follow.filter(face.keypoints.astype(np.float64) / follow.unit, timestamp_s) * follow.unit
@@ -515,6 +542,7 @@ class Tracker:
         follow = _Follow(Track(face.keypoints, face.keypoints, face.box, face.score, 0, self._next_id),
                          OneEuroFilter(**self._filter_settings), max(face.size, 1.0))
         follow.track = self._smoothed(follow, face, timestamp_s)
+        follow.patch = _patch(frame, face.box)
         return follow
 
     def update_all(self, frame, timestamp_s: Optional[float] = None) -> list:
@@ -522,21 +550,33 @@ class Tracker:
         if timestamp_s is None:
             timestamp_s = self._frame_index / 30.0
         self._frame_index += 1
-        faces = self.detector.detect(frame, timestamp_s)
+        faces = None
+
+        def full_frame():
+            nonlocal faces
+            if faces is None:
+                faces = self.detector.detect(frame, timestamp_s)
+            return faces
+
         kept, taken = [], []
         for follow in self._follows:
-            face = self._seen_again(follow, frame, faces, timestamp_s)
+            face = self._seen_again(follow, frame, full_frame, timestamp_s)
             if face is not None and any(box_iou(face.box, other) > 0.3 for other in taken):
                 face = None  # two tracks on one face: the older keeps it
             if face is None:
-                if follow.track.missed + 1 > self.max_missed:
+                if follow.track.missed + 1 > self.max_missed or not self._still_there(follow, frame):
                     continue
                 follow.track = dataclasses.replace(follow.track, missed=follow.track.missed + 1)
             else:
                 follow.track = self._smoothed(follow, face, timestamp_s)
+                follow.patch = _patch(frame, face.box)
                 taken.append(face.box)
             kept.append(follow)
-        for face in faces:
+        # New faces are looked for in the whole frame every few frames while every followed face is found near
+        # where it was (one detection per face and frame, as with a single face), and on every other frame.
+        if faces is None and (not self._follows or self._frame_index % NEW_FACE_EVERY == 1):
+            full_frame()
+        for face in faces or []:
             if all(box_iou(face.box, other) <= 0.3 for other in taken):
                 kept.append(self._start(face, frame, timestamp_s))
                 taken.append(face.box)

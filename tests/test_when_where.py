@@ -1,0 +1,138 @@
+"""When and where a restored face is pasted: never without a face under it (cuts, a person leaving, detector
+blinks), and on the face, not behind it, as a real photo moves along a known path. Live (FramePipeline.process,
+frame by frame) and file mode (run_file, which looks ahead)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from media_helpers import MEDIAPIPE_TIMEOUT_S, RecordingSink, apply_affine, no_face_image, placed_face  # noqa: E402
+from people import astronaut  # noqa: E402
+
+from instantrestore.runtime.align import invert_matrix  # noqa: E402
+from instantrestore.runtime.identity import Identities, shared_recognizer  # noqa: E402
+from instantrestore.runtime.media import SourceFrame  # noqa: E402
+from instantrestore.runtime.pipeline import FramePipeline, run_file  # noqa: E402
+from instantrestore.runtime.tracking import FaceDetection, FaceDetector, Tracker  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+CROP, FPS = 128, 25.0
+
+
+@pytest.fixture(scope="module")
+def gallery():
+    with FaceDetector(mode="image", timeout_s=MEDIAPIPE_TIMEOUT_S) as detector:
+        face = max(detector.detect(astronaut()), key=lambda f: f.area)
+    return {"eileen": shared_recognizer().embed(astronaut(), [face.box])}
+
+
+def pipeline_for(gallery, tracker=None, record=None):
+    tracker = tracker or Tracker(FaceDetector(mode="video", timeout_s=MEDIAPIPE_TIMEOUT_S))
+    pipeline = FramePipeline({"eileen": lambda crops: 255 - crops}, CROP, tracker=tracker, color_match=False,
+                             identities=Identities(gallery))
+    if record is not None:  # where each face was pasted, per frame
+        composite = pipeline.composite_batch
+
+        def noting(frames, located, restored):
+            record.extend([[face.matrix for face in faces] for faces in located])
+            return composite(frames, located, restored)
+
+        pipeline.composite_batch = noting
+    return pipeline
+
+
+def live(pipeline, frames):
+    try:
+        return [pipeline.process(frame, index / FPS) for index, frame in enumerate(frames)]
+    finally:
+        pipeline.tracker.detector.close()
+
+
+def file_mode(pipeline, frames):
+    sink = RecordingSink()
+    try:
+        run_file(pipeline, [SourceFrame(frame, index / FPS, index) for index, frame in enumerate(frames)], sink)
+    finally:
+        pipeline.tracker.detector.close()
+    return sink.frames
+
+
+def pasted(outputs, frames) -> list:
+    """Per frame: how many pixels the paste changed."""
+    return [int((np.abs(o.astype(np.int16) - f.astype(np.int16)).max(axis=2) > 8).sum()) for o, f in zip(outputs, frames)]
+
+
+# ---------------------------------------------------------------------------------------------- when
+
+
+def cut_clip():
+    """10 frames of her, then a cut to an empty room (skimage's coffee photo as the room)."""
+    face = [placed_face((480, 360), 0.8, (60.0, 0.0))[0] for _ in range(10)]
+    room = cv2.resize(no_face_image(480, 360), (480, 360))
+    return face + [room] * 8
+
+
+def walk_out_clip():
+    """Her in front of a room for 10 frames, then the same room without her (she stepped out of view)."""
+    room = cv2.resize(no_face_image(480, 360), (480, 360))
+    her = np.ascontiguousarray(astronaut()[20:260, 100:340])
+    with_her = room.copy()
+    with_her[60:300, 120:360] = her
+    return [with_her] * 10 + [room] * 8
+
+
+@pytest.mark.parametrize("clip", [cut_clip, walk_out_clip])
+def test_no_paste_outlives_the_face(gallery, clip):
+    frames = clip()
+    for mode in (live, file_mode):
+        changed = pasted(mode(pipeline_for(gallery), frames), frames)
+        assert all(count > 500 for count in changed[:10]), (mode.__name__, changed)
+        assert changed[10:] == [0] * 8, (mode.__name__, changed)  # the room is never painted on
+
+
+def scripted_tracker(script):
+    class Scripted:
+        calls = 0
+
+        def detect(self, frame, timestamp_s=None):
+            faces = script[min(Scripted.calls, len(script) - 1)]
+            Scripted.calls += 1
+            return list(faces)
+
+        def close(self):
+            pass
+
+    return Tracker(Scripted(), roi_scale=None)
+
+
+def test_a_detector_blink_fades_live_and_is_bridged_in_file_mode(gallery):
+    """Her face stays in view, but the detector misses it on frames 4 and 5: live holds it and fades the paste
+    out (it cannot know she is still there); file mode sees her found again on frame 6 and keeps the paste whole.
+    When the detector loses her for good (frames 10-), live fades for two frames and file mode stops at once."""
+    frame, matrix = placed_face((480, 360), 0.8, (60.0, 0.0))
+    with FaceDetector(mode="image", timeout_s=MEDIAPIPE_TIMEOUT_S) as detector:
+        seen = max(detector.detect(frame), key=lambda f: f.area)
+    found = [FaceDetection(seen.keypoints, seen.box, seen.score)]
+    script = [found] * 4 + [[]] * 2 + [found] * 4 + [[]] * 4
+    frames = [frame] * len(script)
+    changes = {}
+    for mode in (live, file_mode):
+        outputs = mode(pipeline_for(gallery, scripted_tracker(script)), frames)
+        x0, y0, x1, y1 = (int(v) for v in seen.box)
+        centre = (slice((y0 * 3 + y1) // 4, (y0 + y1 * 3) // 4), slice((x0 * 3 + x1) // 4, (x0 + x1 * 3) // 4))
+        changes[mode.__name__] = [float(np.abs(o[centre].astype(np.int16) - f[centre]).mean())
+                                  for o, f in zip(outputs, frames)]
+    full = changes["live"][0]
+    assert full > 60
+    np.testing.assert_allclose(changes["live"][4:6], [full * 2 / 3, full / 3], rtol=0.05)  # fading out
+    np.testing.assert_allclose(changes["live"][10:12], [full * 2 / 3, full / 3], rtol=0.05)
+    assert changes["live"][12:] == [0.0, 0.0]
+    np.testing.assert_allclose(changes["file_mode"][:10], [full] * 10, rtol=0.05)  # the blink bridged
+    assert changes["file_mode"][10:] == [0.0] * 4  # never pasted where it was not found again
