@@ -314,12 +314,15 @@ class OneEuroFilter:
     cutoff grows with speed, d_cutoff (Hz) the smoothing of the speed estimate.
     """
 
-    def __init__(self, min_cutoff: float = 1.0, beta: float = 0.0, d_cutoff: float = 1.0):
+    def __init__(self, min_cutoff: float = 1.0, beta: float = 0.0, d_cutoff: float = 1.0, predict=None):
         if min_cutoff <= 0 or d_cutoff <= 0 or beta < 0:
             raise ValueError("OneEuroFilter needs min_cutoff > 0, d_cutoff > 0 and beta >= 0")
         self.min_cutoff = float(min_cutoff)
         self.beta = float(beta)
         self.d_cutoff = float(d_cutoff)
+        # (slow, fast) speeds: above `slow` the filter's own lag is made up for by its speed estimate, fully from
+        # `fast` on; a still value is never moved by it (its speed estimate is noise). None: no prediction.
+        self.predict = predict
         self.reset()
 
     def reset(self):
@@ -337,6 +340,7 @@ class OneEuroFilter:
         if self._value is None:
             self._value = value.copy()
             self._speed = np.zeros_like(value)
+            self._raw, self._raw_speed = value.copy(), np.zeros_like(value)
             self._time = float(time_s)
             return self._value.copy()
         dt = float(time_s) - self._time
@@ -350,7 +354,16 @@ class OneEuroFilter:
         cutoff = self.min_cutoff + self.beta * np.abs(self._speed)
         alpha = self._alpha(cutoff, dt)
         self._value = alpha * value + (1.0 - alpha) * self._value
-        return self._value.copy()
+        if self.predict is None:
+            return self._value.copy()
+        # The speed of the input itself (the One Euro speed, taken against the smoothed value, overstates it by
+        # the lag); at a steady speed v an exponential smoother trails by v * dt * (1 - alpha) / alpha.
+        raw_speed = (value - self._raw) / dt
+        self._raw = value
+        self._raw_speed = alpha_d * raw_speed + (1.0 - alpha_d) * self._raw_speed
+        slow, fast = self.predict
+        weight = np.clip((np.abs(self._raw_speed) - slow) / (fast - slow), 0.0, 1.0)
+        return self._value + weight * self._raw_speed * dt * (1.0 - alpha) / alpha
 
 
 @dataclasses.dataclass
@@ -479,6 +492,7 @@ class Tracker:
         min_cutoff: float = 0.2,
         beta: float = 1.0,
         d_cutoff: float = 1.0,
+        predict=(0.15, 0.5),
     ):
         # Defaults tuned on BlazeFace with sensor noise: under a pixel of crop jitter at S=512 on a
         # still face, while a face moving a face-width per second stays within ~10% of it.
@@ -488,7 +502,7 @@ class Tracker:
         self.choose_face = choose_face
         self.max_missed = int(max_missed)
         self.roi_scale = roi_scale
-        self._filter_settings = dict(min_cutoff=min_cutoff, beta=beta, d_cutoff=d_cutoff)
+        self._filter_settings = dict(min_cutoff=min_cutoff, beta=beta, d_cutoff=d_cutoff, predict=predict)
         self._follows: list[_Follow] = []
         self._main_id: Optional[int] = None
         self._next_id = 0

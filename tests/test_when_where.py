@@ -136,3 +136,68 @@ def test_a_detector_blink_fades_live_and_is_bridged_in_file_mode(gallery):
     assert changes["live"][12:] == [0.0, 0.0]
     np.testing.assert_allclose(changes["file_mode"][:10], [full] * 10, rtol=0.05)  # the blink bridged
     assert changes["file_mode"][10:] == [0.0] * 4  # never pasted where it was not found again
+
+
+# --------------------------------------------------------------------------------------------- where
+
+SCALE, SPEED = 1.3, 6.0  # her face about 133 pixels wide in 640x480; 6 pixels a frame is a head turn on a call
+
+
+def path_frames(offsets, noise=2.0, seed=0):
+    """Her photo placed at each (x, y) offset, with sensor noise: frames and the placements."""
+    rng = np.random.default_rng(seed)
+    frames, placements = [], []
+    for offset in offsets:
+        frame, matrix = placed_face((640, 480), SCALE, offset)
+        frames.append(np.clip(frame + rng.normal(0.0, noise, frame.shape), 0, 255).astype(np.uint8))
+        placements.append(matrix)
+    return frames, placements
+
+
+def paste_points(mode, gallery, frames) -> np.ndarray:
+    """Where the paste put the crop's centre and its two upper corners, in frame pixels, per frame."""
+    record = []
+    mode(pipeline_for(gallery, record=record), frames)
+    corners = np.array([[CROP / 2, CROP / 2], [0.0, 0.0], [CROP, 0.0]])
+    return np.array([apply_affine(invert_matrix(faces[0]), corners) for faces in record])
+
+
+def trailing(mode, gallery) -> tuple:
+    """(pixels, fraction of the face width) by which the paste trails her face moving at SPEED along x, measured
+    while she moves steadily (frames 15 to 45 of 60): the paste's offset from where it sits on her still face,
+    carried along her known path. She crosses the same ground rightwards and leftwards: the detector's own bias
+    at a place is the same both ways and cancels, a trailing paste is behind her both ways and adds up."""
+    still_frames, still_placements = path_frames([(-20.0, -40.0)] * 20, seed=1)
+    still = paste_points(mode, gallery, still_frames)[10:].mean(axis=0)  # her face's point, still
+    in_photo = apply_affine(np.linalg.inv(np.vstack([still_placements[0], [0, 0, 1]]))[:2], still)
+    lags = []
+    for direction, start in ((1.0, -120.0), (-1.0, 234.0)):
+        frames, placements = path_frames([(start + direction * SPEED * index, -40.0) for index in range(60)])
+        points = paste_points(mode, gallery, frames)
+        expected = np.array([apply_affine(p, in_photo) for p in placements])
+        lags.append(-direction * (points - expected)[15:45, :, 0].mean())  # positive: behind her
+    lag = float(np.mean(lags))
+    return lag, lag / (SCALE * 102.0)
+
+
+def steadiness(mode, gallery) -> tuple:
+    """Her holding still for 50 frames (after 15 to settle), with sensor noise: the largest move of the paste's
+    points from their mean, and the largest move from one frame to the next."""
+    frames, _ = path_frames([(-20.0, -40.0)] * 65, seed=2)
+    points = paste_points(mode, gallery, frames)[15:]
+    spread = np.linalg.norm(points - points.mean(axis=0), axis=2).max()
+    return float(spread), float(np.linalg.norm(np.diff(points, axis=0), axis=2).max())
+
+
+def test_file_mode_paste_does_not_trail_a_moving_face_and_holds_still(gallery):
+    pixels, fraction = trailing(file_mode, gallery)
+    assert abs(fraction) <= 0.03, (pixels, fraction)
+    spread, step = steadiness(file_mode, gallery)
+    assert spread <= 0.5 and step <= 0.15, (spread, step)
+
+
+def test_live_paste_keeps_up_with_a_moving_face_and_holds_still(gallery):
+    pixels, fraction = trailing(live, gallery)
+    assert abs(fraction) <= 0.05, (pixels, fraction)
+    spread, step = steadiness(live, gallery)
+    assert spread <= 1.0 and step <= 0.3, (spread, step)
