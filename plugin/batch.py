@@ -179,7 +179,7 @@ def restore_file(restorers: dict, profiles: dict, crop_size: int, in_path, out_p
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)  # a folder's videos keep their sub-folders
     sink = FileSink(out_path, like=source)
     try:
-        with face_pipeline(profiles, restorers, crop_size, blend) as pipeline:
+        with face_pipeline(profiles, restorers, crop_size, blend, recording=True) as pipeline:
             stats = run_file(pipeline, source, sink, progress=progress, batch_size=batch_size)
     except BaseException:
         sink.abort()

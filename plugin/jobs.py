@@ -387,14 +387,15 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def face_pipeline(profiles: dict, restorers: dict, crop_size: int, blend: float = 1.0):
+def face_pipeline(profiles: dict, restorers: dict, crop_size: int, blend: float = 1.0, recording: bool = False):
     """The frame pipeline restoring each recognised face with its own profile (profiles: name -> Profile;
-    restorers: name -> crop restorer); faces of no one enrolled pass through untouched."""
+    restorers: name -> crop restorer); faces of no one enrolled pass through untouched. A recording also looks
+    for faces far from the camera (full-range BlazeFace)."""
     from instantrestore.runtime.identity import Identities
     from instantrestore.runtime.pipeline import FramePipeline
 
     identities = Identities({name: profile.embeddings for name, profile in profiles.items()})
-    return FramePipeline(restorers, crop_size, blend=blend, identities=identities)
+    return FramePipeline(restorers, crop_size, blend=blend, identities=identities, far=recording)
 
 
 def restore_video(in_path, out_path, profile_name, bundle_arg=None, backend: str = "auto",
@@ -445,7 +446,7 @@ def restore_video(in_path, out_path, profile_name, bundle_arg=None, backend: str
     bar = ProgressBar(f"restoring {in_path.name}")
     try:
         restorers = {name: restorer.crop_restorer(profile) for name, profile in profiles.items()}
-        with face_pipeline(profiles, restorers, restorer.crop_size, blend) as pipeline:
+        with face_pipeline(profiles, restorers, restorer.crop_size, blend, recording=True) as pipeline:
             stats = run_file(pipeline, source, sink, progress=bar, batch_size=batch_size)
     except BaseException:
         sink.abort()  # run_file aborts too; this covers a failure before it starts

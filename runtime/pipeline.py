@@ -149,6 +149,10 @@ class LocatedFace(NamedTuple):
     strength: float = 1.0  # below 1 while a face the detector missed is held: the paste fades out
 
 
+# Faces smaller than this (the larger side of the detector's box, in frame pixels) are left as they are: too few
+# pixels to recognise reliably or to restore into a 512-pixel crop (README "Small and several faces").
+MIN_FACE_PIXELS = 40
+
 # File mode places each face once this many later frames are tracked: the paste follows a moving face without
 # trailing it (a local linear fit over +-12 frames, README "Where"), and a face the detector missed is only
 # held when it is found again (never pasted where the face has gone).
@@ -223,7 +227,8 @@ class FramePipeline:
     identities: an identity.Identities. With it, every face recognised as an enrolled person is restored with
         that person's profile and every other face passes through untouched. Without it, the tracker's main
         face is restored (no recognition: for callers that have no enrolled photos).
-    crop_size: S, from the model bundle. tracker: a tracking.Tracker (default: vendored BlazeFace).
+    crop_size: S, from the model bundle. tracker: a tracking.Tracker (default: vendored BlazeFace short-range;
+        with far=True, for recordings, full-range too, which finds faces far from the camera).
     blend: 0..1 strength of the restored face. color_match: match the restored crop's colour to the
         original crop. Frames without a face are returned as they are (the same array).
     """
@@ -237,6 +242,7 @@ class FramePipeline:
         color_match: bool = True,
         stats: Optional[PipelineStats] = None,
         identities=None,
+        far: bool = False,
     ):
         if identities is None and not callable(restore):
             raise PipelineError("restore must be a callable taking a (B, S, S, 3) uint8 batch")
@@ -251,7 +257,7 @@ class FramePipeline:
         if self.crop_size < 8:
             raise PipelineError(f"crop size must be at least 8, got {crop_size}")
         self._owns_tracker = tracker is None
-        self.tracker = tracker if tracker is not None else Tracker()
+        self.tracker = tracker if tracker is not None else Tracker(far=far)
         self.compositor = Compositor(blend=blend, color_match=color_match)
         self.stats = stats if stats is not None else PipelineStats()
         self.last_matrix = None
@@ -283,6 +289,10 @@ class FramePipeline:
                 track = self.tracker.update(frame, timestamp)
                 return [] if track is None else [(track, None)]
             tracks = self.tracker.update_all(frame, timestamp)
+            small = [t for t in tracks if max(t.box[2] - t.box[0], t.box[3] - t.box[1]) < MIN_FACE_PIXELS]
+            if small:
+                self.stats.count("too small", len(small))
+                tracks = [t for t in tracks if t not in small]
             chosen = []
             for track, verdict in zip(tracks, self.identities.assign(frame, tracks)):
                 if verdict.name is None:

@@ -27,6 +27,8 @@ KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ea
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 BLAZEFACE_SHORT_RANGE = ASSET_DIR / "face_detection_short_range.tflite"
 BLAZEFACE_SHORT_RANGE_SHA256 = "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8"
+BLAZEFACE_FULL_RANGE = ASSET_DIR / "face_detection_full_range_sparse.tflite"
+BLAZEFACE_FULL_RANGE_SHA256 = "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1"
 
 # FaceLandmarker (478-point mesh) indices mapped onto the six BlazeFace points. Eyes are the mean of
 # their two corners, the mouth is the mean of the inner lips, the "ears" are the face-contour points
@@ -268,6 +270,38 @@ class FaceDetector:
         self.close()
 
 
+class NearAndFarDetector:
+    """Recordings: BlazeFace short-range (faces near the camera, its keypoints are the better ones) plus
+    full-range for the faces far from it that short-range skips (under about a fifth of the frame width).
+    Same interface as FaceDetector."""
+
+    def __init__(self, mode: str = "video", timeout_s: Optional[float] = None):
+        self.near = FaceDetector(mode=mode, timeout_s=timeout_s)
+        try:
+            far = verify_asset(BLAZEFACE_FULL_RANGE, BLAZEFACE_FULL_RANGE_SHA256)
+            # full-range also scores texture (a space suit: 0.5 to 0.65) where short-range sees nothing
+            self.far = FaceDetector(far, mode=mode, timeout_s=timeout_s, min_confidence=0.7)
+        except BaseException:
+            self.near.close()
+            raise
+
+    def detect(self, frame, timestamp_s: Optional[float] = None) -> list:
+        near = self.near.detect(frame, timestamp_s)
+        far = [face for face in self.far.detect(frame, timestamp_s)
+               if all(box_iou(face.box, other.box) <= 0.3 for other in near)]
+        return near + far
+
+    def close(self):
+        self.near.close()
+        self.far.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
 def _faces_from_detections(result, width, height) -> list:
     faces = []
     for detection in result.detections or []:
@@ -471,7 +505,7 @@ class Tracker:
     face, or choose_face's pick).
 
     detector: anything with ``detect(frame, timestamp_s) -> list[FaceDetection]`` (default: the
-        vendored BlazeFace in video mode).
+        vendored BlazeFace short-range in video mode; with far=True, short- and full-range together).
     choose_face: ``choose_face(faces, frame) -> FaceDetection | None``: update()'s choice of main face.
     max_missed: frames a track survives without a detection (keeps the last keypoints), and only while the
         picture under it still looks like the face that was there (a cut or a person leaving ends it at once).
@@ -493,12 +527,15 @@ class Tracker:
         beta: float = 1.0,
         d_cutoff: float = 1.0,
         predict=(0.15, 0.5),
+        far: bool = False,
     ):
         # Defaults tuned on BlazeFace with sensor noise: under a pixel of crop jitter at S=512 on a
         # still face, while a face moving a face-width per second stays within ~10% of it.
         self._owns_detector = detector is None
         # A hung MediaPipe graph then raises DetectorTimeout instead of freezing the call.
-        self.detector = detector if detector is not None else FaceDetector(mode="video", timeout_s=10.0)
+        if detector is None:
+            detector = NearAndFarDetector("video", 10.0) if far else FaceDetector(mode="video", timeout_s=10.0)
+        self.detector = detector
         self.choose_face = choose_face
         self.max_missed = int(max_missed)
         self.roi_scale = roi_scale

@@ -201,3 +201,26 @@ def test_live_paste_keeps_up_with_a_moving_face_and_holds_still(gallery):
     assert abs(fraction) <= 0.05, (pixels, fraction)
     spread, step = steadiness(live, gallery)
     assert spread <= 1.0 and step <= 0.3, (spread, step)
+
+
+# ------------------------------------------------------------------------------------------ small faces
+
+
+def test_file_mode_restores_a_face_far_from_the_camera(gallery):
+    """Her face 88 pixels wide in 1280x720 (a wide shot): short-range BlazeFace skips it; a recording is also
+    searched with full-range BlazeFace, so she is restored there."""
+    frame = np.full((720, 1280, 3), 120, np.uint8)
+    frame[100:540, 400:840] = cv2.resize(astronaut(), (440, 440), interpolation=cv2.INTER_AREA)
+    frames = [frame] * 6
+    far = FramePipeline({"eileen": lambda crops: 255 - crops}, CROP, color_match=False, far=True,
+                        identities=Identities(gallery))
+    try:
+        sink = RecordingSink()
+        run_file(far, [SourceFrame(f, i / FPS, i) for i, f in enumerate(frames)], sink)
+    finally:
+        far.close()
+    face = (slice(180, 240), slice(555, 615))  # the middle of her face
+    assert all(np.abs(out[face].astype(np.int16) - frame[face]).mean() > 60 for out in sink.frames)
+    assert far.stats.summary()["faces_restored"] == 6
+    near = pipeline_for(gallery)  # the camera's detector: short-range only
+    assert pasted(live(near, frames), frames) == [0] * 6
