@@ -364,15 +364,17 @@ class FramePipeline:
         finite, are returned as they are."""
         outputs, slot = list(frames), 0
         for index, frame_faces in enumerate(located):
+            pastes = []
             for face in frame_faces:
                 if restored.finite[slot]:
-                    with self.stats.time("composite"):
-                        outputs[index] = self.compositor(outputs[index], restored.crops[slot], face.matrix,
-                                                         original_crop=face.crop, strength=face.strength)
+                    pastes.append((restored.crops[slot], face.matrix, face.crop, face.strength))
                     self.stats.count("faces_restored")
                 else:
                     self.stats.count("not_finite")
                 slot += 1
+            if pastes:
+                with self.stats.time("composite"):
+                    outputs[index] = self.compositor.many(frames[index], pastes)
         return outputs
 
     def close(self):

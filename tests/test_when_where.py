@@ -224,3 +224,33 @@ def test_file_mode_restores_a_face_far_from_the_camera(gallery):
     assert far.stats.summary()["faces_restored"] == 6
     near = pipeline_for(gallery)  # the camera's detector: short-range only
     assert pasted(live(near, frames), frames) == [0] * 6
+
+
+def test_overlapping_faces_blend_without_seams():
+    """Two real faces close together (her photo twice, 100 px apart), so their feathered edges overlap; one is
+    restored red, the other blue. Where both masks weigh, the result does not depend on their order (each face by
+    its own weight); pasting one over the other (as before) let the later one cover the first's edge."""
+    from instantrestore.runtime.align import alignment_matrix, warp_to_crop
+    from instantrestore.runtime.composite import Compositor, paste_back
+
+    her = np.ascontiguousarray(astronaut()[40:230, 130:320])
+    frame = np.full((200, 300, 3), 120, np.uint8)
+    frame[5:195, 0:190], frame[5:195, 100:290] = her, her
+    with FaceDetector(mode="image", timeout_s=MEDIAPIPE_TIMEOUT_S) as detector:
+        faces = sorted(detector.detect(frame), key=lambda face: face.center[0])
+    assert len(faces) == 2
+    pastes, weights = [], []
+    for face, colour in zip(faces, [(255, 0, 0), (0, 0, 255)]):
+        matrix = alignment_matrix(face.keypoints, CROP)
+        pastes.append((np.full((CROP, CROP, 3), colour, np.uint8), matrix, warp_to_crop(frame, matrix, CROP), 1.0))
+        white = np.full((CROP, CROP, 3), 255, np.uint8)
+        weights.append(paste_back(np.zeros_like(frame), white, matrix, color_match=False)[:, :, 0] / 255.0)
+    both = (weights[0] > 0.05) & (weights[1] > 0.05)
+    assert both.sum() > 50, both.sum()  # the masks do overlap
+    compositor = Compositor(color_match=False)
+    one_way, other_way = compositor.many(frame, pastes), compositor.many(frame, pastes[::-1])
+    np.testing.assert_array_equal(one_way, other_way)
+    covered = frame.copy()  # one paste over the other: the order decides the overlap
+    for crop, matrix, original, _ in pastes:
+        covered = compositor(covered, crop, matrix, original_crop=original)
+    assert np.abs(covered[both].astype(int) - one_way[both]).max() > 10
