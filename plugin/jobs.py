@@ -387,6 +387,18 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+LEFT_ALONE = ("not enrolled", "too small", "identity unsure")  # the pipeline's reasons for not restoring a face
+
+
+def faces_line(summary: dict) -> str:
+    """The end-of-run account of faces, counted once per face and frame: how many were restored, and why the
+    others were left as they were."""
+    restored = int(summary.get("faces_restored", 0))
+    reasons = [f"{int(summary[reason])} {reason}" for reason in LEFT_ALONE if summary.get(reason)]
+    line = f"faces: {restored} restored"
+    return line + (f"; left as they were: {', '.join(reasons)}" if reasons else "") + " (counted per frame)"
+
+
 def face_pipeline(profiles: dict, restorers: dict, crop_size: int, blend: float = 1.0, recording: bool = False):
     """The frame pipeline restoring each recognised face with its own profile (profiles: name -> Profile;
     restorers: name -> crop restorer); faces of no one enrolled pass through untouched. A recording also looks
@@ -463,6 +475,7 @@ def restore_video(in_path, out_path, profile_name, bundle_arg=None, backend: str
     progress(f"wrote {out_path}: {count_text(frames, 'frame')} at {rate_text(source.fps)} fps in {elapsed:.1f} s "
              f"({frames / elapsed if elapsed else 0:.2f} frames/s); face restored in {frames - no_face - not_finite} "
              f"of {frames}")
+    progress(faces_line(summary))
     return {"frames": frames, "no_face": no_face, "not_finite": not_finite, "seconds": elapsed, "stats": summary}
 
 
@@ -696,6 +709,7 @@ def run_camera(profile_name, input_spec=None, bundle_arg=None, backend: str = "a
         progress(f"stopped ({stopped_by}): {count_text(sent, 'frame')} sent to the virtual camera"
                  + (f", {report.processed} restored, {report.dropped} dropped, {report.repeated} repeated, "
                     f"latency {report.mean_latency_s * 1000:.0f} ms mean" if report is not None else ""))
+        progress(faces_line(summary))
         if show_stats:
             progress("stats: " + pipeline.stats.format_line())
         return {"sent": sent, "report": report, "stats": summary}

@@ -152,6 +152,8 @@ def test_video_restores_only_the_people_named(two_person_home, tmp_path, monkeyp
     decoded = read_frames(clip)
     astronaut_box, hopper_box = face_boxes(decoded[0])
     assert main(["video", str(clip), "-o", str(tmp_path / "one.mp4"), "--profile", "eileen", "--backend", "torch"]) == 0
+    said = capsys.readouterr().err.strip().splitlines()[-1]  # the end-of-run account of faces
+    assert said.startswith("[instantrestore] faces: 8 restored; left as they were: ") and "7 not enrolled" in said, said
     assert main(["video", str(clip), "-o", str(tmp_path / "both.mp4"), "--profile", "eileen", "--profile", "grace",
                  "--backend", "torch"]) == 0
     one, both = read_frames(tmp_path / "one.mp4"), read_frames(tmp_path / "both.mp4")
