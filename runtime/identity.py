@@ -141,7 +141,7 @@ class Verdict:
 class _TrackState:
     votes: collections.deque
     last_check: int
-    last_keypoints: np.ndarray
+    last_keypoints: np.ndarray  # where the face was on the last frame it was seen
     name: Optional[str] = None
     settled: bool = False
 
@@ -183,7 +183,7 @@ class Identities:
                                                                     track.raw_keypoints)
             name, distance = match(descriptor, self.gallery, self.threshold)
             state.votes.append(name)
-            state.last_check, state.last_keypoints = self._frame, track.raw_keypoints
+            state.last_check = self._frame
             agreed = len(state.votes) == CONFIRMATIONS and len(set(state.votes)) == 1
             clear = name is not None and distance < CLEAR_DISTANCE and set(state.votes) == {name}
             state.settled = agreed or clear
@@ -191,6 +191,8 @@ class Identities:
         verdicts = []
         for track in tracks:
             state = self._states.get(track.track_id)
+            if state is not None and not track.missed:
+                state.last_keypoints = track.raw_keypoints  # a jump is measured from one frame to the next
             if state is None or not state.settled:
                 verdicts.append(Verdict(None, UNSURE))
             elif state.name is None:

@@ -210,3 +210,24 @@ def test_enroll_says_when_it_ignored_a_smaller_face(two_person_home, tmp_path, m
     with FaceDetector(mode="image", timeout_s=MEDIAPIPE_TIMEOUT_S) as detector:
         probe = descriptor(astronaut(), detector)
     assert np.linalg.norm(np.asarray(profile.embeddings)[0] - probe) < MATCH_DISTANCE  # hers, not Grace's
+
+
+def test_recognition_runs_per_track_not_per_frame():
+    """Two faces for 20 frames: each recognised when its track starts (the stranger once more, to confirm), then
+    again after 15 frames; a cut to the same people elsewhere (a jump) starts new tracks, recognised anew."""
+    frames = [two_people() for _ in range(20)] + [two_people(shift=60) for _ in range(3)]
+    with FaceDetector(mode="image", timeout_s=MEDIAPIPE_TIMEOUT_S) as detector:
+        gallery = {"eileen": descriptor(astronaut(), detector)[None]}
+    tracker = Tracker(FaceDetector(mode="video", timeout_s=MEDIAPIPE_TIMEOUT_S))
+    identities = Identities(gallery)
+    pipeline = FramePipeline({"eileen": lambda crops: 255 - crops}, 128, tracker=tracker, identities=identities)
+    try:
+        counts = []
+        for index, frame in enumerate(frames):
+            pipeline.process(frame, index / 25.0)
+            counts.append(identities.recognitions)
+    finally:
+        tracker.close()
+    assert counts[:2] == [2, 3]  # both tracks start; the stranger's "no one" is confirmed on the next frame
+    assert counts[19] == 5  # one re-check of each after 15 frames, not 40 recognitions
+    assert counts[20] >= 7  # moved by 60 pixels: recognised again at once
