@@ -231,3 +231,34 @@ def test_recognition_runs_per_track_not_per_frame():
     assert counts[:2] == [2, 3]  # both tracks start; the stranger's "no one" is confirmed on the next frame
     assert counts[19] == 5  # one re-check of each after 15 frames, not 40 recognitions
     assert counts[20] >= 7  # moved by 60 pixels: recognised again at once
+
+
+def test_camera_restores_each_person_named_and_says_who(two_person_home, tmp_path, monkeypatch, capsys):
+    import pyvirtualcam
+    from media_helpers import RecordingVirtualCamera
+
+    folder, _ = two_person_home
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(folder))
+    clip = write_clip(tmp_path / "call.mp4", [two_people() for _ in range(12)], fps=25)
+    decoded = read_frames(clip)
+    astronaut_box, hopper_box = face_boxes(decoded[0])
+    pyvirtualcam.register_backend("recording", RecordingVirtualCamera)
+    RecordingVirtualCamera.instances.clear()
+    try:
+        for profiles, grace_changes in ((["eileen"], False), (["eileen", "grace"], True)):
+            argv = ["camera", "--input", str(clip), "--vcam-backend", "recording", "--max-frames", "8",
+                    "--backend", "torch"]
+            for name in profiles:
+                argv += ["--profile", name]
+            assert main(argv) == 0
+            err = capsys.readouterr().err
+            assert "faces: " in err and " restored" in err
+            sent = [f.reshape(240, 480, 3) for f in RecordingVirtualCamera.instances[-1].frames]
+            assert len(sent) >= 3
+            # a sent frame shows some input frame (live mode drops and repeats): compare with the closest
+            for frame in sent[1:]:
+                original = min(decoded, key=lambda d: np.abs(frame.astype(int) - d)[:, :60].mean())
+                assert change(frame, original, astronaut_box) > 15
+                assert (change(frame, original, hopper_box) > 15) == grace_changes
+    finally:
+        pyvirtualcam.camera.BACKENDS.pop("recording", None)
