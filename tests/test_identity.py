@@ -262,3 +262,33 @@ def test_camera_restores_each_person_named_and_says_who(two_person_home, tmp_pat
                 assert (change(frame, original, hopper_box) > 15) == grace_changes
     finally:
         pyvirtualcam.camera.BACKENDS.pop("recording", None)
+
+
+def test_batch_takes_several_profiles(two_person_home, tmp_path, monkeypatch, capsys):
+    folder, _ = two_person_home
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(folder))
+    (tmp_path / "talks").mkdir()
+    clip = write_clip(tmp_path / "talks" / "two.mp4", [two_people() for _ in range(6)], fps=25)
+    decoded = read_frames(clip)
+    astronaut_box, hopper_box = face_boxes(decoded[0])
+    code = main(["batch", str(tmp_path / "talks"), "-o", str(tmp_path / "out"), "--profile", "eileen",
+                 "--profile", "grace", "--backend", "torch"])
+    assert code == 0, capsys.readouterr().err
+    restored = read_frames(tmp_path / "out" / "two.mp4")
+    for index in range(2, len(decoded)):
+        assert change(restored[index], decoded[index], astronaut_box) > 15
+        assert change(restored[index], decoded[index], hopper_box) > 15
+
+
+def test_an_old_profile_of_two_people_is_refused(two_person_home, monkeypatch):
+    from instantrestore.runtime import Profile, ProfileError
+
+    folder, _ = two_person_home
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(folder))
+    eileen, grace = Profile.load(home.profile_path("eileen")), Profile.load(home.profile_path("grace"))
+    eileen.thumbnails = eileen.thumbnails.clone()
+    eileen.thumbnails[1] = grace.thumbnails[0]  # made before recognition, from photos of two people
+    eileen.embeddings = None
+    eileen.save(home.profile_path("mixed-old"))
+    with pytest.raises(ProfileError, match="enroll again"):
+        home.load_profile("mixed-old", home.resolve_bundle())
