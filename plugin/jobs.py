@@ -402,11 +402,12 @@ def faces_line(summary: dict) -> str:
 def face_pipeline(profiles: dict, restorers: dict, crop_size: int, blend: float = 1.0, recording: bool = False):
     """The frame pipeline restoring each recognised face with its own profile (profiles: name -> Profile;
     restorers: name -> crop restorer); faces of no one enrolled pass through untouched. A recording also looks
-    for faces far from the camera (full-range BlazeFace)."""
+    for faces far from the camera (full-range BlazeFace); live, faces are recognised on a worker thread."""
     from instantrestore.runtime.identity import Identities
     from instantrestore.runtime.pipeline import FramePipeline
 
-    identities = Identities({name: profile.embeddings for name, profile in profiles.items()})
+    # live, recognition runs beside the frames; a recording waits for it, so its result never depends on timing
+    identities = Identities({name: profile.embeddings for name, profile in profiles.items()}, background=not recording)
     return FramePipeline(restorers, crop_size, blend=blend, identities=identities, far=recording)
 
 

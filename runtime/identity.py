@@ -14,6 +14,7 @@ and it passes through untouched.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import importlib.util
 import threading
@@ -144,13 +145,19 @@ class _TrackState:
     last_keypoints: np.ndarray  # where the face was on the last frame it was seen
     name: Optional[str] = None
     settled: bool = False
+    pending: bool = False  # a recognition is under way
 
 
 class Identities:
-    """Decides, per track, which enrolled person it is. gallery: profile name -> (N, 128) descriptors."""
+    """Decides, per track, which enrolled person it is. gallery: profile name -> (N, 128) descriptors.
+
+    background: recognise on a worker thread (the live camera: a descriptor takes tens of milliseconds on a CPU,
+    which must not hold up the frames); a track stays unsure until its recognition is back. Without it (files),
+    each frame's recognitions are done before its verdicts, so results do not depend on timing.
+    """
 
     def __init__(self, gallery: Mapping[str, np.ndarray], recognizer: Optional[FaceRecognizer] = None,
-                 threshold: float = MATCH_DISTANCE):
+                 threshold: float = MATCH_DISTANCE, background: bool = False):
         if not gallery:
             raise ValueError("give at least one enrolled person")
         self.gallery = {name: np.asarray(refs, np.float32) for name, refs in gallery.items()}
@@ -159,35 +166,57 @@ class Identities:
         self._states: dict[int, _TrackState] = {}
         self._frame = 0
         self.recognitions = 0
+        self._pool = (concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="instantrestore-identity")
+                      if background else None)
+        self._jobs: list = []
 
     def _due(self, state: Optional[_TrackState], track) -> bool:
-        if track.missed:  # nothing new to look at
+        if track.missed or (state is not None and state.pending):  # nothing new to look at, or being looked at
             return False
         if state is None or not state.settled:
             return True
         size = max(track.box[2] - track.box[0], track.box[3] - track.box[1], 1.0)
-        jumped = np.abs(track.raw_keypoints - state.last_keypoints).max() > JUMP * size
-        return jumped or self._frame - state.last_check >= RECHECK_FRAMES
+        if np.abs(track.raw_keypoints - state.last_keypoints).max() > JUMP * size:
+            state.votes.clear()  # jumped: whoever it is now must be recognised before it is restored again
+            state.settled, state.name = False, None
+            return True
+        return self._frame - state.last_check >= RECHECK_FRAMES
+
+    def _recognise(self, frame, boxes, track_ids):
+        return track_ids, self.recognizer.embed(frame, boxes)
+
+    def _record(self, track_ids, descriptors) -> None:
+        for track_id, descriptor in zip(track_ids, descriptors):
+            state = self._states.get(track_id)
+            if state is None:  # the track ended meanwhile
+                continue
+            name, distance = match(descriptor, self.gallery, self.threshold)
+            state.votes.append(name)
+            state.pending, state.last_check = False, self._frame
+            agreed = len(state.votes) == CONFIRMATIONS and len(set(state.votes)) == 1
+            clear = name is not None and distance < CLEAR_DISTANCE and set(state.votes) == {name}
+            state.settled = agreed or clear
+            state.name = name if state.settled else None
 
     def assign(self, frame, tracks) -> list:
         """A Verdict for each track of this frame, in order."""
         self._frame += 1
         self._states = {t.track_id: self._states[t.track_id] for t in tracks if t.track_id in self._states}
+        for job in [job for job in self._jobs if job.done()]:
+            self._jobs.remove(job)
+            self._record(*job.result())
         due = [t for t in tracks if self._due(self._states.get(t.track_id), t)]
-        descriptors = self.recognizer.embed(frame, [t.box for t in due]) if due else []
-        self.recognitions += len(due)
-        for track, descriptor in zip(due, descriptors):
-            state = self._states.get(track.track_id)
-            if state is None:
-                state = self._states[track.track_id] = _TrackState(collections.deque(maxlen=CONFIRMATIONS), 0,
-                                                                    track.raw_keypoints)
-            name, distance = match(descriptor, self.gallery, self.threshold)
-            state.votes.append(name)
-            state.last_check = self._frame
-            agreed = len(state.votes) == CONFIRMATIONS and len(set(state.votes)) == 1
-            clear = name is not None and distance < CLEAR_DISTANCE and set(state.votes) == {name}
-            state.settled = agreed or clear
-            state.name = name if state.settled else None
+        if due:
+            for track in due:
+                state = self._states.setdefault(
+                    track.track_id, _TrackState(collections.deque(maxlen=CONFIRMATIONS), 0, track.raw_keypoints))
+                state.pending = True
+            self.recognitions += len(due)
+            work = ([t.box for t in due], [t.track_id for t in due])
+            if self._pool is None:
+                self._record(*self._recognise(frame, *work))
+            else:
+                self._jobs.append(self._pool.submit(self._recognise, np.array(frame, copy=True), *work))
         verdicts = []
         for track in tracks:
             state = self._states.get(track.track_id)
@@ -200,3 +229,7 @@ class Identities:
             else:
                 verdicts.append(Verdict(state.name))
         return verdicts
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)

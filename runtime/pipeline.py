@@ -378,6 +378,8 @@ class FramePipeline:
         return outputs
 
     def close(self):
+        if self.identities is not None and hasattr(self.identities, "close"):
+            self.identities.close()
         if self._owns_tracker:
             self.tracker.close()
 
