@@ -54,7 +54,7 @@ class BatchStopped(BaseException):
 class BatchOptions:
     inputs: list
     out_dir: Path
-    profile: str
+    profile: object  # one profile name, or several (each recognised person restored with their own)
     bundle: Optional[str] = None
     backend: str = "auto"
     device: Optional[str] = None
@@ -166,18 +166,20 @@ def is_done(video: Video, entry) -> bool:
 # ------------------------------------------------------------------------------------- one video
 
 
-def restore_file(crop_restorer: Callable, crop_size: int, in_path, out_path, blend: float = 1.0, batch_size: int = 1,
-                 progress: Optional[Callable] = None) -> dict:
-    """Restore one recording with a loaded model's crop restorer (`Restorer.crop_restorer(profile)`): frames,
-    faces restored. No partial output on failure."""
+def restore_file(restorers: dict, profiles: dict, crop_size: int, in_path, out_path, blend: float = 1.0,
+                 batch_size: int = 1, progress: Optional[Callable] = None) -> dict:
+    """Restore one recording with a loaded model's crop restorers (name -> `Restorer.crop_restorer(profile)`),
+    each recognised person with their own: frames, faces restored. No partial output on failure."""
     from instantrestore.runtime.media import FileSink, FileSource
-    from instantrestore.runtime.pipeline import FramePipeline, run_file
+    from instantrestore.runtime.pipeline import run_file
+
+    from .jobs import face_pipeline
 
     source = FileSource(in_path)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)  # a folder's videos keep their sub-folders
     sink = FileSink(out_path, like=source)
     try:
-        with FramePipeline(crop_restorer, crop_size, blend=blend) as pipeline:
+        with face_pipeline(profiles, restorers, crop_size, blend, recording=True) as pipeline:
             stats = run_file(pipeline, source, sink, progress=progress, batch_size=batch_size)
     except BaseException:
         sink.abort()
@@ -255,8 +257,8 @@ def run_batch(options: BatchOptions, events: Optional[Callable] = None) -> list[
         raise BatchError(f"the output {out_dir} is a file; give a folder")
     videos = collect_inputs(options.inputs, out_dir)
     bundle = home.resolve_bundle(options.bundle)
-    profile = home.load_profile(options.profile, bundle)
-    profile_sha256 = sha256_file(home.profile_path(options.profile))
+    profiles = home.load_profiles(options.profile, bundle)  # profiles made before recognition are upgraded here
+    profile_sha256 = "+".join(sha256_file(home.profile_path(name)) for name in profiles)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     manifest = read_manifest(out_dir)
@@ -304,24 +306,28 @@ def run_batch(options: BatchOptions, events: Optional[Callable] = None) -> list[
 
     try:
         if options.ray is None:
-            _run_here(options, bundle, profile, pending, progress, record, events)
+            _run_here(options, bundle, profiles, pending, progress, record, events)
         else:
-            _run_on_ray(options, bundle, home.profile_path(options.profile), pending, record, events)
+            _run_on_ray(options, bundle, {name: home.profile_path(name) for name in profiles}, pending, record, events)
     finally:
         progress.close()
     return videos
 
 
-def _run_here(options, bundle, profile, pending, progress, record, events) -> None:
+def _run_here(options, bundle, profiles, pending, progress, record, events) -> None:
     from .jobs import load_engine
 
     restorer = load_engine(bundle, options.backend, options.device, None, say)
-    restore, restore_lock = restorer.crop_restorer(profile), threading.Lock()
+    restore_lock = threading.Lock()
 
-    def shared_restore(crops):
-        """The one model, called by each video's pipeline in turn."""
-        with restore_lock:
-            return restore(crops)
+    def shared(restore):
+        def shared_restore(crops):
+            """The one model, called by each video's pipeline in turn."""
+            with restore_lock:
+                return restore(crops)
+        return shared_restore
+
+    restorers = {name: shared(restorer.crop_restorer(profile)) for name, profile in profiles.items()}
 
     stop = threading.Event()
 
@@ -334,7 +340,7 @@ def _run_here(options, bundle, profile, pending, progress, record, events) -> No
         events("started", video=video, pid=os.getpid())
         started = time.monotonic()
         try:
-            result = restore_file(shared_restore, restorer.crop_size, video.source, video.output, options.blend,
+            result = restore_file(restorers, profiles, restorer.crop_size, video.source, video.output, options.blend,
                                   options.batch_size, progress=lambda done, total: frame_written(video, done))
             video.status, video.frames, video.faces_restored = "done", result["frames"], result["faces_restored"]
         except Exception as error:  # noqa: BLE001 - reported in the summary; the other videos go on
@@ -368,7 +374,7 @@ class BatchWorker:
     """A Ray actor: loads the model once from the shipped bundle and profile, then restores videos one at
     a time. Errors come back as one line; only a dead worker raises on the driver."""
 
-    def __init__(self, bundle_files: dict, profile_bytes: bytes, backend: str, device):
+    def __init__(self, bundle_files: dict, profile_bytes: dict, backend: str, device):
         from instantrestore.runtime import Profile, load_bundle
 
         from .jobs import load_engine
@@ -379,10 +385,14 @@ class BatchWorker:
         for name, data in bundle_files.items():
             (bundle_dir / name).write_bytes(data)
         bundle = load_bundle(bundle_dir)
-        (bundle_dir.parent / "profile.safetensors").write_bytes(profile_bytes)
-        profile = Profile.load(bundle_dir.parent / "profile.safetensors", bundle_id=bundle.bundle_id)
+        self.profiles = {}
+        for index, (name, data) in enumerate(profile_bytes.items()):
+            path = bundle_dir.parent / f"profile{index}.safetensors"
+            path.write_bytes(data)
+            self.profiles[name] = Profile.load(path, bundle_id=bundle.bundle_id)
         restorer = load_engine(bundle, backend, device, None, progress=lambda message: None)
-        self.crop_restorer, self.crop_size = restorer.crop_restorer(profile), restorer.crop_size
+        self.restorers = {name: restorer.crop_restorer(profile) for name, profile in self.profiles.items()}
+        self.crop_size = restorer.crop_size
 
     def pid(self) -> int:
         return os.getpid()
@@ -390,13 +400,13 @@ class BatchWorker:
     def restore(self, in_path: str, out_path: str, blend: float, batch_size: int) -> dict:
         started = time.monotonic()
         try:
-            result = restore_file(self.crop_restorer, self.crop_size, in_path, out_path, blend, batch_size)
+            result = restore_file(self.restorers, self.profiles, self.crop_size, in_path, out_path, blend, batch_size)
         except Exception as error:  # noqa: BLE001 - the driver reports it and goes on
             return {"error": one_line(error), "seconds": time.monotonic() - started}
         return {**result, "seconds": time.monotonic() - started}
 
 
-def _run_on_ray(options, bundle, profile_path: Path, pending: list[Video], record, events) -> None:
+def _run_on_ray(options, bundle, profile_paths: dict, pending: list[Video], record, events) -> None:
     ray = _import_ray()
     running: dict = {}  # task -> (worker, video)
     started_here = not ray.is_initialized()
@@ -420,7 +430,7 @@ def _run_on_ray(options, bundle, profile_path: Path, pending: list[Video], recor
         say(f"ray: {workers} worker{'s' if workers != 1 else ''} on {on}")
         # shipped once through the object store; every worker loads the model from it
         bundle_ref = ray.put({path.name: path.read_bytes() for path in Path(bundle.path).iterdir() if path.is_file()})
-        profile_ref = ray.put(profile_path.read_bytes())
+        profile_ref = ray.put({name: path.read_bytes() for name, path in profile_paths.items()})
         actor_class = ray.remote(max_restarts=0, **resources)(BatchWorker)
         device = options.device if gpus else (options.device or "cpu")
 
@@ -503,11 +513,8 @@ def summary_table(videos: list[Video]) -> str:
 
 
 def cmd_batch(args) -> int:
-    if len(args.profile) > 1:
-        raise BatchError("one --profile per batch for now: telling several people apart needs face recognition, "
-                         "which this release does not have")
     ray = args.ray
-    options = BatchOptions(inputs=args.inputs, out_dir=Path(args.output), profile=args.profile[0],
+    options = BatchOptions(inputs=args.inputs, out_dir=Path(args.output), profile=args.profile,
                            bundle=args.bundle, backend=args.backend, device=args.device, blend=args.blend,
                            batch_size=args.batch_size, ray=ray, jobs=args.jobs, force=args.force,
                            overwrite=args.overwrite)

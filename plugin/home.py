@@ -136,9 +136,37 @@ def load_profile(name: str, bundle: Bundle) -> Profile:
         hint = f"; known profiles: {', '.join(known)}" if known else ""
         raise StateError(f"no profile named {name!r}: enroll it with `instantrestore enroll IMG... --name {name}`{hint}")
     try:
-        return Profile.load(path, bundle_id=bundle.bundle_id)
+        profile = Profile.load(path, bundle_id=bundle.bundle_id)
     except ProfileError as error:
         raise ProfileError(f"profile {name!r}: {error}") from None
+    if profile.embeddings is None:
+        _add_identity(name, path, profile)
+    return profile
+
+
+def _add_identity(name: str, path: Path, profile: Profile) -> None:
+    """Profiles made before face recognition get their photos' identity descriptors once, from the aligned
+    thumbnails they keep; refused when those do not show one person."""
+    import numpy as np
+
+    from instantrestore.runtime.identity import MATCH_DISTANCE, crop_descriptors
+
+    embeddings = crop_descriptors(profile.thumbnails.numpy())
+    if len(embeddings) > 1:
+        spread = np.linalg.norm(embeddings[:, None] - embeddings[None], axis=2).max()
+        if spread >= MATCH_DISTANCE:
+            raise ProfileError(f"profile {name!r} was made before face recognition and its photos do not look like "
+                               "one person; enroll again")
+    profile.embeddings = embeddings
+    profile.save(path)
+
+
+def load_profiles(names, bundle: Bundle) -> dict:
+    """name -> Profile for each --profile given (each name once)."""
+    names = [names] if isinstance(names, str) else list(dict.fromkeys(names))
+    if not names:
+        raise StateError("give at least one --profile")
+    return {name: load_profile(name, bundle) for name in names}
 
 
 @dataclasses.dataclass

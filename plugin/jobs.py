@@ -14,7 +14,7 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -259,8 +259,9 @@ def find_faces(image: np.ndarray, crop_size: int, detector) -> list:
     return [align_face(image, face, crop_size) for face in found]
 
 
-def selfie_crop(path: Path, image: np.ndarray, crop_size: int, detector):
-    """The aligned face of one selfie, or PluginError saying what is wrong with the photo."""
+def selfie_crop(path: Path, image: np.ndarray, crop_size: int, detector, progress=None):
+    """The aligned face of one selfie, or PluginError saying what is wrong with the photo. A smaller second face
+    (someone in the background) is ignored, and said so through `progress`."""
     height, width = image.shape[:2]
     if min(height, width) < MIN_FACE_PIXELS:
         raise PluginError(f"{path}: the photo is only {width}x{height} pixels; a face needs {MIN_FACE_PIXELS}+ pixels")
@@ -271,6 +272,9 @@ def selfie_crop(path: Path, image: np.ndarray, crop_size: int, detector):
     others = [face for face in faces[1:] if face.face_size >= SECOND_FACE_RATIO * main.face_size]
     if others:
         raise PluginError(f"{path}: {1 + len(others)} faces found; use a photo of you alone")
+    if len(faces) > 1 and progress is not None:
+        progress(f"{path.name}: {count_text(len(faces) - 1, 'smaller face')} ignored (only the largest face, "
+                 f"{main.face_size:.0f} pixels, is enrolled)")
     if main.face_size < MIN_FACE_PIXELS:
         raise PluginError(
             f"{path}: the face is too small ({main.face_size:.0f} pixels, need {MIN_FACE_PIXELS}+); use a closer or "
@@ -279,9 +283,14 @@ def selfie_crop(path: Path, image: np.ndarray, crop_size: int, detector):
     return main
 
 
-def check_selfies(paths, crop_size: int) -> dict:
-    """{path: its aligned face, or the one-line reason it is refused}, in order. Every photo is checked, so
-    one run lists all the problems (`enroll`, and the panel's photo by photo view)."""
+class Selfie(NamedTuple):
+    image: np.ndarray  # the photo as RGB
+    face: object  # its aligned face (align.FaceCrop)
+
+
+def check_selfies(paths, crop_size: int, progress=None) -> dict:
+    """{path: its Selfie, or the one-line reason it is refused}, in order. Every photo is checked, so one run
+    lists all the problems (`enroll`, and the panel's photo by photo view)."""
     from instantrestore.runtime.tracking import FaceDetector, TrackingError
 
     results, images = {}, {}
@@ -294,12 +303,34 @@ def check_selfies(paths, crop_size: int) -> dict:
         with FaceDetector(mode="image", timeout_s=60.0) as detector:
             for path, image in images.items():
                 try:
-                    results[path] = selfie_crop(path, image, crop_size, detector)
+                    results[path] = Selfie(image, selfie_crop(path, image, crop_size, detector, progress))
                 except PluginError as error:
                     results[path] = str(error)
                 except TrackingError as error:  # the detector refused this photo; the others are still checked
                     results[path] = f"{path}: {error}"
     return {path: results[path] for path in paths}
+
+
+def one_person(paths, images, faces) -> np.ndarray:
+    """The identity descriptors of the selfies' faces (N, 128), or PluginError naming the photo of someone else."""
+    from instantrestore.runtime.identity import MATCH_DISTANCE, RecognizerError, shared_recognizer
+
+    try:
+        recognizer = shared_recognizer()
+    except RecognizerError as error:
+        raise PluginError(str(error)) from None
+    embeddings = np.concatenate([recognizer.embed(image, [face.box]) for image, face in zip(images, faces)])
+    if len(paths) < 2:
+        return embeddings
+    far = np.linalg.norm(embeddings[:, None] - embeddings[None], axis=2) >= MATCH_DISTANCE
+    # a photo is the odd one when it is far from most of the others
+    odd = [path for path, row in zip(paths, far) if row.sum() * 2 > len(paths) - 1]
+    if len(paths) == 2 and odd:
+        raise PluginError(f"{paths[0]} and {paths[1]} show two different people; enroll photos of one person")
+    if odd:
+        named = ", ".join(map(str, odd))
+        raise PluginError(f"{named}: not the same person as the other photos; enroll photos of one person only")
+    return embeddings
 
 
 def enroll(image_paths, name: str, bundle_arg=None, device: Optional[str] = None, progress=say) -> Path:
@@ -322,20 +353,23 @@ def enroll(image_paths, name: str, bundle_arg=None, device: Optional[str] = None
     bundle = home.resolve_bundle(bundle_arg)
     home.check_writable(home.profiles_dir())
 
-    found = check_selfies(paths, bundle.crop_size)
+    found = check_selfies(paths, bundle.crop_size, progress)
     problems = [result for result in found.values() if isinstance(result, str)]
     if problems:
         raise PluginError("; ".join(problems))
-    faces = [found[path] for path in paths]
+    faces = [found[path].face for path in paths]
     for path, face in zip(paths, faces):
         progress(f"{path.name}: face of {face.face_size:.0f} pixels (detector score {face.score:.2f})")
         if face.face_size < bundle.crop_size / 4:
             progress(f"{path.name}: the face is small for the model's {bundle.crop_size}-pixel crop; a closer photo "
                      "keeps more detail")
 
+    embeddings = one_person(paths, [found[path].image for path in paths], faces)
+
     restorer = load_engine(bundle, "torch", device, None, progress)
     progress(f"enrolling {len(paths)} photo{'s' if len(paths) != 1 else ''} as {name!r}")
     profile = restorer.enroll_crops(np.stack([face.crop for face in faces]))
+    profile.embeddings = embeddings
     profile.metadata.update({
         "name": name,
         "sources": [path.name for path in paths],
@@ -366,16 +400,41 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def restore_video(in_path, out_path, profile_name: str, bundle_arg=None, backend: str = "auto",
+LEFT_ALONE = ("not enrolled", "too small", "identity unsure")  # the pipeline's reasons for not restoring a face
+
+
+def faces_line(summary: dict) -> str:
+    """The end-of-run account of faces, counted once per face and frame: how many were restored, and why the
+    others were left as they were."""
+    restored = int(summary.get("faces_restored", 0))
+    reasons = [f"{int(summary[reason])} {reason}" for reason in LEFT_ALONE if summary.get(reason)]
+    line = f"faces: {restored} restored"
+    return line + (f"; left as they were: {', '.join(reasons)}" if reasons else "") + " (counted per frame)"
+
+
+def face_pipeline(profiles: dict, restorers: dict, crop_size: int, blend: float = 1.0, recording: bool = False):
+    """The frame pipeline restoring each recognised face with its own profile (profiles: name -> Profile;
+    restorers: name -> crop restorer); faces of no one enrolled pass through untouched. A recording also looks
+    for faces far from the camera (full-range BlazeFace); live, faces are recognised on a worker thread."""
+    from instantrestore.runtime.identity import Identities
+    from instantrestore.runtime.pipeline import FramePipeline
+
+    # live, recognition runs beside the frames; a recording waits for it, so its result never depends on timing
+    identities = Identities({name: profile.embeddings for name, profile in profiles.items()}, background=not recording)
+    return FramePipeline(restorers, crop_size, blend=blend, identities=identities, far=recording)
+
+
+def restore_video(in_path, out_path, profile_name, bundle_arg=None, backend: str = "auto",
                   device: Optional[str] = None, batch_size: int = 1, blend: float = 1.0, overwrite: bool = False,
                   progress=say, frame_progress=None, on_frame=None) -> dict:
-    """Restore every frame of `in_path` into `out_path` (audio copied); an existing `out_path` is replaced only
-    with `overwrite`. Returns a summary dict. frame_progress(done, total) replaces the terminal's progress bar and
+    """Restore every frame of `in_path` into `out_path` (audio copied), each enrolled person's face with their
+    profile (`profile_name`: one name or several); an existing `out_path` is replaced only with `overwrite`.
+    Returns a summary dict. frame_progress(done, total) replaces the terminal's progress bar and
     on_frame(raw, restored) sees each frame (the panel); an exception either raises cancels the run, leaving no
     output."""
     from instantrestore.runtime.artifacts import output_target
     from instantrestore.runtime.media import FileSink, FileSource
-    from instantrestore.runtime.pipeline import FramePipeline, run_file
+    from instantrestore.runtime.pipeline import run_file
 
     in_path, out_path = Path(in_path), Path(out_path)
     if not in_path.exists():
@@ -396,7 +455,7 @@ def restore_video(in_path, out_path, profile_name: str, bundle_arg=None, backend
     if batch_size < 1:
         raise PluginError(f"--batch-size must be at least 1, got {batch_size}")
     bundle = home.resolve_bundle(bundle_arg)
-    profile = home.load_profile(profile_name, bundle)
+    profiles = home.load_profiles(profile_name, bundle)
     source = FileSource(in_path)
     if out_path.exists():
         progress(f"{out_path} exists; it will be replaced when the new file is complete")
@@ -414,7 +473,8 @@ def restore_video(in_path, out_path, profile_name: str, bundle_arg=None, backend
     started = time.monotonic()
     bar = ProgressBar(f"restoring {in_path.name}") if frame_progress is None else None
     try:
-        with FramePipeline(restorer.crop_restorer(profile), restorer.crop_size, blend=blend) as pipeline:
+        restorers = {name: restorer.crop_restorer(profile) for name, profile in profiles.items()}
+        with face_pipeline(profiles, restorers, restorer.crop_size, blend, recording=True) as pipeline:
             stats = run_file(pipeline, source, sink, progress=bar if bar is not None else frame_progress,
                              batch_size=batch_size, on_frame=on_frame)
     except BaseException:
@@ -433,6 +493,7 @@ def restore_video(in_path, out_path, profile_name: str, bundle_arg=None, backend
     progress(f"wrote {out_path}: {count_text(frames, 'frame')} at {rate_text(source.fps)} fps in {elapsed:.1f} s "
              f"({frames / elapsed if elapsed else 0:.2f} frames/s); face restored in {frames - no_face - not_finite} "
              f"of {frames}")
+    progress(faces_line(summary))
     return {"frames": frames, "no_face": no_face, "not_finite": not_finite, "seconds": elapsed, "stats": summary}
 
 
@@ -582,7 +643,7 @@ class PreviewClosed(Exception):
 
 
 class LiveControl:
-    """Another thread's handle on a running `run_camera` (the panel): stop it, change the strength or the profile
+    """Another thread's handle on a running `run_camera` (the panel): stop it, change the strength or the profiles
     without a restart, see each shown frame through on_frame(raw, shown, latency_s)."""
 
     def __init__(self, on_frame=None):
@@ -600,23 +661,32 @@ class LiveControl:
         if self.pipeline is not None:
             self.pipeline.compositor.blend = float(blend)  # read at every frame's paste
 
-    def set_profile(self, name: str) -> None:
+    def set_profile(self, names) -> None:
+        """Restore these people (one profile name or several) from the next frames on."""
+        from instantrestore.runtime.identity import Identities
+
         if self.pipeline is None:
             raise PluginError("the model is still loading; change the profile when the camera is live")
-        profile = home.load_profile(name, self._bundle)
-        self.pipeline.restore = self._engine.crop_restorer(profile)  # the next restore uses it
+        profiles = home.load_profiles(names, self._bundle)
+        restorers = {name: self._engine.crop_restorer(profile) for name, profile in profiles.items()}
+        identities = Identities({name: profile.embeddings for name, profile in profiles.items()}, background=True)
+        previous = self.pipeline.identities
+        self.pipeline.restore, self.pipeline.identities = restorers, identities  # tracks are recognised anew
+        if previous is not None and hasattr(previous, "close"):
+            previous.close()
 
 
-def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str = "auto", device: Optional[str] = None,
+def run_camera(profile_name, input_spec=None, bundle_arg=None, backend: str = "auto", device: Optional[str] = None,
                size_text=None, fps: Optional[float] = None, vcam_backend: Optional[str] = None,
                vcam_device: Optional[str] = None, max_frames: Optional[int] = None, preview: bool = False,
                show_stats: bool = False, blend: float = 1.0, progress=say,
                control: Optional[LiveControl] = None) -> dict:
     """Live restore from a camera or a file into the virtual camera until Ctrl+C, the end of the
-    file, `max_frames` captured frames, or control.stop."""
+    file, `max_frames` captured frames, or control.stop; each enrolled person (`profile_name`: one name or
+    several) with their own profile."""
     from instantrestore.runtime.media import (PreviewSink, SteadyCamera, VirtualCameraSink, VirtualCameraUnavailable,
                                               display_problem)
-    from instantrestore.runtime.pipeline import FramePipeline, run_live
+    from instantrestore.runtime.pipeline import run_live
 
     size = parse_size(size_text)
     if fps is not None and not (1 <= fps <= 240):
@@ -628,7 +698,7 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
     if preview and (problem := display_problem()):
         raise PluginError(f"--preview: {problem}; run without --preview (the virtual camera needs no display)")
     bundle = home.resolve_bundle(bundle_arg)
-    profile = home.load_profile(profile_name, bundle)
+    profiles = home.load_profiles(profile_name, bundle)
     choose_engine(bundle, backend, device)  # a backend that cannot run here is said before anything opens
 
     with contextlib.ExitStack() as stack:
@@ -665,18 +735,19 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
                  f"{rate_text(out_fps)} fps; pick \"{shown_as}\" in your call app. Ctrl+C stops.")
         def load_and_warm_up():
             engine = load_engine(bundle, backend, device, None, progress)
-            restore_crops = engine.crop_restorer(profile)
+            restorers = {name: engine.crop_restorer(profile) for name, profile in profiles.items()}
             # the first restore pays for CUDA-graph capture, autotuning or the first engine run: not on air
-            restore_crops(np.zeros((1, engine.crop_size, engine.crop_size, 3), np.uint8))
-            return engine, restore_crops
+            for restore_crops in restorers.values():
+                restore_crops(np.zeros((1, engine.crop_size, engine.crop_size, 3), np.uint8))
+            return engine, restorers
 
         if source.live:
             progress("it shows your camera as it is until the model is loaded")
             with Passthrough(source, lambda image: camera_sink.write(fit(image, out_size))):
-                restorer, restore_crops = load_and_warm_up()
+                restorer, restorers = load_and_warm_up()
         else:
-            restorer, restore_crops = load_and_warm_up()
-        pipeline = stack.enter_context(FramePipeline(restore_crops, restorer.crop_size, blend=blend))
+            restorer, restorers = load_and_warm_up()
+        pipeline = stack.enter_context(face_pipeline(profiles, restorers, restorer.crop_size, blend))
         if control is not None:
             control._engine, control._bundle, control.pipeline = restorer, bundle, pipeline
             if control.blend is not None:
@@ -700,6 +771,7 @@ def run_camera(profile_name: str, input_spec=None, bundle_arg=None, backend: str
         progress(f"stopped ({stopped_by}): {count_text(sent, 'frame')} sent to the virtual camera"
                  + (f", {report.processed} restored, {report.dropped} dropped, {report.repeated} repeated, "
                     f"latency {report.mean_latency_s * 1000:.0f} ms mean" if report is not None else ""))
+        progress(faces_line(summary))
         if show_stats:
             progress("stats: " + pipeline.stats.format_line())
         return {"sent": sent, "report": report, "stats": summary}

@@ -116,8 +116,8 @@ def check_photos(paths) -> tuple[list, list]:
         if isinstance(result, str):
             lines.append("refused: " + result.replace(str(path), path.name))
             continue
-        gallery.append((result.crop, path.name))
-        lines.append(f"ok: {path.name}: face of {result.face_size:.0f} pixels")
+        gallery.append((result.face.crop, path.name))
+        lines.append(f"ok: {path.name}: face of {result.face.face_size:.0f} pixels")
     return gallery, lines
 
 
@@ -426,7 +426,9 @@ def build(panel: Panel):
             if job.error:
                 return job.error
             if not job.running:
-                return (job.lines[-1] if job.lines else "stopped") + " The camera is released."
+                # the run's last words: how it stopped, then its account of the faces
+                ending = [line for line in job.lines if line.startswith(("stopped", "faces:"))] or ["stopped"]
+                return " ".join(ending) + " The camera is released."
             if job.control.camera_name:
                 return f"live: pick **\"{job.control.camera_name}\"** as the camera in Zoom, Meet or Teams"
             return job.lines[-1] if job.lines else "starting..."

@@ -14,7 +14,7 @@ import dataclasses
 import queue
 import threading
 import time
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Mapping, NamedTuple, Optional
 
 import numpy as np
 
@@ -139,33 +139,125 @@ class RestoredCrops(NamedTuple):
 RestoreFn = Callable[[np.ndarray], "np.ndarray | RestoredCrops"]
 
 
-class FramePipeline:
-    """Restores the tracked face in each frame.
+class LocatedFace(NamedTuple):
+    """A face of one frame, aligned: the frame->crop matrix, the crop, and whose profile restores it (None: the
+    pipeline's only restorer, when it runs without recognition)."""
 
-    restore: callable taking a (B, S, S, 3) uint8 RGB batch of aligned crops and returning the
-        restored batch, same shape and dtype, or RestoredCrops (e.g. restorer.crop_restorer(profile)).
-    crop_size: S, from the model bundle. tracker: a tracking.Tracker (default: vendored BlazeFace).
+    matrix: np.ndarray
+    crop: np.ndarray
+    name: Optional[str] = None
+    strength: float = 1.0  # below 1 while a face the detector missed is held: the paste fades out
+
+
+# Faces smaller than this (the larger side of the detector's box, in frame pixels) are left as they are: too few
+# pixels to recognise reliably or to restore into a 512-pixel crop (README "Small and several faces").
+MIN_FACE_PIXELS = 40
+
+# File mode places each face once this many later frames are tracked: the paste follows a moving face without
+# trailing it (a local linear fit over +-12 frames, README "Where"), and a face the detector missed is only
+# held when it is found again (never pasted where the face has gone).
+LOOK_AHEAD = 12
+
+
+def _local_linear(points: dict, index: int, half_window: int) -> Optional[np.ndarray]:
+    """The keypoints at frame `index` from the detections {frame: (6, 2) keypoints} within +-half_window: a
+    tricube-weighted straight-line fit over time (no lag for steady motion, noise averaged away on a still face).
+    None when `index` has no detection and none comes after it (the face has gone)."""
+    near = [(j - index, p) for j, p in points.items() if abs(j - index) <= half_window]
+    if index not in points and not any(d > 0 for d, _ in near):
+        return None
+    d = np.array([d for d, _ in near], np.float64)
+    p = np.stack([p for _, p in near]).astype(np.float64)
+    w = (1.0 - (np.abs(d) / (half_window + 1.0)) ** 3) ** 3
+    s0, s1, s2 = w.sum(), (w * d).sum(), (w * d * d).sum()
+    t0, t1 = np.tensordot(w, p, 1), np.tensordot(w * d, p, 1)
+    det = s0 * s2 - s1 * s1
+    if det <= 1e-9 * max(s0 * s2, 1e-12):  # one detection, or all at one time: nothing to fit a line to
+        return (t0 / s0).astype(np.float32)
+    return ((s2 * t0 - s1 * t1) / det).astype(np.float32)
+
+
+class LookAhead:
+    """File mode's tracking with look-ahead: push() frames in order, get back (item, frame, located) for the frames
+    whose faces are now placed (LOOK_AHEAD frames later); flush() at the end."""
+
+    def __init__(self, pipeline: "FramePipeline", half_window: int = LOOK_AHEAD):
+        self.pipeline, self.half_window = pipeline, int(half_window)
+        self._pending: collections.deque = collections.deque()
+        self._detections: dict[int, dict[int, np.ndarray]] = {}  # track id -> {frame index: raw keypoints}
+        self._index = 0
+
+    def push(self, item, frame, timestamp) -> list:
+        frame = self.pipeline._check_frame(frame)
+        observed = self.pipeline.observe(frame, timestamp)
+        for track, _ in observed:
+            if track.missed == 0:
+                self._detections.setdefault(track.track_id, {})[self._index] = track.raw_keypoints
+        self._pending.append((self._index, item, frame, observed))
+        self._index += 1
+        done = []
+        while len(self._pending) > self.half_window:
+            done.append(self._place(*self._pending.popleft()))
+        return done
+
+    def flush(self) -> list:
+        done = [self._place(*entry) for entry in self._pending]
+        self._pending.clear()
+        return done
+
+    def _place(self, index, item, frame, observed):
+        faces = []
+        for track, name in observed:
+            keypoints = _local_linear(self._detections.get(track.track_id, {}), index, self.half_window)
+            if keypoints is not None:
+                faces.append((keypoints, name, 1.0))
+        for points in self._detections.values():  # what no later frame's window needs
+            for j in [j for j in points if j < index - self.half_window]:
+                del points[j]
+        self._detections = {tid: points for tid, points in self._detections.items() if points}
+        return item, frame, self.pipeline._align(frame, faces)
+
+
+class FramePipeline:
+    """Restores the faces in each frame.
+
+    restore: a callable taking a (B, S, S, 3) uint8 RGB batch of aligned crops and returning the restored
+        batch, same shape and dtype, or RestoredCrops (e.g. restorer.crop_restorer(profile)); with
+        `identities`, a mapping from each enrolled name to such a callable.
+    identities: an identity.Identities. With it, every face recognised as an enrolled person is restored with
+        that person's profile and every other face passes through untouched. Without it, the tracker's main
+        face is restored (no recognition: for callers that have no enrolled photos).
+    crop_size: S, from the model bundle. tracker: a tracking.Tracker (default: vendored BlazeFace short-range;
+        with far=True, for recordings, full-range too, which finds faces far from the camera).
     blend: 0..1 strength of the restored face. color_match: match the restored crop's colour to the
         original crop. Frames without a face are returned as they are (the same array).
     """
 
     def __init__(
         self,
-        restore: RestoreFn,
+        restore,
         crop_size: int,
         tracker: Optional[Tracker] = None,
         blend: float = 1.0,
         color_match: bool = True,
         stats: Optional[PipelineStats] = None,
+        identities=None,
+        far: bool = False,
     ):
-        if not callable(restore):
+        if identities is None and not callable(restore):
             raise PipelineError("restore must be a callable taking a (B, S, S, 3) uint8 batch")
+        if identities is not None:
+            restore = dict(restore) if isinstance(restore, Mapping) else {}
+            missing = [name for name in identities.gallery if not callable(restore.get(name))]
+            if missing:
+                raise PipelineError(f"no restorer for the enrolled {', '.join(map(repr, missing))}")
         self.restore = restore
+        self.identities = identities
         self.crop_size = int(crop_size)
         if self.crop_size < 8:
             raise PipelineError(f"crop size must be at least 8, got {crop_size}")
         self._owns_tracker = tracker is None
-        self.tracker = tracker if tracker is not None else Tracker()
+        self.tracker = tracker if tracker is not None else Tracker(far=far)
         self.compositor = Compositor(blend=blend, color_match=color_match)
         self.stats = stats if stats is not None else PipelineStats()
         self.last_matrix = None
@@ -176,9 +268,9 @@ class FramePipeline:
             raise PipelineError(f"expected an RGB uint8 frame (H, W, 3), got {frame.dtype} {frame.shape}")
         return frame
 
-    def _restore_batch(self, crops: np.ndarray) -> RestoredCrops:
+    def _restore_batch(self, name, crops: np.ndarray) -> RestoredCrops:
         with self.stats.time("restore", frames=len(crops)):
-            restored = self.restore(crops)
+            restored = (self.restore if self.identities is None else self.restore[name])(crops)
         finite = np.ones(len(crops), bool)
         if isinstance(restored, RestoredCrops):
             restored, finite = restored.crops, np.asarray(restored.finite, bool)
@@ -189,33 +281,63 @@ class FramePipeline:
             )
         return RestoredCrops(restored, finite)
 
-    def _locate(self, frame, timestamp):
-        """Track and align one frame; returns (matrix, crop) or None when there is no face."""
+    def observe(self, frame, timestamp) -> list:
+        """Track and recognise one frame: [(track, name)] of the faces to restore (held ones too, missed > 0);
+        counts the others by reason."""
         with self.stats.time("track"):
-            track = self.tracker.update(frame, timestamp)
-        if track is None:
+            if self.identities is None:
+                track = self.tracker.update(frame, timestamp)
+                return [] if track is None else [(track, None)]
+            tracks = self.tracker.update_all(frame, timestamp)
+            small = [t for t in tracks if max(t.box[2] - t.box[0], t.box[3] - t.box[1]) < MIN_FACE_PIXELS]
+            if small:
+                self.stats.count("too small", len(small))
+                tracks = [t for t in tracks if t not in small]
+            chosen = []
+            for track, verdict in zip(tracks, self.identities.assign(frame, tracks)):
+                if verdict.name is None:
+                    self.stats.count(verdict.reason)
+                else:
+                    chosen.append((track, verdict.name))
+            return chosen
+
+    def _align(self, frame, faces) -> list:
+        """A LocatedFace for each (keypoints, name, strength) of a frame."""
+        if not faces:
             self.stats.count("no_face")
             self.last_matrix = None
-            return None
+            return []
+        located = []
         with self.stats.time("align"):
-            matrix = alignment_matrix(track.keypoints, self.crop_size)
-            crop = warp_to_crop(frame, matrix, self.crop_size)
-        self.last_matrix = matrix
-        return matrix, crop
+            for keypoints, name, strength in faces:
+                matrix = alignment_matrix(keypoints, self.crop_size)
+                located.append(LocatedFace(matrix, warp_to_crop(frame, matrix, self.crop_size), name, strength))
+        self.last_matrix = located[0].matrix
+        return located
+
+    def _locate(self, frame, timestamp) -> list:
+        """Live: track, recognise and align one frame; a held face fades out over the frames it is held."""
+        fade = 1.0 / (self.tracker.max_missed + 1)
+        observed = self.observe(frame, timestamp)
+        return self._align(frame, [(track.keypoints, name, 1.0 - track.missed * fade) for track, name in observed])
+
+    def look_ahead(self) -> LookAhead:
+        """File mode's tracking, which places each frame's faces knowing the frames after it."""
+        return LookAhead(self)
 
     def process(self, frame, timestamp: Optional[float] = None) -> np.ndarray:
-        """Restore the face in one RGB uint8 frame; timestamp (s) drives the keypoint smoothing."""
+        """Restore the faces in one RGB uint8 frame; timestamp (s) drives the keypoint smoothing."""
         return self.process_batch([frame], [timestamp])[0]
 
     def process_batch(self, frames, timestamps=None) -> list:
-        """Like process() for several consecutive frames, with one restorer call for all faces."""
+        """Like process() for several consecutive frames, with one restorer call per profile for all faces."""
         frames, located = self.locate_batch(frames, timestamps)
         return self.composite_batch(frames, located, self.restore_located(located))
 
     # The three steps of process_batch, which run_file runs on three threads.
 
     def locate_batch(self, frames, timestamps=None) -> tuple[list, list]:
-        """Check, track and align consecutive frames: (frames, [(matrix, crop) or None per frame])."""
+        """Check, track and align consecutive frames: (frames, [[LocatedFace, ...] per frame])."""
         frames = [self._check_frame(frame) for frame in frames]
         if timestamps is None:
             timestamps = [None] * len(frames)
@@ -224,27 +346,40 @@ class FramePipeline:
         return frames, [self._locate(frame, stamp) for frame, stamp in zip(frames, timestamps)]
 
     def restore_located(self, located) -> Optional[RestoredCrops]:
-        """One restorer call for every located face, in order; None when no frame has a face."""
-        crops = [item[1] for item in located if item is not None]
-        return self._restore_batch(np.stack(crops)) if crops else None
+        """The restored crops of every located face, in order (one restorer call per profile); None when no frame
+        has a face to restore."""
+        faces = [face for frame_faces in located for face in frame_faces]
+        if not faces:
+            return None
+        size = self.crop_size
+        crops, finite = np.empty((len(faces), size, size, 3), np.uint8), np.ones(len(faces), bool)
+        for name in dict.fromkeys(face.name for face in faces):
+            slots = [i for i, face in enumerate(faces) if face.name == name]
+            restored = self._restore_batch(name, np.stack([faces[i].crop for i in slots]))
+            crops[slots], finite[slots] = restored.crops, restored.finite
+        return RestoredCrops(crops, finite)
 
     def composite_batch(self, frames, located, restored: Optional[RestoredCrops]) -> list:
-        """Each frame with its restored face pasted back; frames without a face, or whose restored face is not
+        """Each frame with its restored faces pasted back; frames without a face, or whose restored faces are not
         finite, are returned as they are."""
         outputs, slot = list(frames), 0
-        for index, item in enumerate(located):
-            if item is None:
-                continue
-            matrix, crop = item
-            if restored.finite[slot]:
+        for index, frame_faces in enumerate(located):
+            pastes = []
+            for face in frame_faces:
+                if restored.finite[slot]:
+                    pastes.append((restored.crops[slot], face.matrix, face.crop, face.strength))
+                    self.stats.count("faces_restored")
+                else:
+                    self.stats.count("not_finite")
+                slot += 1
+            if pastes:
                 with self.stats.time("composite"):
-                    outputs[index] = self.compositor(frames[index], restored.crops[slot], matrix, original_crop=crop)
-            else:
-                self.stats.count("not_finite")
-            slot += 1
+                    outputs[index] = self.compositor.many(frames[index], pastes)
         return outputs
 
     def close(self):
+        if self.identities is not None and hasattr(self.identities, "close"):
+            self.identities.close()
         if self._owns_tracker:
             self.tracker.close()
 
@@ -327,19 +462,21 @@ def run_file(pipeline: FramePipeline, source, sink, progress=None, batch_size: i
                 stop.set()
         return run
 
-    def batches():
-        batch = []
-        for item in _timed_frames(source, stats):
-            batch.append(item)
-            if len(batch) == batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
     def prepare():
-        for batch in batches():
-            to_restore.put((batch, *pipeline.locate_batch([i.image for i in batch], [i.time for i in batch])))
+        ahead, batch = pipeline.look_ahead(), []
+
+        def add(placed):
+            for item, frame, located in placed:
+                batch.append((item, frame, located))
+                if len(batch) == batch_size:
+                    to_restore.put(tuple(map(list, zip(*batch))))
+                    batch.clear()
+
+        for item in _timed_frames(source, stats):
+            add(ahead.push(item, item.image, item.time))
+        add(ahead.flush())
+        if batch:
+            to_restore.put(tuple(map(list, zip(*batch))))
         to_restore.put(_END)
 
     def restore():

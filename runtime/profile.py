@@ -24,19 +24,22 @@ class ProfileError(Exception):
 
 class Profile:
     """Per shared layer l: keys[l], values[l] (N, T_l, C_l) of the N enrolled references, the values'
-    mean and std over tokens (N, 1, C_l), and the aligned references as uint8 thumbnails (N, H, W, 3)."""
+    mean and std over tokens (N, 1, C_l), the aligned references as uint8 thumbnails (N, H, W, 3), and the
+    references' identity descriptors (N, 128) (identity.py; None in profiles made before recognition)."""
 
-    def __init__(self, bundle_id, keys, values, value_means, value_stds, thumbnails, metadata=None):
+    def __init__(self, bundle_id, keys, values, value_means, value_stds, thumbnails, metadata=None, embeddings=None):
         self.bundle_id = bundle_id
+        self.embeddings = embeddings
         self.keys, self.values = list(keys), list(values)
         self.value_means, self.value_stds = list(value_means), list(value_stds)
         self.thumbnails = thumbnails
         self.metadata = dict(metadata or {})
 
     @classmethod
-    def from_references(cls, bundle_id, keys, values, thumbnails, metadata=None) -> "Profile":
+    def from_references(cls, bundle_id, keys, values, thumbnails, metadata=None, embeddings=None) -> "Profile":
         stats = [value_statistics(v) for v in values]
-        return cls(bundle_id, keys, values, [m for m, _ in stats], [s for _, s in stats], thumbnails, metadata)
+        return cls(bundle_id, keys, values, [m for m, _ in stats], [s for _, s in stats], thumbnails, metadata,
+                   embeddings)
 
     @property
     def count(self) -> int:
@@ -55,6 +58,8 @@ class Profile:
 
     def save(self, path) -> Path:
         tensors = {"thumbnails": self.thumbnails.contiguous()}
+        if self.embeddings is not None:
+            tensors["embeddings"] = torch.as_tensor(self.embeddings, dtype=torch.float32)
         for i, (k, v, m, s) in enumerate(zip(self.keys, self.values, self.value_means, self.value_stds)):
             tensors.update({f"layer{i}.k": k, f"layer{i}.v": v, f"layer{i}.v_mean": m, f"layer{i}.v_std": s})
         tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
@@ -113,6 +118,7 @@ class Profile:
                 [tensors[f"layer{i}.v_std"] for i in range(layers)],
                 tensors["thumbnails"],
                 info,
+                tensors.get("embeddings"),
             )
         except (KeyError, ValueError) as e:
             raise ProfileError(f"{path} is a damaged profile (missing or bad {e}); enroll again") from None
@@ -138,6 +144,10 @@ class Profile:
                 return f"layer {i} value stds are negative"
         if self.thumbnails.dtype != torch.uint8 or self.thumbnails.ndim != 4 or self.thumbnails.shape[0] != n:
             return f"thumbnails are {self.thumbnails.dtype} {tuple(self.thumbnails.shape)}"
+        if self.embeddings is not None:
+            e = torch.as_tensor(self.embeddings)
+            if e.shape != (n, 128) or not torch.isfinite(e).all():
+                return f"identity descriptors are {e.dtype} {tuple(e.shape)}"
         return None
 
 

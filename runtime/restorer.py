@@ -45,7 +45,7 @@ class Restorer:
         self.backend = backend
         self.crop_size = bundle.crop_size
         self.latent_shape = (bundle.latent_channels, bundle.latent_size, bundle.latent_size)
-        self._bound: tuple[Profile, list[torch.Tensor]] | None = None
+        self._bound: dict[int, tuple[Profile, list[torch.Tensor]]] = {}  # by id(profile): several people in turn
         self._default_noise: dict[tuple, torch.Tensor] = {}
 
     @property
@@ -94,14 +94,17 @@ class Restorer:
 
     def layer_inputs(self, profile: Profile) -> list[torch.Tensor]:
         """The profile as the network's reference inputs, prepared once and reused while it stays bound."""
-        if self._bound is None or self._bound[0] is not profile:
+        bound = self._bound.get(id(profile))
+        if bound is None or bound[0] is not profile:
             if profile.bundle_id != self.bundle.bundle_id:
                 raise ProfileError("this profile was enrolled with another model bundle; enroll again with this one")
             inputs = profile.layer_inputs(
                 self.bundle.settings()["use_adain"], self.bundle.reference_slots, self.device, self.backend.dtype
             )
-            self._bound = (profile, inputs)
-        return self._bound[1]
+            if len(self._bound) >= 8:  # profiles no longer in use are not kept on the device forever
+                self._bound.clear()
+            bound = self._bound[id(profile)] = (profile, inputs)
+        return bound[1]
 
     def restore(self, images: torch.Tensor, profile, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Restored crops, same shape, dtype and device as `images`. `profile` is a Profile, or a tensor of

@@ -27,6 +27,8 @@ KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ea
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 BLAZEFACE_SHORT_RANGE = ASSET_DIR / "face_detection_short_range.tflite"
 BLAZEFACE_SHORT_RANGE_SHA256 = "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8"
+BLAZEFACE_FULL_RANGE = ASSET_DIR / "face_detection_full_range_sparse.tflite"
+BLAZEFACE_FULL_RANGE_SHA256 = "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1"
 
 # FaceLandmarker (478-point mesh) indices mapped onto the six BlazeFace points. Eyes are the mean of
 # their two corners, the mouth is the mean of the inner lips, the "ears" are the face-contour points
@@ -268,6 +270,38 @@ class FaceDetector:
         self.close()
 
 
+class NearAndFarDetector:
+    """Recordings: BlazeFace short-range (faces near the camera, its keypoints are the better ones) plus
+    full-range for the faces far from it that short-range skips (under about a fifth of the frame width).
+    Same interface as FaceDetector."""
+
+    def __init__(self, mode: str = "video", timeout_s: Optional[float] = None):
+        self.near = FaceDetector(mode=mode, timeout_s=timeout_s)
+        try:
+            far = verify_asset(BLAZEFACE_FULL_RANGE, BLAZEFACE_FULL_RANGE_SHA256)
+            # full-range also scores texture (a space suit: 0.5 to 0.65) where short-range sees nothing
+            self.far = FaceDetector(far, mode=mode, timeout_s=timeout_s, min_confidence=0.7)
+        except BaseException:
+            self.near.close()
+            raise
+
+    def detect(self, frame, timestamp_s: Optional[float] = None) -> list:
+        near = self.near.detect(frame, timestamp_s)
+        far = [face for face in self.far.detect(frame, timestamp_s)
+               if all(box_iou(face.box, other.box) <= 0.3 for other in near)]
+        return near + far
+
+    def close(self):
+        self.near.close()
+        self.far.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
 def _faces_from_detections(result, width, height) -> list:
     faces = []
     for detection in result.detections or []:
@@ -314,12 +348,15 @@ class OneEuroFilter:
     cutoff grows with speed, d_cutoff (Hz) the smoothing of the speed estimate.
     """
 
-    def __init__(self, min_cutoff: float = 1.0, beta: float = 0.0, d_cutoff: float = 1.0):
+    def __init__(self, min_cutoff: float = 1.0, beta: float = 0.0, d_cutoff: float = 1.0, predict=None):
         if min_cutoff <= 0 or d_cutoff <= 0 or beta < 0:
             raise ValueError("OneEuroFilter needs min_cutoff > 0, d_cutoff > 0 and beta >= 0")
         self.min_cutoff = float(min_cutoff)
         self.beta = float(beta)
         self.d_cutoff = float(d_cutoff)
+        # (slow, fast) speeds: above `slow` the filter's own lag is made up for by its speed estimate, fully from
+        # `fast` on; a still value is never moved by it (its speed estimate is noise). None: no prediction.
+        self.predict = predict
         self.reset()
 
     def reset(self):
@@ -337,6 +374,7 @@ class OneEuroFilter:
         if self._value is None:
             self._value = value.copy()
             self._speed = np.zeros_like(value)
+            self._raw, self._raw_speed = value.copy(), np.zeros_like(value)
             self._time = float(time_s)
             return self._value.copy()
         dt = float(time_s) - self._time
@@ -350,7 +388,16 @@ class OneEuroFilter:
         cutoff = self.min_cutoff + self.beta * np.abs(self._speed)
         alpha = self._alpha(cutoff, dt)
         self._value = alpha * value + (1.0 - alpha) * self._value
-        return self._value.copy()
+        if self.predict is None:
+            return self._value.copy()
+        # The speed of the input itself (the One Euro speed, taken against the smoothed value, overstates it by
+        # the lag); at a steady speed v an exponential smoother trails by v * dt * (1 - alpha) / alpha.
+        raw_speed = (value - self._raw) / dt
+        self._raw = value
+        self._raw_speed = alpha_d * raw_speed + (1.0 - alpha_d) * self._raw_speed
+        slow, fast = self.predict
+        weight = np.clip((np.abs(self._raw_speed) - slow) / (fast - slow), 0.0, 1.0)
+        return self._value + weight * self._raw_speed * dt * (1.0 - alpha) / alpha
 
 
 @dataclasses.dataclass
@@ -423,19 +470,48 @@ def refine_near(detector, frame, face: FaceDetection, roi_scale: float = 2.5, ti
 ChooseFace = Callable[[Sequence[FaceDetection], np.ndarray], Optional[FaceDetection]]
 
 
+@dataclasses.dataclass
+class _Follow:
+    """One followed face: its current Track and its own smoothing (in units of its size at the start)."""
+
+    track: Track
+    filter: OneEuroFilter
+    unit: float
+    patch: Optional[np.ndarray] = None  # what the face looked like when last detected (see _still_there)
+
+
+NEW_FACE_EVERY = 3  # frames between full-frame searches for new faces while all followed faces are found
+
+# A held face's box may change by this much (mean grey level, in a 16x16 thumbnail) and still be taken for the
+# face the detector blinked on; a cut or a person walking out changes it far more.
+HOLD_CHANGE = 18.0
+
+
+def _patch(frame, box) -> Optional[np.ndarray]:
+    height, width = frame.shape[:2]
+    x0, y0 = max(0, int(box[0])), max(0, int(box[1]))
+    x1, y1 = min(width, int(math.ceil(box[2]))), min(height, int(math.ceil(box[3])))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    grey = cv2.cvtColor(np.ascontiguousarray(frame[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
 class Tracker:
-    """Follows one face over frames: detection, face choice, One Euro smoothing, short gaps.
+    """Follows every face over frames: detection, One Euro smoothing per face, short gaps.
+
+    update_all() returns every followed face (the frame pipeline restores each one recognised as an enrolled
+    person); update() returns one of them, the main face (kept while it is seen; else the largest central
+    face, or choose_face's pick).
 
     detector: anything with ``detect(frame, timestamp_s) -> list[FaceDetection]`` (default: the
-        vendored BlazeFace in video mode).
-    choose_face: ``choose_face(faces, frame) -> FaceDetection | None``; the hook for picking the
-        enrolled person. When not given, the face that continues the current track is kept and a new
-        track starts on the largest central face.
-    max_missed: frames a track survives without a detection (keeps the last keypoints).
-    roi_scale: while a face is tracked, detect in a square of this many face sizes around it
+        vendored BlazeFace short-range in video mode; with far=True, short- and full-range together).
+    choose_face: ``choose_face(faces, frame) -> FaceDetection | None``: update()'s choice of main face.
+    max_missed: frames a track survives without a detection (keeps the last keypoints), and only while the
+        picture under it still looks like the face that was there (a cut or a person leaving ends it at once).
+    roi_scale: a followed face is detected again in a square of this many face sizes around it
         (BlazeFace sees the whole frame at 128x128, so a small face gets few input pixels and
-        noisy keypoints); the full frame is searched when the face is not found there. None: always
-        the full frame.
+        noisy keypoints). None: the full frame only.
     min_cutoff, beta, d_cutoff: One Euro parameters; speed is measured in face sizes per second so
         the same values work at any resolution and face size.
     """
@@ -445,88 +521,139 @@ class Tracker:
         detector=None,
         *,
         choose_face: Optional[ChooseFace] = None,
-        max_missed: int = 5,
+        max_missed: int = 2,
         roi_scale: Optional[float] = 2.5,
         min_cutoff: float = 0.2,
         beta: float = 1.0,
         d_cutoff: float = 1.0,
+        predict=(0.15, 0.5),
+        far: bool = False,
     ):
         # Defaults tuned on BlazeFace with sensor noise: under a pixel of crop jitter at S=512 on a
         # still face, while a face moving a face-width per second stays within ~10% of it.
         self._owns_detector = detector is None
         # A hung MediaPipe graph then raises DetectorTimeout instead of freezing the call.
-        self.detector = detector if detector is not None else FaceDetector(mode="video", timeout_s=10.0)
+        if detector is None:
+            detector = NearAndFarDetector("video", 10.0) if far else FaceDetector(mode="video", timeout_s=10.0)
+        self.detector = detector
         self.choose_face = choose_face
         self.max_missed = int(max_missed)
         self.roi_scale = roi_scale
-        self._filter = OneEuroFilter(min_cutoff=min_cutoff, beta=beta, d_cutoff=d_cutoff)
-        self._track: Optional[Track] = None
-        self._unit = 1.0  # face size at track start; keypoints are filtered in these units
+        self._filter_settings = dict(min_cutoff=min_cutoff, beta=beta, d_cutoff=d_cutoff, predict=predict)
+        self._follows: list[_Follow] = []
+        self._main_id: Optional[int] = None
         self._next_id = 0
         self._frame_index = 0
 
     @property
     def track(self) -> Optional[Track]:
-        return self._track
+        """The main face's track, as update() last returned it."""
+        return next((f.track for f in self._follows if f.track.track_id == self._main_id), None)
+
+    @property
+    def tracks(self) -> list:
+        return [f.track for f in self._follows]
 
     def reset(self):
-        self._track = None
-        self._filter.reset()
+        self._follows = []
+        self._main_id = None
 
-    def _pick(self, faces, frame) -> Optional[FaceDetection]:
-        if self.choose_face is not None:
-            return self.choose_face(faces, frame)
-        if self._track is not None:
-            overlaps = [(box_iou(face.box, self._track.box), face) for face in faces]
-            best_iou, best = max(overlaps, key=lambda pair: pair[0])
-            if best_iou > 0.3:
-                return best
-        return largest_central_face(faces, frame)
+    def _seen_again(self, follow: _Follow, frame, full_frame, timestamp_s) -> Optional[FaceDetection]:
+        """This face in this frame: detected near where it was, else the full-frame detection over it."""
+        box = follow.track.box
+        if self.roi_scale is not None:
+            nearby = detect_near(self.detector, frame, box, self.roi_scale, timestamp_s)
+            nearby = [(box_iou(face.box, box), face) for face in nearby]
+            nearby = [pair for pair in nearby if pair[0] > 0.3]
+            if nearby:
+                return max(nearby, key=lambda pair: pair[0])[1]
+        overlaps = [(box_iou(face.box, box), face) for face in full_frame()]
+        overlaps = [pair for pair in overlaps if pair[0] > 0.3]
+        return max(overlaps, key=lambda pair: pair[0])[1] if overlaps else None
 
-    def _detect_near_track(self, frame, timestamp_s, box=None) -> list:
-        if box is None and self._track is not None:
-            box = self._track.box
-        if self.roi_scale is None or box is None:
-            return []
-        return detect_near(self.detector, frame, box, self.roi_scale, timestamp_s)
+    @staticmethod
+    def _still_there(follow: _Follow, frame) -> bool:
+        """Whether the face the detector missed is plausibly still under its box."""
+        now = _patch(frame, follow.track.box)
+        if follow.patch is None or now is None:
+            return False
+        return float(np.abs(now - follow.patch).mean()) <= HOLD_CHANGE
 
-    def update(self, frame, timestamp_s: Optional[float] = None) -> Optional[Track]:
-        """Detect in this frame and return the current track, or None when no face is followed."""
+    def _smoothed(self, follow: _Follow, face: FaceDetection, timestamp_s) -> Track:
+        keypoints = follow.filter(face.keypoints.astype(np.float64) / follow.unit, timestamp_s) * follow.unit
+        return Track(keypoints=keypoints.astype(np.float32), raw_keypoints=face.keypoints.astype(np.float32),
+                     box=face.box, score=face.score, missed=0, track_id=follow.track.track_id)
+
+    def _start(self, face: FaceDetection, frame, timestamp_s) -> _Follow:
+        if self.roi_scale is not None:
+            # Start the track from a detection near the face too, so the next frames (detected
+            # near the track) do not pull the smoothed keypoints by the full-frame detection's bias.
+            face = refine_near(self.detector, frame, face, self.roi_scale, timestamp_s)
+        self._next_id += 1
+        follow = _Follow(Track(face.keypoints, face.keypoints, face.box, face.score, 0, self._next_id),
+                         OneEuroFilter(**self._filter_settings), max(face.size, 1.0))
+        follow.track = self._smoothed(follow, face, timestamp_s)
+        follow.patch = _patch(frame, face.box)
+        return follow
+
+    def update_all(self, frame, timestamp_s: Optional[float] = None) -> list:
+        """Detect in this frame; every followed face's Track (held ones with missed > 0), oldest first."""
         if timestamp_s is None:
             timestamp_s = self._frame_index / 30.0
         self._frame_index += 1
-        faces = self._detect_near_track(frame, timestamp_s)
-        if not faces:
-            faces = self.detector.detect(frame, timestamp_s)
-        face = self._pick(faces, frame) if faces else None
-        if face is None:
-            if self._track is None:
-                return None
-            if self._track.missed + 1 > self.max_missed:
-                self.reset()
-                return None
-            self._track = dataclasses.replace(self._track, missed=self._track.missed + 1)
-            return self._track
+        faces = None
 
-        new_person = self._track is None or box_iou(face.box, self._track.box) < 0.1
-        if new_person:
-            if self.roi_scale is not None:
-                # Start the track from a detection near the face too, so the next frames (detected
-                # near the track) do not pull the smoothed keypoints by the full-frame detection's bias.
-                face = refine_near(self.detector, frame, face, self.roi_scale, timestamp_s)
-            self._filter.reset()
-            self._unit = max(face.size, 1.0)
-            self._next_id += 1
-        smoothed = self._filter(face.keypoints.astype(np.float64) / self._unit, timestamp_s) * self._unit
-        self._track = Track(
-            keypoints=smoothed.astype(np.float32),
-            raw_keypoints=face.keypoints.astype(np.float32),
-            box=face.box,
-            score=face.score,
-            missed=0,
-            track_id=self._next_id,
-        )
-        return self._track
+        def full_frame():
+            nonlocal faces
+            if faces is None:
+                faces = self.detector.detect(frame, timestamp_s)
+            return faces
+
+        kept, taken = [], []
+        for follow in self._follows:
+            face = self._seen_again(follow, frame, full_frame, timestamp_s)
+            if face is not None and any(box_iou(face.box, other) > 0.3 for other in taken):
+                face = None  # two tracks on one face: the older keeps it
+            if face is None:
+                if follow.track.missed + 1 > self.max_missed or not self._still_there(follow, frame):
+                    continue
+                follow.track = dataclasses.replace(follow.track, missed=follow.track.missed + 1)
+            else:
+                follow.track = self._smoothed(follow, face, timestamp_s)
+                follow.patch = _patch(frame, face.box)
+                taken.append(face.box)
+            kept.append(follow)
+        # New faces are looked for in the whole frame every few frames while every followed face is found near
+        # where it was (one detection per face and frame, as with a single face), and on every other frame.
+        if faces is None and (not self._follows or self._frame_index % NEW_FACE_EVERY == 1):
+            full_frame()
+        for face in faces or []:
+            if all(box_iou(face.box, other) <= 0.3 for other in taken):
+                kept.append(self._start(face, frame, timestamp_s))
+                taken.append(face.box)
+        self._follows = kept
+        return self.tracks
+
+    def update(self, frame, timestamp_s: Optional[float] = None) -> Optional[Track]:
+        """Detect in this frame and return the main face's track, or None when no face is followed."""
+        tracks = self.update_all(frame, timestamp_s)
+        main = self.track
+        seen = [track for track in tracks if track.missed == 0]
+        if main is not None and (main.missed == 0 or not seen):
+            return main
+        if not seen:
+            self._main_id = None
+            return None
+        candidates = [FaceDetection(t.raw_keypoints, t.box, t.score) for t in seen]
+        if self.choose_face is not None:
+            chosen = self.choose_face(candidates, frame)
+        else:
+            chosen = largest_central_face(candidates, frame)
+        if chosen is None:
+            self._main_id = None
+            return None
+        self._main_id = next(t.track_id for t, c in zip(seen, candidates) if c is chosen)
+        return self.track
 
     def close(self):
         if self._owns_detector and hasattr(self.detector, "close"):

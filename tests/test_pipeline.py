@@ -265,8 +265,11 @@ def test_file_mode_restores_the_next_frame_while_writing_the_last(tmp_path):
     assert sink.overlapped == [True] * 4 and len(sink.frames) == 6 and sink.closed
     # Order is kept: the i-th written frame is the i-th decoded frame, restored.
     reference = make_pipeline()
-    try:
-        expected = [reference.process(frame.image, frame.time) for frame in FileSource(clip)]
+    try:  # file mode places faces with look-ahead: the same placement, done in one thread
+        ahead = reference.look_ahead()
+        placed = [done for frame in FileSource(clip) for done in ahead.push(frame, frame.image, frame.time)]
+        _, frames, located = map(list, zip(*(placed + ahead.flush())))
+        expected = reference.composite_batch(frames, located, reference.restore_located(located))
     finally:
         close_all(reference)
     for written, wanted in zip(sink.frames, expected):

@@ -51,6 +51,8 @@ def test_vendored_model_matches_notice_hash():
     assert tracking.BLAZEFACE_SHORT_RANGE_SHA256 in notice
     assert "Apache License" in notice and "mediapipe==0.10.21" in notice
     assert sha256_file(tracking.BLAZEFACE_SHORT_RANGE) == tracking.BLAZEFACE_SHORT_RANGE_SHA256
+    assert tracking.BLAZEFACE_FULL_RANGE_SHA256 in notice
+    assert sha256_file(tracking.BLAZEFACE_FULL_RANGE) == tracking.BLAZEFACE_FULL_RANGE_SHA256
 
 
 def test_corrupted_model_is_refused_with_clear_error(tmp_path, monkeypatch):
