@@ -79,6 +79,10 @@ def profile_rows() -> list:
     return rows
 
 
+# Live and recordings restore each enrolled person in view with their own profile; faces of no one chosen stay
+PROFILES_LABEL = "Profiles (the people to restore; anyone else is left as they are)"
+
+
 def profile_names() -> list:
     return [info.name for info in home.list_profiles() if not info.error]
 
@@ -248,8 +252,10 @@ def build(panel: Panel):
     def refresh_profiles():
         names = profile_names()
         table = profile_rows() or [["(none yet)", "", "", ""]]
-        # a fresh update for each dropdown: Gradio consumes the dict it is given
-        return (table, *(gr.update(choices=names, value=names[0] if names else None) for _ in range(3)))
+        first = names[0] if names else None
+        # a fresh update for each dropdown: Gradio consumes the dict it is given; live and recordings take several
+        return (table, gr.update(choices=names, value=first),
+                *(gr.update(choices=names, value=[first] if first else []) for _ in range(2)))
 
     with gr.Blocks(title="InstantRestore Live", analytics_enabled=False) as demo:
         gr.Markdown("# InstantRestore Live\nYour face, restored with your own photos: enroll once, then go live or "
@@ -292,8 +298,8 @@ def build(panel: Panel):
                                              value=cameras[0][1] if cameras else None, elem_id="live-camera")
                         camera_file = gr.Textbox(label="Or play a video file as the camera (its path)",
                                                  elem_id="live-file")
-                        live_profile = gr.Dropdown(label="Profile", choices=profile_names(),
-                                                   value=(profile_names() or [None])[0], elem_id="live-profile")
+                        live_profile = gr.Dropdown(label=PROFILES_LABEL, choices=profile_names(), multiselect=True,
+                                                   value=profile_names()[:1], elem_id="live-profile")
                         strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength (--blend)",
                                              elem_id="live-strength")
                         live_backend = gr.Dropdown(label="Backend", choices=list(jobs.BACKEND_CHOICES), value="auto",
@@ -317,8 +323,8 @@ def build(panel: Panel):
                                         elem_id="rec-upload")
                         video_path = gr.Textbox(label="Or a path on this computer (large files: no upload)",
                                                 elem_id="rec-path")
-                        rec_profile = gr.Dropdown(label="Profile", choices=profile_names(),
-                                                  value=(profile_names() or [None])[0], elem_id="rec-profile")
+                        rec_profile = gr.Dropdown(label=PROFILES_LABEL, choices=profile_names(), multiselect=True,
+                                                  value=profile_names()[:1], elem_id="rec-profile")
                         rec_strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength (--blend)",
                                                  elem_id="rec-strength")
                         out_name = gr.Textbox(label=f"Output file name (saved in {outputs_dir()})",
@@ -450,12 +456,13 @@ def build(panel: Panel):
                 return f"strength {blend:.2f} (applied now)"
             return gr.update()
 
-        def on_live_profile(profile_name):
-            if panel.live is None or not panel.live.running or not profile_name:
+        def on_live_profile(profile_names):
+            if panel.live is None or not panel.live.running or not profile_names:
                 return gr.update()
             try:
-                panel.live.control.set_profile(profile_name)
-                return f"profile {profile_name!r} (applied now)"
+                panel.live.control.set_profile(profile_names)
+                named = ", ".join(repr(name) for name in profile_names)
+                return f"profile{'s' if len(profile_names) > 1 else ''} {named} (applied now)"
             except Exception as error:  # noqa: BLE001
                 return error_line(error)
 
