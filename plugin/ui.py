@@ -257,6 +257,14 @@ def build(panel: Panel):
         return (table, gr.update(choices=names, value=first),
                 *(gr.update(choices=names, value=[first] if first else []) for _ in range(2)))
 
+    def profiles_picker(elem_id: str):
+        """Live and recordings: the people to restore, each with their own profile."""
+        return gr.Dropdown(label=PROFILES_LABEL, choices=profile_names(), multiselect=True, value=profile_names()[:1],
+                           elem_id=elem_id)
+
+    def strength_slider(elem_id: str):
+        return gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength (--blend)", elem_id=elem_id)
+
     with gr.Blocks(title="InstantRestore Live", analytics_enabled=False) as demo:
         gr.Markdown("# InstantRestore Live\nYour face, restored with your own photos: enroll once, then go live or "
                     "restore a recording.")
@@ -298,10 +306,8 @@ def build(panel: Panel):
                                              value=cameras[0][1] if cameras else None, elem_id="live-camera")
                         camera_file = gr.Textbox(label="Or play a video file as the camera (its path)",
                                                  elem_id="live-file")
-                        live_profile = gr.Dropdown(label=PROFILES_LABEL, choices=profile_names(), multiselect=True,
-                                                   value=profile_names()[:1], elem_id="live-profile")
-                        strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength (--blend)",
-                                             elem_id="live-strength")
+                        live_profile = profiles_picker("live-profile")
+                        strength = strength_slider("live-strength")
                         live_backend = gr.Dropdown(label="Backend", choices=list(jobs.BACKEND_CHOICES), value="auto",
                                                    elem_id="live-backend")
                         side = gr.Checkbox(label="Show the camera's own picture beside it", elem_id="live-side")
@@ -323,10 +329,8 @@ def build(panel: Panel):
                                         elem_id="rec-upload")
                         video_path = gr.Textbox(label="Or a path on this computer (large files: no upload)",
                                                 elem_id="rec-path")
-                        rec_profile = gr.Dropdown(label=PROFILES_LABEL, choices=profile_names(), multiselect=True,
-                                                  value=profile_names()[:1], elem_id="rec-profile")
-                        rec_strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength (--blend)",
-                                                 elem_id="rec-strength")
+                        rec_profile = profiles_picker("rec-profile")
+                        rec_strength = strength_slider("rec-strength")
                         out_name = gr.Textbox(label=f"Output file name (saved in {outputs_dir()})",
                                               placeholder="talk.restored.mp4", elem_id="rec-out")
                         replace = gr.Checkbox(label="Replace the output if it exists", elem_id="rec-replace")
