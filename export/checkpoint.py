@@ -7,7 +7,6 @@ import json
 import os
 import pickle
 import shutil
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from instantrestore.runtime.artifacts import remove_stale_temps, sha256_file, temp_prefix
+from instantrestore.runtime.artifacts import new_temp, sha256_file
 from instantrestore.runtime.bundle import (BUNDLE_FORMAT, BUNDLE_VERSION, CONFIG_NAME, DTYPES, WEIGHTS_NAME,
                                           content_id)
 from instantrestore.runtime.network import shared_layer_names, up_block_resolution
@@ -384,8 +383,7 @@ def _write_bundle(out: Path, config: dict, tensors: dict[str, torch.Tensor]) -> 
     if not out.exists() and _is_bundle_folder(old):
         os.replace(old, out)  # killed between the two renames below: the previous bundle comes back
     check_bundle_destination(out)
-    remove_stale_temps(out.parent, out.name)
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out), dir=out.parent))
+    tmp = new_temp(out, folder=True)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would carry over: a bundle is an ordinary folder

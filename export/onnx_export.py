@@ -234,8 +234,7 @@ def export_onnx(
             used = exporter
             report(progress, f"onnx: exporting the {g} (opset {opset}, {exporter} exporter)")
             path = keys[g].path("onnx", folder)
-            artifacts.remove_stale_temps(folder, path.name)  # what a killed export left
-            stage = Path(tempfile.mkdtemp(prefix=artifacts.temp_prefix(path), dir=folder))  # same filesystem: atomic renames
+            stage = artifacts.new_temp(path, folder=True)  # same filesystem: atomic renames
             try:
                 tmp = stage / path.name
                 try:

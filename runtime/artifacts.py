@@ -284,6 +284,18 @@ def temp_prefix(path) -> str:
     return f".{_temp_stem(Path(path).name)}.{os.getpid()}-"
 
 
+def new_temp(target: Path, suffix: str = "", folder: bool = False) -> Path:
+    """A new temp file (or folder) of ours beside `target`, for a write that a rename finishes; what killed
+    writers left there for `target` is removed first."""
+    target = Path(target)
+    remove_stale_temps(target.parent, target.name)
+    if folder:
+        return Path(tempfile.mkdtemp(prefix=temp_prefix(target), suffix=suffix, dir=target.parent))
+    handle, name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=suffix, dir=target.parent)
+    os.close(handle)
+    return Path(name)
+
+
 def temp_files(folder, name: str) -> list[tuple[Path, int]]:
     """Our temp files and folders for the target `name` in `folder`, each with the pid that made it."""
     pattern = re.compile(rf"\.{re.escape(_temp_stem(name))}\.(\d+)-[a-z0-9_]{{8}}(\..*)?", re.DOTALL)
@@ -367,10 +379,7 @@ def atomic_path(path, suffix: str = "") -> Iterator[Path]:
     target, see output_target)."""
     path = output_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path.parent, path.name)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix + ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = new_temp(path, suffix + ".tmp")
     try:
         yield tmp
         commit_temp_file(tmp, path)  # after writing: some writers replace the file rather than fill it

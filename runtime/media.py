@@ -11,7 +11,6 @@ import contextlib
 import os
 import queue
 import sys
-import tempfile
 import threading
 import time
 from fractions import Fraction
@@ -20,7 +19,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .artifacts import commit_temp_file, output_target, remove_stale_temps, temp_prefix
+from .artifacts import commit_temp_file, new_temp, output_target
 
 
 class MediaError(Exception):
@@ -400,17 +399,14 @@ class FileSink:
             raise MediaError(f"output folder does not exist: {folder}")
         try:
             target = output_target(self.out_path)
-            remove_stale_temps(target.parent, target.name)
             # the temp name keeps the container's extension: PyAV picks the format by it
-            handle, temp_name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=f".partial{target.suffix[:32]}",
-                                                 dir=target.parent)
+            temp_path = new_temp(target, f".partial{target.suffix[:32]}")
         except FileExistsError as error:
             raise MediaError(str(error)) from None
         except OSError as error:  # its own text may name our temp file: name the output
             raise MediaError(f"cannot write {self.out_path}: {error.strerror or _one_line(error)}") from None
-        os.close(handle)
         self._target = target
-        self.temp_path = Path(temp_name)
+        self.temp_path = temp_path
         self.frames_written = 0
         self._closed = False
         self._audio_packets = None
