@@ -28,6 +28,7 @@ from typing import Callable, Optional
 from instantrestore.runtime.artifacts import atomic_write_json, remove_temp, sha256_file, temp_files
 
 from . import home
+from .cli import error_reason
 from .progress import ProgressBar, say
 
 # What `batch` picks up in a folder, and what FileSink writes (other containers come out as .mp4).
@@ -190,13 +191,6 @@ def restore_file(restorers: dict, profiles: dict, crop_size: int, in_path, out_p
     return {"frames": frames, "faces_restored": frames - not_restored}
 
 
-def one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    from .cli import user_errors
-
-    return text if isinstance(error, user_errors()) else f"internal error ({type(error).__name__}): {text}"
-
-
 def remove_partials(output: Path) -> None:
     """The temp files a dead worker left for `output`: ours by name, and no other worker writes this output
     (its pid means nothing here: the worker may have run on another node)."""
@@ -270,7 +264,7 @@ def run_batch(options: BatchOptions, events: Optional[Callable] = None) -> list[
             video.frames = FileSource(video.source).frame_count
             video.key = video_key(video, bundle.bundle_id, profile_sha256, options)
         except (MediaError, OSError) as error:  # one bad file does not stop the others
-            video.status, video.reason = "failed", one_line(error)
+            video.status, video.reason = "failed", error_reason(error)
             continue
         if not options.force and is_done(video, manifest.get(video.name)):
             video.status = "skipped"
@@ -344,7 +338,7 @@ def _run_here(options, bundle, profiles, pending, progress, record, events) -> N
                                   options.batch_size, progress=lambda done, total: frame_written(video, done))
             video.status, video.frames, video.faces_restored = "done", result["frames"], result["faces_restored"]
         except Exception as error:  # noqa: BLE001 - reported in the summary; the other videos go on
-            video.status, video.reason = "failed", one_line(error)
+            video.status, video.reason = "failed", error_reason(error)
         video.seconds = time.monotonic() - started
         record(video)
 
@@ -402,7 +396,7 @@ class BatchWorker:
         try:
             result = restore_file(self.restorers, self.profiles, self.crop_size, in_path, out_path, blend, batch_size)
         except Exception as error:  # noqa: BLE001 - the driver reports it and goes on
-            return {"error": one_line(error), "seconds": time.monotonic() - started}
+            return {"error": error_reason(error), "seconds": time.monotonic() - started}
         return {**result, "seconds": time.monotonic() - started}
 
 

@@ -49,13 +49,18 @@ def user_errors() -> tuple:
     return tuple(errors)
 
 
+def error_reason(error: BaseException) -> str:
+    """What went wrong, on one line: a user error's own words, or "internal error (Type): ..." for a bug
+    (`batch` puts this in its table for each failed video)."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    return message if isinstance(error, user_errors()) else f"internal error ({type(error).__name__}): {message}"
+
+
 def error_line(error: BaseException) -> str:
     """The one line the CLI prints for a failed command, also shown by the panel."""
-    message = " ".join(str(error).split()) or type(error).__name__
     if isinstance(error, user_errors()):
-        return f"instantrestore: error: {message}"
-    return (f"instantrestore: internal error ({type(error).__name__}): {message} "
-            f"(set {DEBUG_ENV}=1 to see where; please report it)")
+        return f"instantrestore: error: {error_reason(error)}"
+    return f"instantrestore: {error_reason(error)} (set {DEBUG_ENV}=1 to see where; please report it)"
 
 
 
