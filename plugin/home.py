@@ -147,14 +147,11 @@ def load_profile(name: str, bundle: Bundle) -> Profile:
 def _add_identity(name: str, path: Path, profile: Profile) -> None:
     """Profiles made before face recognition get their photos' identity descriptors once, from the aligned
     thumbnails they keep; refused when those do not show one person."""
-    import numpy as np
-
-    from instantrestore.runtime.identity import MATCH_DISTANCE, crop_descriptors
+    from instantrestore.runtime.identity import MATCH_DISTANCE, crop_descriptors, pairwise_distances
 
     embeddings = crop_descriptors(profile.thumbnails.numpy())
     if len(embeddings) > 1:
-        spread = np.linalg.norm(embeddings[:, None] - embeddings[None], axis=2).max()
-        if spread >= MATCH_DISTANCE:
+        if pairwise_distances(embeddings).max() >= MATCH_DISTANCE:
             raise ProfileError(f"profile {name!r} was made before face recognition and its photos do not look like "
                                "one person; enroll again")
     profile.embeddings = embeddings

@@ -313,7 +313,7 @@ def check_selfies(paths, crop_size: int, progress=None) -> dict:
 
 def one_person(paths, images, faces) -> np.ndarray:
     """The identity descriptors of the selfies' faces (N, 128), or PluginError naming the photo of someone else."""
-    from instantrestore.runtime.identity import MATCH_DISTANCE, RecognizerError, shared_recognizer
+    from instantrestore.runtime.identity import MATCH_DISTANCE, RecognizerError, pairwise_distances, shared_recognizer
 
     try:
         recognizer = shared_recognizer()
@@ -322,7 +322,7 @@ def one_person(paths, images, faces) -> np.ndarray:
     embeddings = np.concatenate([recognizer.embed(image, [face.box]) for image, face in zip(images, faces)])
     if len(paths) < 2:
         return embeddings
-    far = np.linalg.norm(embeddings[:, None] - embeddings[None], axis=2) >= MATCH_DISTANCE
+    far = pairwise_distances(embeddings) >= MATCH_DISTANCE
     # a photo is the odd one when it is far from most of the others
     odd = [path for path, row in zip(paths, far) if row.sum() * 2 > len(paths) - 1]
     if len(paths) == 2 and odd:
@@ -416,12 +416,18 @@ def face_pipeline(profiles: dict, restorers: dict, crop_size: int, blend: float 
     """The frame pipeline restoring each recognised face with its own profile (profiles: name -> Profile;
     restorers: name -> crop restorer); faces of no one enrolled pass through untouched. A recording also looks
     for faces far from the camera (full-range BlazeFace); live, faces are recognised on a worker thread."""
-    from instantrestore.runtime.identity import Identities
     from instantrestore.runtime.pipeline import FramePipeline
 
-    # live, recognition runs beside the frames; a recording waits for it, so its result never depends on timing
-    identities = Identities({name: profile.embeddings for name, profile in profiles.items()}, background=not recording)
-    return FramePipeline(restorers, crop_size, blend=blend, identities=identities, far=recording)
+    return FramePipeline(restorers, crop_size, blend=blend, identities=identities_of(profiles, live=not recording),
+                         far=recording)
+
+
+def identities_of(profiles: dict, live: bool):
+    """Who the enrolled people are (profiles: name -> Profile). Live, recognition runs beside the frames; a
+    recording waits for it, so its result never depends on timing."""
+    from instantrestore.runtime.identity import Identities
+
+    return Identities({name: profile.embeddings for name, profile in profiles.items()}, background=live)
 
 
 def restore_video(in_path, out_path, profile_name, bundle_arg=None, backend: str = "auto",
@@ -663,13 +669,11 @@ class LiveControl:
 
     def set_profile(self, names) -> None:
         """Restore these people (one profile name or several) from the next frames on."""
-        from instantrestore.runtime.identity import Identities
-
         if self.pipeline is None:
             raise PluginError("the model is still loading; change the profile when the camera is live")
         profiles = home.load_profiles(names, self._bundle)
         restorers = {name: self._engine.crop_restorer(profile) for name, profile in profiles.items()}
-        identities = Identities({name: profile.embeddings for name, profile in profiles.items()}, background=True)
+        identities = identities_of(profiles, live=True)
         previous = self.pipeline.identities
         self.pipeline.restore, self.pipeline.identities = restorers, identities  # tracks are recognised anew
         if previous is not None and hasattr(previous, "close"):

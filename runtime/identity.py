@@ -118,6 +118,12 @@ def distances(descriptor, gallery: Mapping[str, np.ndarray]) -> dict:
             for name, refs in gallery.items()}
 
 
+def pairwise_distances(descriptors) -> np.ndarray:
+    """(N, N) distances between N descriptors: do these photos show one person?"""
+    descriptors = np.asarray(descriptors, np.float32)
+    return np.linalg.norm(descriptors[:, None] - descriptors[None], axis=2)
+
+
 def match(descriptor, gallery: Mapping[str, np.ndarray], threshold: float = MATCH_DISTANCE) -> tuple:
     """(the enrolled name this descriptor belongs to, or None: no one close enough, or two too alike; its
     distance)."""
