@@ -117,30 +117,39 @@ def bench_model(restorer, refs: int = 4, batch: int = 1, frames: int = 30, warmu
     return result
 
 
-def synthetic_clip(path: Path, frames: int, size=(1920, 1080), fps: int = 30) -> np.ndarray:
-    """A clip of a real face photo (scikit-image's astronaut) drifting over a 1080p background; returns
-    the photo for enrollment."""
-    import cv2
-
-    from instantrestore.runtime.media import FileSink
-
+def bench_face() -> np.ndarray:
+    """scikit-image's astronaut: a real face photo for the synthetic clips and their enrollment."""
     try:
         from skimage.data import astronaut
     except ImportError:
-        raise ValueError("the pipeline benchmark needs scikit-image for its test face: pip install scikit-image") from None
-    face = astronaut()
+        raise ValueError("the pipeline benchmarks need scikit-image for their test face: pip install scikit-image") from None
+    return astronaut()
+
+
+def synthetic_frames(count: int, size=(1920, 1080)):
+    """`count` frames of the test face, head and shoulders filling the frame's height as in a video call,
+    drifting over a gradient background."""
+    import cv2
+
     width, height = size
-    side = height * 5 // 6  # head and shoulders filling the frame's height, as in a video call
-    photo = cv2.resize(face[:320, 90:410], (side, side), interpolation=cv2.INTER_CUBIC)
+    side = height * 5 // 6
+    photo = cv2.resize(bench_face()[:320, 90:410], (side, side), interpolation=cv2.INTER_CUBIC)
     background = np.linspace(40, 200, width, dtype=np.float32)[None, :, None].repeat(height, 0).repeat(3, 2)
+    for i in range(count):
+        frame = background.astype(np.uint8)
+        x = width // 2 - side // 2 + int(40 * np.sin(i / 15))
+        y = (height - side) // 2 + int(20 * np.cos(i / 20))
+        frame[y:y + side, x:x + side] = photo
+        yield frame
+
+
+def synthetic_clip(path: Path, frames: int, size=(1920, 1080), fps: int = 30) -> None:
+    """synthetic_frames encoded into a clip at `path`."""
+    from instantrestore.runtime.media import FileSink
+
     with FileSink(path, fps=fps, size=size) as sink:
-        for i in range(frames):
-            frame = background.astype(np.uint8)
-            x = width // 2 - side // 2 + int(40 * np.sin(i / 15))
-            y = (height - side) // 2 + int(20 * np.cos(i / 20))
-            frame[y:y + side, x:x + side] = photo
+        for i, frame in enumerate(synthetic_frames(frames, size)):
             sink.write(frame, i / fps)
-    return face
 
 
 def stand_in_restorer(ms_per_face: float):
@@ -154,27 +163,32 @@ def stand_in_restorer(ms_per_face: float):
     return restore_crops
 
 
+def bench_restorer(restorer, stand_in_ms: float, crop_size: int) -> tuple:
+    """(restore callable, crop size, report labels): the restorer with the test face enrolled, or without one
+    the stand-in that waits `stand_in_ms` per face."""
+    from instantrestore.runtime.align import face_crops
+
+    if restorer is None:
+        labels = {"device": device_name(torch.device("cpu")), "backend": f"stand-in ({stand_in_ms:g} ms per face)"}
+        return stand_in_restorer(stand_in_ms), crop_size, labels
+    crops = face_crops(bench_face(), restorer.crop_size)
+    if not crops:
+        raise ValueError("the benchmark's test face was not detected")
+    labels = {"device": device_name(restorer.device), "backend": restorer.backend.name}
+    return restorer.crop_restorer(restorer.enroll_crops(crops[0].crop[None])), restorer.crop_size, labels
+
+
 def bench_pipeline(restorer=None, frames: int = 120, batch: int = 1, size=(1920, 1080), stand_in_ms: float = 10.0,
                    crop_size: int = 512) -> dict:
     """The whole frame pipeline on a synthetic clip: per-stage medians and end-to-end frames per second.
     Without a restorer, a stand-in that waits `stand_in_ms` per face takes the model's place."""
-    from instantrestore.runtime.align import face_crops
     from instantrestore.runtime.media import FileSink, FileSource
     from instantrestore.runtime.pipeline import FramePipeline, run_file
 
     with tempfile.TemporaryDirectory(prefix="instantrestore-bench-") as tmp:
         clip = Path(tmp) / "clip.mp4"
-        face = synthetic_clip(clip, frames, size)
-        if restorer is None:
-            restore_crops = stand_in_restorer(stand_in_ms)
-            labels = {"device": device_name(torch.device("cpu")), "backend": f"stand-in ({stand_in_ms:g} ms per face)"}
-        else:
-            crop_size = restorer.crop_size
-            crops = face_crops(face, crop_size)
-            if not crops:
-                raise ValueError("the benchmark's test face was not detected")
-            restore_crops = restorer.crop_restorer(restorer.enroll_crops(crops[0].crop[None]))
-            labels = {"device": device_name(restorer.device), "backend": restorer.backend.name}
+        synthetic_clip(clip, frames, size)
+        restore_crops, crop_size, labels = bench_restorer(restorer, stand_in_ms, crop_size)
         source = FileSource(clip)
         with FramePipeline(restore_crops, crop_size) as pipeline:
             start = time.perf_counter()
@@ -230,35 +244,11 @@ def bench_soak(restorer=None, frames: int = 14_400, size=(1280, 720), fps: float
     real face: frames sent, dropped and repeated, latency, and resident memory sampled every second. The
     growth is measured from the end of the first tenth (after warm-up) to the end: a leak shows as growth
     in proportion to the run's length."""
-    import cv2
-
-    from instantrestore.runtime.align import face_crops
     from instantrestore.runtime.pipeline import FramePipeline, run_live
 
-    try:
-        from skimage.data import astronaut
-    except ImportError:
-        raise ValueError("the soak needs scikit-image for its test face: pip install scikit-image") from None
     width, height = size
-    side = height * 5 // 6
-    photo = cv2.resize(astronaut()[:320, 90:410], (side, side), interpolation=cv2.INTER_CUBIC)
-    clip = []
-    for i in range(int(fps) * 4):  # four seconds of a head moving a little, as on a call
-        frame = np.full((height, width, 3), 90, np.uint8)
-        x = width // 2 - side // 2 + int(30 * np.sin(i / 12))
-        y = (height - side) // 2 + int(10 * np.cos(i / 17))
-        frame[y:y + side, x:x + side] = photo
-        clip.append(frame)
-    if restorer is None:
-        restore_crops = stand_in_restorer(stand_in_ms)
-        labels = {"device": device_name(torch.device("cpu")), "backend": f"stand-in ({stand_in_ms:g} ms per face)"}
-    else:
-        crop_size = restorer.crop_size
-        crops = face_crops(astronaut(), crop_size)
-        if not crops:
-            raise ValueError("the benchmark's test face was not detected")
-        restore_crops = restorer.crop_restorer(restorer.enroll_crops(crops[0].crop[None]))
-        labels = {"device": device_name(restorer.device), "backend": restorer.backend.name}
+    clip = list(synthetic_frames(int(fps) * 4, size))  # four seconds of a head moving a little, as on a call
+    restore_crops, crop_size, labels = bench_restorer(restorer, stand_in_ms, crop_size)
     samples: list[tuple[float, float]] = []
     done = threading.Event()
 
