@@ -535,11 +535,12 @@ def cmd_batch(args) -> int:
 
 def register(commands) -> None:
     from .cli import _common_model_options as add_model_options
+    from .cli import add_profile_option
 
     batch = commands.add_parser("batch", help="restore many recordings, resumable; on this machine or a Ray cluster")
     batch.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders of videos, or .txt lists")
     batch.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="the folder to write into")
-    batch.add_argument("--profile", required=True, action="append", help="the profile made by `enroll`")
+    add_profile_option(batch)
     batch.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                        help="run on Ray: alone, a local Ray runtime; `auto` or ray://HOST:PORT, a running cluster "
                             f"(inputs and outputs on storage every node sees; needs {CLUSTER_EXTRA})")

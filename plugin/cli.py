@@ -208,9 +208,7 @@ def cmd_camera(args) -> int:
 
 def register_camera(commands) -> None:
     camera = commands.add_parser("camera", help="live: your camera in, the restored face out as a virtual camera")
-    camera.add_argument("--profile", required=True, action="append",
-                        help="the profile made by `enroll`; give it once per person to restore (each face is restored "
-                             "only when recognised as one of them)")
+    add_profile_option(camera)
     camera.add_argument("--input", help="camera index (default 0), device path (/dev/video0) or a video file "
                                         "(played at its own rate)")
     camera.add_argument("--size", help="virtual camera size WIDTHxHEIGHT, also asked of the camera (default: 1280x720 "
@@ -239,14 +237,19 @@ def register_video(commands) -> None:
     video = commands.add_parser("video", help="restore a recorded video file (audio kept)")
     video.add_argument("input", metavar="IN", help="the video to restore (never modified)")
     video.add_argument("-o", "--output", required=True, metavar="OUT", help="the restored video to write")
-    video.add_argument("--profile", required=True, action="append",
-                        help="the profile made by `enroll`; give it once per person to restore (each face is restored "
-                             "only when recognised as one of them)")
+    add_profile_option(video)
     video.add_argument("--batch-size", type=int, default=1, help="frames per restorer call (GPU throughput; default 1)")
     video.add_argument("--blend", type=float, default=1.0, help="strength of the restored face, 0..1 (default 1)")
     video.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)")
     _common_model_options(video)
     video.set_defaults(run=cmd_video)
+
+
+def add_profile_option(parser) -> None:
+    """--profile, once per person to restore (camera, video, batch)."""
+    parser.add_argument("--profile", required=True, action="append",
+                        help="the profile made by `enroll`; give it once per person to restore (each face is restored "
+                             "only when recognised as one of them)")
 
 
 def _common_model_options(parser, backend: bool = True) -> None:
