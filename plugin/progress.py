@@ -38,7 +38,8 @@ def quiet_when_the_reader_leaves(run):
     return guarded
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """A duration as the progress bar and the panel show it: mm:ss, or h:mm:ss."""
     seconds = max(0, int(round(seconds)))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
@@ -68,8 +69,8 @@ class ProgressBar:
             bar = "#" * filled + "-" * (self.width - filled)
             eta = (total - done) / rate if rate > 0 else 0.0
             return (f"{self.label} [{bar}] {done}/{total} {self.unit} {fraction * 100:3.0f}% "
-                    f"{rate:.2f} {self.unit}/s elapsed {_clock(elapsed)} left {_clock(eta)}")
-        return f"{self.label} {done} {self.unit} {rate:.2f} {self.unit}/s elapsed {_clock(elapsed)}"
+                    f"{rate:.2f} {self.unit}/s elapsed {clock(elapsed)} left {clock(eta)}")
+        return f"{self.label} {done} {self.unit} {rate:.2f} {self.unit}/s elapsed {clock(elapsed)}"
 
     def __call__(self, done: int, total: int = 0) -> None:
         now = time.monotonic()

@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 
 from . import home, jobs, vcam
-from .progress import say
+from .progress import clock, say
 
 LOCALHOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -101,11 +101,6 @@ def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     height = max(left.shape[0], right.shape[0])
     pad = lambda image: np.pad(image, ((0, height - image.shape[0]), (0, 0), (0, 0)))  # noqa: E731
     return np.concatenate([pad(left), np.full((height, 4, 3), 255, np.uint8), pad(right)], axis=1)
-
-
-def clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"
 
 
 # ------------------------------------------------------------------------------------------------ enroll
