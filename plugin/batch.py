@@ -172,19 +172,13 @@ def restore_file(restorers: dict, profiles: dict, crop_size: int, in_path, out_p
     """Restore one recording with a loaded model's crop restorers (name -> `Restorer.crop_restorer(profile)`),
     each recognised person with their own: frames, faces restored. No partial output on failure."""
     from instantrestore.runtime.media import FileSink, FileSource
-    from instantrestore.runtime.pipeline import run_file
 
-    from .jobs import face_pipeline
+    from .jobs import restore_recording
 
     source = FileSource(in_path)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)  # a folder's videos keep their sub-folders
     sink = FileSink(out_path, like=source)
-    try:
-        with face_pipeline(profiles, restorers, crop_size, blend, recording=True) as pipeline:
-            stats = run_file(pipeline, source, sink, progress=progress, batch_size=batch_size)
-    except BaseException:
-        sink.abort()
-        raise
+    stats = restore_recording(restorers, profiles, crop_size, source, sink, blend, batch_size, progress=progress)
     # the pipeline counts each face it pasted (not a stranger's, nor one whose restored crop was not finite)
     return {"frames": sink.frames_written, "faces_restored": int(stats.summary().get("faces_restored", 0))}
 

@@ -430,6 +430,20 @@ def identities_of(profiles: dict, live: bool):
     return Identities({name: profile.embeddings for name, profile in profiles.items()}, background=live)
 
 
+def restore_recording(restorers: dict, profiles: dict, crop_size: int, source, sink, blend: float = 1.0,
+                      batch_size: int = 1, progress=None, on_frame=None):
+    """One recording through the face pipeline into an open sink (`video`, `batch`, the panel): the sink is
+    finished, or aborted on any failure so no partial file is left. Returns the pipeline's stats."""
+    from instantrestore.runtime.pipeline import run_file
+
+    try:
+        with face_pipeline(profiles, restorers, crop_size, blend, recording=True) as pipeline:
+            return run_file(pipeline, source, sink, progress=progress, batch_size=batch_size, on_frame=on_frame)
+    except BaseException:
+        sink.abort()  # run_file aborts too; this covers a failure before it starts
+        raise
+
+
 def restore_video(in_path, out_path, profile_name, bundle_arg=None, backend: str = "auto",
                   device: Optional[str] = None, batch_size: int = 1, blend: float = 1.0, overwrite: bool = False,
                   progress=say, frame_progress=None, on_frame=None) -> dict:
@@ -440,7 +454,6 @@ def restore_video(in_path, out_path, profile_name, bundle_arg=None, backend: str
     output."""
     from instantrestore.runtime.artifacts import output_target
     from instantrestore.runtime.media import FileSink, FileSource
-    from instantrestore.runtime.pipeline import run_file
 
     in_path, out_path = Path(in_path), Path(out_path)
     if not in_path.exists():
@@ -480,11 +493,10 @@ def restore_video(in_path, out_path, profile_name, bundle_arg=None, backend: str
     bar = ProgressBar(f"restoring {in_path.name}") if frame_progress is None else None
     try:
         restorers = {name: restorer.crop_restorer(profile) for name, profile in profiles.items()}
-        with face_pipeline(profiles, restorers, restorer.crop_size, blend, recording=True) as pipeline:
-            stats = run_file(pipeline, source, sink, progress=bar if bar is not None else frame_progress,
-                             batch_size=batch_size, on_frame=on_frame)
+        stats = restore_recording(restorers, profiles, restorer.crop_size, source, sink, blend, batch_size,
+                                  progress=bar if bar is not None else frame_progress, on_frame=on_frame)
     except BaseException:
-        sink.abort()  # run_file aborts too; this covers a failure before it starts
+        sink.abort()  # covers a failure before the recording starts (the restorers)
         raise
     finally:
         if bar is not None:
