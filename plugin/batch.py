@@ -301,7 +301,7 @@ def run_batch(options: BatchOptions, events: Optional[Callable] = None) -> list[
 
 
 def _run_here(options, bundle, profiles, pending, progress, record, events) -> None:
-    from .jobs import load_engine
+    from .engine import load_engine
 
     restorer = load_engine(bundle, options.backend, options.device, None, say)
     restore_lock = threading.Lock()
@@ -363,7 +363,7 @@ class BatchWorker:
     def __init__(self, bundle_files: dict, profile_bytes: dict, backend: str, device):
         from instantrestore.runtime import Profile, load_bundle
 
-        from .jobs import load_engine
+        from .engine import load_engine
 
         self._folder = tempfile.TemporaryDirectory(prefix="instantrestore-worker-")
         bundle_dir = Path(self._folder.name) / "bundle"

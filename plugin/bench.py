@@ -358,7 +358,7 @@ def run(args) -> int:
     if args.backend == "torch":
         restorer = load_restorer(bundle.path, backend="torch", device=device, dtype=dtype, compile=args.compile)
     else:  # builds the ONNX graphs or TensorRT engines first when they are missing
-        from .jobs import load_engine
+        from .engine import load_engine
 
         restorer = load_engine(bundle, args.backend, device.type, dtype)
     if args.soak:

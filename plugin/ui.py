@@ -22,7 +22,8 @@ from typing import Optional
 
 import numpy as np
 
-from . import home, jobs, vcam
+from . import engine, home, jobs, vcam
+from .errors import PluginError
 from .progress import clock, say
 
 LOCALHOST = "127.0.0.1"
@@ -38,7 +39,7 @@ def import_gradio():
     try:
         import gradio
     except ImportError:
-        raise jobs.PluginError(INSTALL_HINT) from None
+        raise PluginError(INSTALL_HINT) from None
     return gradio
 
 
@@ -303,7 +304,7 @@ def build(panel: Panel):
                                                  elem_id="live-file")
                         live_profile = profiles_picker("live-profile")
                         strength = strength_slider("live-strength")
-                        live_backend = gr.Dropdown(label="Backend", choices=list(jobs.BACKEND_CHOICES), value="auto",
+                        live_backend = gr.Dropdown(label="Backend", choices=list(engine.BACKEND_CHOICES), value="auto",
                                                    elem_id="live-backend")
                         side = gr.Checkbox(label="Show the camera's own picture beside it", elem_id="live-side")
                         with gr.Row():
@@ -373,7 +374,7 @@ def build(panel: Panel):
             paths = list(files or []) + list(shot_paths)
             try:
                 if not paths:
-                    raise jobs.PluginError("give at least one photo of your face")
+                    raise PluginError("give at least one photo of your face")
                 home.check_profile_name((profile_name or "").strip())
                 log = []
                 path = jobs.enroll(paths, profile_name.strip(), progress=log.append)
@@ -390,7 +391,7 @@ def build(panel: Panel):
         def on_remove(profile_name):
             try:
                 if not profile_name:
-                    raise jobs.PluginError("pick the profile to remove")
+                    raise PluginError("pick the profile to remove")
                 home.remove_profile(profile_name)
                 message = f"removed profile {profile_name!r}"
             except Exception as error:  # noqa: BLE001
@@ -411,9 +412,9 @@ def build(panel: Panel):
                 return "the camera is already live; Stop it first", gr.update(), gr.update()
             spec = (file_spec or "").strip() or camera_spec
             if not profile_name:
-                return error_line(jobs.PluginError("enroll a profile first (Enroll tab)")), gr.update(), gr.update()
+                return error_line(PluginError("enroll a profile first (Enroll tab)")), gr.update(), gr.update()
             if spec is None:
-                return (error_line(jobs.PluginError("no camera found; plug one in, or give a video file")), gr.update(),
+                return (error_line(PluginError("no camera found; plug one in, or give a video file")), gr.update(),
                         gr.update())
             panel.live = LiveJob(profile_name=profile_name, input_spec=spec, backend=backend, blend=float(blend))
             return "starting...", gr.Timer(active=True), ""
@@ -486,12 +487,12 @@ def build(panel: Panel):
             try:
                 source = upload or (path_text or "").strip()
                 if not source:
-                    raise jobs.PluginError("choose a video: upload one or give its path")
+                    raise PluginError("choose a video: upload one or give its path")
                 if not profile_name:
-                    raise jobs.PluginError("enroll a profile first (Enroll tab)")
+                    raise PluginError("enroll a profile first (Enroll tab)")
                 output_name = (output_name or "").strip() or Path(source).stem + ".restored.mp4"
                 if Path(output_name).name != output_name:
-                    raise jobs.PluginError(f"{output_name!r}: give a file name only; it is saved in {outputs_dir()}")
+                    raise PluginError(f"{output_name!r}: give a file name only; it is saved in {outputs_dir()}")
                 if not Path(output_name).suffix:
                     output_name += ".mp4"
                 folder = outputs_dir()
@@ -561,7 +562,7 @@ def system_line() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (everything runs on the CPU)"
     try:
         bundle = home.resolve_bundle()
-        choice = jobs.choose_engine(bundle, "auto")
+        choice = engine.choose_engine(bundle, "auto")
         engine = f"{choice.backend} on {choice.device} ({choice.reason.split(';')[0][:160]})"
         in_use = f"{bundle.path} ({bundle.config.get('dtype')})"
     except Exception as error:  # noqa: BLE001

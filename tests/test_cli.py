@@ -32,7 +32,8 @@ from media_helpers import (  # noqa: E402
     write_frameless_clip,
 )
 
-from instantrestore.plugin import home, jobs, vcam  # noqa: E402
+from instantrestore.plugin import engine, home, jobs, vcam  # noqa: E402
+from instantrestore.plugin.errors import PluginError  # noqa: E402
 from instantrestore.plugin.cli import main  # noqa: E402
 from instantrestore.runtime import Profile  # noqa: E402
 
@@ -581,7 +582,7 @@ def test_an_unplugged_camera_is_retried_and_the_call_goes_on(in_state, clip, rec
         if len(opened) == 1:
             return FaultyCamera(frames, fps=CLIP_FPS, fault="unplugged", fault_at=loaded, after=4)
         if len(opened) <= 3:
-            raise jobs.PluginError("cannot open camera 0")
+            raise PluginError("cannot open camera 0")
         return FaultyCamera(frames, fps=CLIP_FPS)
 
     real_load = jobs.load_engine
@@ -852,7 +853,7 @@ def test_export_records_the_default_bundle(fresh_home, tiny_release, tmp_path, c
 def test_auto_backend_on_a_cpu_machine_is_torch_fp32(tiny_bundle):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    choice = jobs.choose_engine(home.resolve_bundle(tiny_bundle), "auto")
+    choice = engine.choose_engine(home.resolve_bundle(tiny_bundle), "auto")
     assert (choice.backend, choice.device, choice.dtype) in (("torch", "cpu", torch.float32),
                                                              ("onnxruntime", "cpu", torch.float32))
 
@@ -922,7 +923,7 @@ def test_auto_falls_back_when_the_tensorrt_build_fails(tiny_bundle, monkeypatch)
     import instantrestore.export.tensorrt_build as tensorrt_build
     import instantrestore.runtime.backend_tensorrt as backend_tensorrt
 
-    monkeypatch.setattr(jobs, "_tensorrt_usable", lambda: True)
+    monkeypatch.setattr(engine, "_tensorrt_usable", lambda: True)
     monkeypatch.setattr(backend_tensorrt, "tensorrt_ready", lambda bundle, **options: (False, "no engines built"))
 
     def failing_build(bundle_dir, **options):
@@ -930,10 +931,10 @@ def test_auto_falls_back_when_the_tensorrt_build_fails(tiny_bundle, monkeypatch)
 
     monkeypatch.setattr(tensorrt_build, "build_engines", failing_build)
     bundle = home.resolve_bundle(tiny_bundle)
-    choice = jobs.choose_engine(bundle, "auto")
+    choice = engine.choose_engine(bundle, "auto")
     assert (choice.backend, choice.device, choice.dtype, choice.reason) == ("tensorrt", "cuda", torch.float16, "build")
     said = []
-    restorer = jobs.load_engine(bundle, "auto", progress=said.append)
+    restorer = engine.load_engine(bundle, "auto", progress=said.append)
     assert restorer.backend.name in ("torch", "onnxruntime")
     assert "TensorRT engine build failed (builder: out of GPU memory while tuning); using another backend" in said
     assert said[-1].startswith(f"backend: {restorer.backend.name} on ")
@@ -950,7 +951,7 @@ def test_cpu_runs_give_the_model_all_cores_but_one_and_opencv_one(in_state, tmp_
         return restore_located(self, located)
 
     monkeypatch.setattr(FramePipeline, "restore_located", noting_threads)
-    monkeypatch.setattr(jobs, "usable_cores", lambda: 3, raising=False)
+    monkeypatch.setattr(engine, "usable_cores", lambda: 3, raising=False)
     opencv_threads = cv2.getNumThreads()
     clip = write_clip(tmp_path / "one.mp4", [placed_face(CLIP_SIZE, 0.45, (60.0, 10.0))[0]], fps=CLIP_FPS)
     try:
@@ -959,8 +960,8 @@ def test_cpu_runs_give_the_model_all_cores_but_one_and_opencv_one(in_state, tmp_
         assert code == 0, err
         assert seen == [(2, 1)]
         # onnxruntime's sessions get the same share; a GPU run leaves the CPU settings alone
-        assert jobs.use_cpu_threads(jobs.EngineChoice("onnxruntime", "cpu", torch.float32)) == {"threads": 2}
-        assert jobs.use_cpu_threads(jobs.EngineChoice("torch", "cuda", torch.float16)) == {}
+        assert engine.use_cpu_threads(engine.EngineChoice("onnxruntime", "cpu", torch.float32)) == {"threads": 2}
+        assert engine.use_cpu_threads(engine.EngineChoice("torch", "cuda", torch.float16)) == {}
     finally:
         torch.set_num_threads(1)
         cv2.setNumThreads(opencv_threads)
@@ -971,11 +972,11 @@ def test_auto_with_an_explicit_cpu_device_uses_onnx_graphs_only_when_exported(ti
 
     bundle = home.resolve_bundle(tiny_bundle)
     monkeypatch.setattr(backend_onnxruntime, "onnx_ready", lambda bundle, dtype: (False, "no fp32 ONNX graphs"))
-    choice = jobs.choose_engine(bundle, "auto", "cpu")
+    choice = engine.choose_engine(bundle, "auto", "cpu")
     assert (choice.backend, choice.device, choice.dtype, choice.reason) == ("torch", "cpu", torch.float32,
                                                                              "no fp32 ONNX graphs")
     monkeypatch.setattr(backend_onnxruntime, "onnx_ready", lambda bundle, dtype: (True, ""))
-    choice = jobs.choose_engine(bundle, "auto", "cpu")
+    choice = engine.choose_engine(bundle, "auto", "cpu")
     assert (choice.backend, choice.device) == ("onnxruntime", "cpu")
 
 
