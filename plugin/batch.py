@@ -173,7 +173,7 @@ def restore_file(restorers: dict, profiles: dict, crop_size: int, in_path, out_p
     each recognised person with their own: frames, faces restored. No partial output on failure."""
     from instantrestore.runtime.media import FileSink, FileSource
 
-    from .jobs import restore_recording
+    from instantrestore.runtime.pipeline import restore_recording
 
     source = FileSource(in_path)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)  # a folder's videos keep their sub-folders

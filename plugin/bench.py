@@ -166,12 +166,12 @@ def stand_in_restorer(ms_per_face: float):
 def bench_restorer(restorer, stand_in_ms: float, crop_size: int) -> tuple:
     """(restore callable, crop size, report labels): the restorer with the test face enrolled, or without one
     the stand-in that waits `stand_in_ms` per face."""
-    from instantrestore.runtime.align import face_crops
+    from instantrestore.runtime.align import find_faces
 
     if restorer is None:
         labels = {"device": device_name(torch.device("cpu")), "backend": f"stand-in ({stand_in_ms:g} ms per face)"}
         return stand_in_restorer(stand_in_ms), crop_size, labels
-    crops = face_crops(bench_face(), restorer.crop_size)
+    crops = find_faces(bench_face(), restorer.crop_size)
     if not crops:
         raise ValueError("the benchmark's test face was not detected")
     labels = {"device": device_name(restorer.device), "backend": restorer.backend.name}
@@ -200,22 +200,6 @@ def bench_pipeline(restorer=None, frames: int = 120, batch: int = 1, size=(1920,
             "fps": frames / wall, "no_face_frames": summary.get("no_face", 0)}
 
 
-class LoopedClip:
-    """A camera stand-in for the soak: a few seconds of frames played in a loop at `fps` (the live runner paces
-    a source that is not live at its own rate), `total` frames in all."""
-
-    live = False
-
-    def __init__(self, frames: list, fps: float, total: int):
-        self.frames, self.fps, self.total = frames, fps, total
-
-    def __iter__(self):
-        from instantrestore.runtime.media import SourceFrame
-
-        for index in range(self.total):
-            yield SourceFrame(self.frames[index % len(self.frames)], index / self.fps, index)
-
-
 class CountingSink:
     """Where the soak's frames go: counted, not kept."""
 
@@ -227,6 +211,8 @@ class CountingSink:
 
     def close(self):
         pass
+
+    abort = close
 
 
 def resident_mb() -> float | None:
@@ -244,6 +230,7 @@ def bench_soak(restorer=None, frames: int = 14_400, size=(1280, 720), fps: float
     real face: frames sent, dropped and repeated, latency, and resident memory sampled every second. The
     growth is measured from the end of the first tenth (after warm-up) to the end: a leak shows as growth
     in proportion to the run's length."""
+    from instantrestore.runtime.media import MemorySource
     from instantrestore.runtime.pipeline import FramePipeline, run_live
 
     width, height = size
@@ -266,7 +253,7 @@ def bench_soak(restorer=None, frames: int = 14_400, size=(1280, 720), fps: float
     with FramePipeline(restore_crops, crop_size) as pipeline:
         sampler.start()
         try:
-            report = run_live(pipeline, LoopedClip(clip, fps, frames), sink, max_frames=frames)
+            report = run_live(pipeline, MemorySource(clip, fps, total=frames), sink, max_frames=frames)
         finally:
             done.set()
             sampler.join()

@@ -138,9 +138,9 @@ def register_export(commands) -> None:
 
 
 def cmd_enroll(args) -> int:
-    from . import jobs
+    from .enroll import EnrollOptions, enroll
 
-    path = jobs.enroll(args.images, args.name, bundle_arg=args.bundle, device=args.device)
+    path = enroll(EnrollOptions(args.images, args.name, bundle=args.bundle, device=args.device))
     say(f"profile {args.name!r} saved to {path}")
     print(path)
     return 0
@@ -197,12 +197,12 @@ def register_profiles(commands) -> None:
 
 
 def cmd_camera(args) -> int:
-    from . import jobs
+    from .camera import CameraOptions, run_camera
 
-    jobs.run_camera(args.profile, input_spec=args.input, bundle_arg=args.bundle, backend=args.backend,
-                    device=args.device, size_text=args.size, fps=args.fps, vcam_backend=args.vcam_backend,
-                    vcam_device=args.vcam_device, max_frames=args.max_frames, preview=args.preview,
-                    show_stats=args.stats, blend=args.blend)
+    run_camera(CameraOptions(args.profile, input=args.input, bundle=args.bundle, backend=args.backend,
+                             device=args.device, size=args.size, fps=args.fps, vcam_backend=args.vcam_backend,
+                             vcam_device=args.vcam_device, max_frames=args.max_frames, preview=args.preview,
+                             show_stats=args.stats, blend=args.blend))
     return 0
 
 
@@ -225,10 +225,11 @@ def register_camera(commands) -> None:
 
 
 def cmd_video(args) -> int:
-    from . import jobs
+    from . import video
 
-    jobs.restore_video(args.input, args.output, args.profile, bundle_arg=args.bundle, backend=args.backend,
-                       device=args.device, batch_size=args.batch_size, blend=args.blend, overwrite=args.overwrite)
+    video.restore_video(video.VideoOptions(args.input, args.output, args.profile, bundle=args.bundle,
+                                           backend=args.backend, device=args.device, batch_size=args.batch_size,
+                                           blend=args.blend, overwrite=args.overwrite))
     print(args.output)
     return 0
 

@@ -1,4 +1,5 @@
-"""Progress output on stderr: a redrawn bar on a terminal, occasional plain lines otherwise (logs, CI)."""
+"""Progress output on stderr: a redrawn bar on a terminal, occasional plain lines otherwise (logs, CI); the
+words and lines the commands report with."""
 
 from __future__ import annotations
 
@@ -96,3 +97,15 @@ class ProgressBar:
             self.stream.write("\n")
             self.stream.flush()
             self._drawn = False
+
+
+LEFT_ALONE = ("not enrolled", "too small", "identity unsure")  # the pipeline's reasons for not restoring a face
+
+
+def faces_line(summary: dict) -> str:
+    """The end-of-run account of faces (video, camera, batch), counted once per face and frame: how many were
+    restored, and why the others were left as they were."""
+    restored = int(summary.get("faces_restored", 0))
+    reasons = [f"{int(summary[reason])} {reason}" for reason in LEFT_ALONE if summary.get(reason)]
+    line = f"faces: {restored} restored"
+    return line + (f"; left as they were: {', '.join(reasons)}" if reasons else "") + " (counted per frame)"

@@ -1,8 +1,8 @@
 """`instantrestore ui`: the control panel in the browser (Gradio). Enroll, go live and restore recordings
 without a terminal.
 
-The panel is one more client of the jobs the commands run (jobs.check_selfies, enroll, run_camera,
-restore_video; doctor's checks): it holds no logic of its own beyond showing what they do. The long jobs
+The panel is one more client of the jobs the commands run (enroll.check_selfies, enroll.enroll,
+camera.run_camera, video.restore_video; doctor's checks): it holds no logic of its own beyond showing what they do. The long jobs
 run on a thread of their own; a timer on the page polls them. It serves on 127.0.0.1 only unless --host
 is given, and never makes a public share link: the camera feed and the selfies are private.
 """
@@ -22,7 +22,10 @@ from typing import Optional
 
 import numpy as np
 
-from . import engine, home, jobs, vcam
+from . import engine, home, vcam
+from .camera import CameraOptions, LiveControl, run_camera
+from .enroll import EnrollOptions, check_selfies, enroll
+from .video import VideoOptions, restore_video
 from .errors import PluginError
 from .progress import clock, say
 
@@ -112,7 +115,7 @@ def check_photos(paths) -> tuple[list, list]:
     the same checks as `enroll`. Lines name the file as the user called it, not the upload's temp path."""
     bundle = home.resolve_bundle()
     gallery, lines = [], []
-    for path, result in jobs.check_selfies([Path(p) for p in paths], bundle.crop_size).items():
+    for path, result in check_selfies([Path(p) for p in paths], bundle.crop_size).items():
         if isinstance(result, str):
             lines.append("refused: " + result.replace(str(path), path.name))
             continue
@@ -164,10 +167,10 @@ class Cancelled(Exception):
 
 
 class LiveJob(Job):
-    def __init__(self, **kwargs):
-        self.control = jobs.LiveControl(on_frame=self._frame)
+    def __init__(self, options: CameraOptions):
+        self.control = LiveControl(on_frame=self._frame)
         self.latencies: collections.deque = collections.deque(maxlen=30)
-        super().__init__(jobs.run_camera, control=self.control, **kwargs)
+        super().__init__(run_camera, options=options, control=self.control)
 
     def _frame(self, raw, shown, latency_s):
         self.latest = (raw, shown)  # one reference swap: the output loop never waits for the page
@@ -189,11 +192,11 @@ class LiveJob(Job):
 
 
 class RecordingJob(Job):
-    def __init__(self, **kwargs):
+    def __init__(self, options: VideoOptions):
         self.cancel = threading.Event()
         self.done, self.total, self.started = 0, 0, time.monotonic()
-        self.output = kwargs["out_path"]
-        super().__init__(jobs.restore_video, frame_progress=self._progress, on_frame=self._frame, **kwargs)
+        self.output = options.output
+        super().__init__(restore_video, options=options, frame_progress=self._progress, on_frame=self._frame)
 
     def _progress(self, done, total):
         if self.cancel.is_set():
@@ -377,7 +380,7 @@ def build(panel: Panel):
                     raise PluginError("give at least one photo of your face")
                 home.check_profile_name((profile_name or "").strip())
                 log = []
-                path = jobs.enroll(paths, profile_name.strip(), progress=log.append)
+                path = enroll(EnrollOptions(paths, profile_name.strip()), progress=log.append)
                 photos_text = f"{len(paths)} photo{'s' if len(paths) != 1 else ''}"
                 message = (f"profile {profile_name.strip()!r} saved from {photos_text}"
                            f" ({path}); choose it in Live and Recordings")
@@ -416,7 +419,7 @@ def build(panel: Panel):
             if spec is None:
                 return (error_line(PluginError("no camera found; plug one in, or give a video file")), gr.update(),
                         gr.update())
-            panel.live = LiveJob(profile_name=profile_name, input_spec=spec, backend=backend, blend=float(blend))
+            panel.live = LiveJob(CameraOptions(profile_name, input=spec, backend=backend, blend=float(blend)))
             return "starting...", gr.Timer(active=True), ""
 
         def on_stop():
@@ -500,8 +503,8 @@ def build(panel: Panel):
                 folder.mkdir(parents=True, exist_ok=True)
             except Exception as error:  # noqa: BLE001
                 return error_line(error), gr.update(), gr.update()
-            panel.recording = RecordingJob(in_path=Path(source), out_path=folder / output_name,
-                                           profile_name=profile_name, blend=float(blend), overwrite=bool(overwrite))
+            panel.recording = RecordingJob(VideoOptions(Path(source), folder / output_name, profile_name,
+                                                        blend=float(blend), overwrite=bool(overwrite)))
             return "starting...", None, gr.Timer(active=True)
 
         def on_cancel():

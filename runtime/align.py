@@ -3,17 +3,19 @@
 The template puts the face where FFHQ-aligned crops have it (the data the restorer was trained on):
 eyes at about 47% of the height, a quarter of the width apart, the mouth at about 72%, the ear
 points about 53% of the width apart. It is defined on the unit square and scaled to any crop size S.
+find_faces searches a still photo (an enrollment selfie) for its faces and aligns them the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Optional
 
 import cv2
 import numpy as np
 
-from .tracking import FaceDetection, FaceDetector, refine_near
+from .tracking import Detector, FaceDetection, FaceDetector, box_iou, refine_near
 
 # Unit-square template, same order as tracking.KEYPOINT_NAMES (right eye is the person's right,
 # i.e. image left). Relative positions measured from BlazeFace output on frontal faces.
@@ -32,6 +34,10 @@ FACE_TEMPLATE = np.array(
 # Least-squares weights: eyes and mouth fix scale and roll; the nose and ears move with head turns
 # and BlazeFace places the ears loosely, so they count less.
 TEMPLATE_WEIGHTS = np.array([1.0, 1.0, 0.5, 1.0, 0.25, 0.25])
+
+# BlazeFace finds "faces" in noise and texture with scores up to about 0.7 (a 512x512 noise image scores 0.69): a
+# face of a photo must score at least this, in the whole photo and in its windows alike (find_faces).
+PHOTO_MIN_SCORE = 0.75
 
 
 class AlignmentError(ValueError):
@@ -134,8 +140,9 @@ def align_face(image, face: FaceDetection, crop_size: int) -> AlignedFace:
     )
 
 
-def face_crops(image_rgb_uint8, crop_size: int, detector: Optional[FaceDetector] = None) -> list:
-    """Detect and align every face in a still image (enrollment selfies), largest face first.
+def face_crops(image_rgb_uint8, crop_size: int, detector: Optional[Detector] = None) -> list:
+    """Detect and align every face the detector sees in a still image, largest face first (one look at the whole
+    image; find_faces is the search for the faces of a photo).
 
     Callers decide what "no face", "several faces" or "tiny face" (AlignedFace.face_size) means.
     """
@@ -153,3 +160,55 @@ def face_crops(image_rgb_uint8, crop_size: int, detector: Optional[FaceDetector]
             detector.close()
     faces = sorted(faces, key=lambda face: face.area, reverse=True)
     return [align_face(image, face, crop_size) for face in faces]
+
+
+def _window_starts(length: int, side: int) -> list:
+    if side >= length:
+        return [0]
+    stride = max(1, side // 2)
+    starts = list(range(0, length - side + 1, stride))
+    if starts[-1] != length - side:
+        starts.append(length - side)
+    return starts
+
+
+def find_faces(image_rgb_uint8, crop_size: int, detector: Optional[Detector] = None) -> list:
+    """Every face of a still photo, aligned like the live crop, largest first: the one search for enrollment
+    selfies (enroll, the panel's photo check, bench). detector: in image mode (default: the vendored model).
+
+    The whole photo is searched first. BlazeFace looks at its input at 128x128, so a face that is
+    small in a large photo can be missed; only then is the photo searched again in overlapping
+    square windows (half and a quarter of its short side), so a good selfie is never refused for
+    a false detection in a window. Faces scoring under PHOTO_MIN_SCORE are not faces.
+    """
+    image = _check_image(image_rgb_uint8)
+    own = FaceDetector(mode="image", timeout_s=60.0) if detector is None else contextlib.nullcontext(detector)
+    with own as detector:
+        return _search_photo(image, crop_size, detector)
+
+
+def _search_photo(image, crop_size: int, detector: Detector) -> list:
+    faces = [face for face in face_crops(image, crop_size, detector=detector) if face.score >= PHOTO_MIN_SCORE]
+    if faces:
+        return faces
+    height, width = image.shape[:2]
+    found = []
+    for fraction in (2, 4):
+        side = min(height, width) // fraction
+        if side < 128:
+            break
+        for top in _window_starts(height, side):
+            for left in _window_starts(width, side):
+                window = np.ascontiguousarray(image[top: top + side, left: left + side])
+                for face in detector.detect(window, None):
+                    if face.score < PHOTO_MIN_SCORE:
+                        continue
+                    face.shift(left, top)
+                    same = [other for other in found if box_iou(other.box, face.box) > 0.3]
+                    if not same:
+                        found.append(face)
+                    elif face.score > max(other.score for other in same):
+                        replaced = {id(other) for other in same}
+                        found = [other for other in found if id(other) not in replaced] + [face]
+    found = sorted((refine_near(detector, image, face) for face in found), key=lambda face: face.area, reverse=True)
+    return [align_face(image, face, crop_size) for face in found]

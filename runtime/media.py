@@ -1,8 +1,7 @@
-"""Frame sources and sinks: video files (PyAV), cameras (OpenCV), the virtual camera (pyvirtualcam).
+"""Frame sources and sinks: video files (PyAV), cameras (OpenCV), the virtual camera (pyvirtualcam), frames in
+memory, a preview window, and the sinks that resize and fan out the frames of a camera run.
 
-Sources iterate SourceFrame(image, time, index): RGB uint8 (H, W, 3) images with times in seconds
-from the first frame. Sinks take ``write(image, timestamp)`` and ``close()``; sinks that write files
-also have ``abort()``, which leaves nothing behind.
+Every source is a `Source` and every sink a `Sink` (the Protocols below), so the runners use them without probing.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import threading
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -63,9 +62,38 @@ def _frame_rgb(frame) -> np.ndarray:
 
 
 class SourceFrame(NamedTuple):
-    image: np.ndarray  # (H, W, 3) uint8 RGB
+    image: np.ndarray  # (H, W, 3) uint8 RGB, the receiver's own: the runners paste the restored faces into it
     time: float  # seconds since the first frame of the source
     index: int
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Where frames come from. live: a camera, which paces itself (a file is played at its fps by the live runner).
+    frame_count: 0 when unknown or unbounded. device: the camera it reads (index or path), None for a file."""
+
+    live: bool
+    width: int
+    height: int
+    fps: Fraction
+    frame_count: int
+    device: object
+
+    def __iter__(self) -> Iterator[SourceFrame]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Where frames go. close() finishes (a file is complete); abort() stops without finishing (a file sink leaves
+    nothing behind; a live sink just closes)."""
+
+    def write(self, image: np.ndarray, timestamp: Optional[float] = None) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 def _one_line(error: BaseException) -> str:
@@ -93,6 +121,7 @@ class FileSource:
     """
 
     live = False
+    device = None
 
     def __init__(self, path):
         import av
@@ -251,7 +280,7 @@ class SteadyCamera:
         self.stall_s, self.retry_s, self.retry_interval_s = float(stall_s), float(retry_s), float(retry_interval_s)
         self._notify = notify if notify is not None else (lambda message: None)
         self._camera = camera if camera is not None else open_camera()
-        self.device = getattr(self._camera, "device", None)
+        self.device = self._camera.device
         self.width, self.height, self.fps = self._camera.width, self._camera.height, self._camera.fps
         self.frame_count = 0  # unbounded
         self._latest = queue.Queue(maxsize=1)  # the newest frame, or the error that ended the reads
@@ -409,6 +438,7 @@ class FileSink:
         self.temp_path = temp_path
         self.frames_written = 0
         self._closed = False
+        self._container = None
         self._audio_packets = None
         self._audio_in = None
         self._pending_audio = None
@@ -537,8 +567,7 @@ class FileSink:
     def abort(self):
         """Stop writing and delete the temporary file; out_path is left as it was."""
         self._closed = True
-        container = getattr(self, "_container", None)
-        self._container = None
+        container, self._container = self._container, None
         if container is not None:
             try:
                 container.close()
@@ -601,6 +630,8 @@ class VirtualCameraSink:
         if camera is not None:
             camera.close()
 
+    abort = close  # nothing to leave behind
+
     def __enter__(self):
         return self
 
@@ -617,27 +648,31 @@ def display_problem() -> Optional[str]:
     return None
 
 
+class PreviewClosed(Exception):
+    """The user closed the preview window: the camera run stops as on Ctrl+C."""
+
+
 class PreviewSink:
-    """An OpenCV window showing the output (optional; needs a desktop). Closing it with q or Esc
-    sets ``closed_by_user``. Without a display it raises MediaError, before any window is tried."""
+    """An OpenCV window showing the output (optional; needs a desktop). Closing it with q or Esc raises
+    PreviewClosed from write(). overlay(image) -> image draws on what the window shows (the --stats line).
+    Without a display it raises MediaError, before any window is tried."""
 
-    live = True
-
-    def __init__(self, title: str = "InstantRestore preview"):
+    def __init__(self, title: str = "InstantRestore preview", overlay=None):
         problem = display_problem()
         if problem:
             raise MediaError(problem)
         self.title = title
-        self.closed_by_user = False
+        self.overlay = overlay
         self.frames_written = 0
 
     def write(self, image, timestamp: Optional[float] = None):
         import cv2
 
-        cv2.imshow(self.title, cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR))
-        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-            self.closed_by_user = True
+        shown = image if self.overlay is None else self.overlay(image)
+        cv2.imshow(self.title, cv2.cvtColor(np.asarray(shown), cv2.COLOR_RGB2BGR))
         self.frames_written += 1
+        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+            raise PreviewClosed()
 
     def close(self):
         import cv2
@@ -646,3 +681,86 @@ class PreviewSink:
             cv2.destroyWindow(self.title)
         except cv2.error:
             pass
+
+    abort = close
+
+
+def fit_frame(image: np.ndarray, size: tuple) -> np.ndarray:
+    """The frame at (width, height), never stretched: a frame of another shape is cropped around its centre to the
+    output's shape first (a 4:3 camera in a 16:9 output loses strips at the top and bottom, as call apps crop),
+    then scaled."""
+    width, height = size
+    frame_height, frame_width = image.shape[:2]
+    if frame_width * height > frame_height * width:  # wider than the output: crop the sides
+        keep = int(round(frame_height * width / height))
+        left = (frame_width - keep) // 2
+        image = image[:, left: left + keep]
+    elif frame_width * height < frame_height * width:  # taller: crop the top and bottom
+        keep = int(round(frame_width * height / width))
+        top = (frame_height - keep) // 2
+        image = image[top: top + keep]
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    import cv2
+
+    shrinking = image.shape[1] > width
+    return cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+class FittedSink:
+    """Writes each frame to `sink` at `size` (width, height), cropped and scaled by fit_frame: a camera that
+    delivers another size than the virtual camera's."""
+
+    def __init__(self, sink: Sink, size: tuple):
+        self.sink, self.size = sink, (int(size[0]), int(size[1]))
+
+    def write(self, image, timestamp: Optional[float] = None):
+        self.sink.write(fit_frame(image, self.size), timestamp)
+
+    def close(self):
+        self.sink.close()
+
+    def abort(self):
+        self.sink.abort()
+
+
+class TeeSink:
+    """Writes each frame to every one of `sinks`, in order (the virtual camera, then the preview ...)."""
+
+    def __init__(self, *sinks: Sink):
+        self.sinks = sinks
+
+    def write(self, image, timestamp: Optional[float] = None):
+        for sink in self.sinks:
+            sink.write(image, timestamp)
+
+    def close(self):
+        for sink in self.sinks:
+            sink.close()
+
+    def abort(self):
+        for sink in self.sinks:
+            sink.abort()
+
+
+class MemorySource:
+    """Frames already in memory (synthetic frames, a clip decoded beforehand) played in a loop at `fps`, `total`
+    frames in all (default: each once). Each frame comes out as a copy of its own, as a decoder's does."""
+
+    live = False
+    device = None
+
+    def __init__(self, frames, fps: float = 30.0, total: Optional[int] = None):
+        self.frames = list(frames)
+        if not self.frames:
+            raise MediaError("no frames to play")
+        self.fps = Fraction(fps).limit_denominator(1001)
+        self.height, self.width = self.frames[0].shape[:2]
+        self.frame_count = len(self.frames) if total is None else int(total)
+
+    def __iter__(self):
+        for index in range(self.frame_count):
+            yield SourceFrame(self.frames[index % len(self.frames)].copy(), index / float(self.fps), index)
+
+    def close(self):
+        """Nothing to release."""

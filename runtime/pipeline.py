@@ -378,7 +378,7 @@ class FramePipeline:
         return outputs
 
     def close(self):
-        if self.identities is not None and hasattr(self.identities, "close"):
+        if self.identities is not None:
             self.identities.close()
         if self._owns_tracker:
             self.tracker.close()
@@ -388,6 +388,35 @@ class FramePipeline:
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+def identities_of(profiles: dict, live: bool):
+    """Who the enrolled people are (profiles: name -> Profile). Live, recognition runs beside the frames; a
+    recording waits for it, so its result never depends on timing."""
+    from .identity import Identities
+
+    return Identities({name: profile.embeddings for name, profile in profiles.items()}, background=live)
+
+
+def face_pipeline(profiles: dict, restorers: dict, crop_size: int, blend: float = 1.0,
+                  recording: bool = False) -> FramePipeline:
+    """The frame pipeline restoring each recognised face with its own profile (profiles: name -> Profile;
+    restorers: name -> crop restorer); faces of no one enrolled pass through untouched. A recording also looks
+    for faces far from the camera (full-range BlazeFace); live, faces are recognised on a worker thread."""
+    return FramePipeline(restorers, crop_size, blend=blend, identities=identities_of(profiles, live=not recording),
+                         far=recording)
+
+
+def restore_recording(restorers: dict, profiles: dict, crop_size: int, source, sink, blend: float = 1.0,
+                      batch_size: int = 1, progress=None, on_frame=None) -> PipelineStats:
+    """One recording through the face pipeline into an open sink (`video`, `batch`, the panel): the sink is
+    finished, or aborted on any failure so no partial file is left. Returns the pipeline's stats."""
+    try:
+        with face_pipeline(profiles, restorers, crop_size, blend, recording=True) as pipeline:
+            return run_file(pipeline, source, sink, progress=progress, batch_size=batch_size, on_frame=on_frame)
+    except BaseException:
+        sink.abort()  # run_file aborts too; this covers a failure before it starts
+        raise
 
 
 def _timed_frames(source, stats: PipelineStats):
@@ -446,7 +475,7 @@ def run_file(pipeline: FramePipeline, source, sink, progress=None, batch_size: i
     if batch_size < 1:
         raise PipelineError(f"batch size must be at least 1, got {batch_size}")
     stats = pipeline.stats
-    total = int(getattr(source, "frame_count", 0) or 0)
+    total = source.frame_count
     stop = threading.Event()
     errors: list[BaseException] = []
     to_restore, to_write = _Handoff(stop), _Handoff(stop)
@@ -514,11 +543,7 @@ def run_file(pipeline: FramePipeline, source, sink, progress=None, batch_size: i
         stop.set()
         for thread in threads:
             thread.join(timeout=30.0)  # the writer must be done before the sink is aborted
-        abort = getattr(sink, "abort", None)
-        if abort is not None:
-            abort()
-        else:
-            sink.close()
+        sink.abort()
         raise
     return stats
 
@@ -582,7 +607,7 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
     it). Returns a LiveReport; counts also go to stats.
     """
     stats = stats if stats is not None else pipeline.stats
-    rate = float(fps or getattr(source, "fps", 0) or 30.0)
+    rate = float(fps or source.fps or 30.0)
     period = 1.0 / rate
     report = LiveReport()
     to_worker = _LatestSlot()
@@ -592,7 +617,7 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
     stop = threading.Event()
     errors = []
     lock = threading.Lock()
-    paced = not getattr(source, "live", False)
+    paced = not source.live
 
     def capture():
         try:

@@ -14,7 +14,7 @@ import dataclasses
 import math
 import threading
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import cv2
 import numpy as np
@@ -137,6 +137,16 @@ def _close_open_detectors():
 
 # threading's exit hooks run last-registered first, so this runs before concurrent.futures stops
 # the dispatch threads MediaPipe needs to close a task; plain atexit would be too late.
+@runtime_checkable
+class Detector(Protocol):
+    """Finds faces in one RGB uint8 frame. timestamp_s: the frame's time, for detectors in video mode (they need it
+    to increase); None for a still."""
+
+    def detect(self, frame: np.ndarray, timestamp_s: Optional[float] = None) -> list[FaceDetection]: ...
+
+    def close(self) -> None: ...
+
+
 if hasattr(threading, "_register_atexit"):
     threading._register_atexit(_close_open_detectors)
 else:  # pragma: no cover
@@ -272,8 +282,7 @@ class FaceDetector:
 
 class NearAndFarDetector:
     """Recordings: BlazeFace short-range (faces near the camera, its keypoints are the better ones) plus
-    full-range for the faces far from it that short-range skips (under about a fifth of the frame width).
-    Same interface as FaceDetector."""
+    full-range for the faces far from it that short-range skips (under about a fifth of the frame width)."""
 
     def __init__(self, mode: str = "video", timeout_s: Optional[float] = None):
         self.near = FaceDetector(mode=mode, timeout_s=timeout_s)
@@ -504,8 +513,8 @@ class Tracker:
     person); update() returns one of them, the main face (kept while it is seen; else the largest central
     face, or choose_face's pick).
 
-    detector: anything with ``detect(frame, timestamp_s) -> list[FaceDetection]`` (default: the
-        vendored BlazeFace short-range in video mode; with far=True, short- and full-range together).
+    detector: a Detector (default: the vendored BlazeFace short-range in video mode; with far=True, short- and
+        full-range together).
     choose_face: ``choose_face(faces, frame) -> FaceDetection | None``: update()'s choice of main face.
     max_missed: frames a track survives without a detection (keeps the last keypoints), and only while the
         picture under it still looks like the face that was there (a cut or a person leaving ends it at once).
@@ -518,7 +527,7 @@ class Tracker:
 
     def __init__(
         self,
-        detector=None,
+        detector: Optional[Detector] = None,
         *,
         choose_face: Optional[ChooseFace] = None,
         max_missed: int = 2,
@@ -656,7 +665,7 @@ class Tracker:
         return self.track
 
     def close(self):
-        if self._owns_detector and hasattr(self.detector, "close"):
+        if self._owns_detector:
             self.detector.close()
 
     def __enter__(self):

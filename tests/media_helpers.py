@@ -145,6 +145,7 @@ class FakeCamera:
     run_live, it paces itself)."""
 
     live = True
+    device = None
 
     def __init__(self, frames, fps=30.0):
         self.frames = list(frames)
@@ -159,7 +160,10 @@ class FakeCamera:
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            yield SourceFrame(frame, index / float(self.fps), index)
+            yield SourceFrame(frame.copy(), index / float(self.fps), index)  # a camera's buffer is new each time
+
+    def close(self):
+        pass
 
 
 class FaultyCamera:
@@ -192,7 +196,7 @@ class FaultyCamera:
             delay = start + index / float(self.fps) - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            yield SourceFrame(self.frames[index % len(self.frames)], index / float(self.fps), index)
+            yield SourceFrame(self.frames[index % len(self.frames)].copy(), index / float(self.fps), index)
             index += 1
 
     def close(self):
@@ -207,6 +211,7 @@ class RecordingSink:
         self.timestamps = []
         self.arrivals = []
         self.closed = False
+        self.aborted = False
 
     def write(self, image, timestamp=None):
         self.frames.append(np.array(image, copy=True))
@@ -215,6 +220,9 @@ class RecordingSink:
 
     def close(self):
         self.closed = True
+
+    def abort(self):
+        self.aborted = True
 
 
 class FakeVideoCapture:

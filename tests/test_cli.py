@@ -32,7 +32,9 @@ from media_helpers import (  # noqa: E402
     write_frameless_clip,
 )
 
-from instantrestore.plugin import engine, home, jobs, vcam  # noqa: E402
+from instantrestore.plugin import camera as camera_command  # noqa: E402
+from instantrestore.plugin import engine, enroll, home, vcam, video  # noqa: E402
+from instantrestore.runtime import align  # noqa: E402
 from instantrestore.plugin.errors import PluginError  # noqa: E402
 from instantrestore.plugin.cli import main  # noqa: E402
 from instantrestore.runtime import Profile  # noqa: E402
@@ -217,9 +219,9 @@ def test_a_face_small_in_a_large_photo_is_found(canvas, scale):
 
     photo, _ = placed_face(canvas, scale, (0.3 * canvas[0], 0.2 * canvas[1]))
     with FaceDetector(mode="image", timeout_s=60.0) as detector:
-        faces = jobs.find_faces(photo, 128, detector)
+        faces = align.find_faces(photo, 128, detector)
         assert len(faces) == 1 and faces[0].face_size == pytest.approx(102 * scale, rel=0.15)
-        assert jobs.find_faces(np.ascontiguousarray(cv2.resize(no_face_image(), canvas)), 128, detector) == []
+        assert align.find_faces(np.ascontiguousarray(cv2.resize(no_face_image(), canvas)), 128, detector) == []
 
 
 def test_enroll_lists_every_bad_photo_in_one_line(in_state, bad_photos, capsys):
@@ -254,7 +256,7 @@ def test_enroll_checks_every_photo_even_tiny_and_damaged_ones(in_state, selfies,
 def test_enroll_takes_a_16_bit_grey_photo_with_its_full_range(in_state, tmp_path, capsys):
     grey = cv2.cvtColor(astronaut(), cv2.COLOR_RGB2GRAY).astype(np.uint16) * 257  # 16-bit, the full range
     Image.fromarray(grey).save(tmp_path / "grey16.png")
-    image = jobs.read_image(tmp_path / "grey16.png")
+    image = enroll.read_image(tmp_path / "grey16.png")
     assert image.shape == (512, 512, 3)
     np.testing.assert_array_equal(image[..., 0], grey // 257)  # not clipped to white
     code, _, err = run(capsys, "enroll", tmp_path / "grey16.png", "--name", "grey")
@@ -273,7 +275,8 @@ def test_noise_is_not_enrolled_as_a_face(in_state, tmp_path, capsys):
 def test_what_can_fail_is_reported_before_the_model_loads(in_state, tiny_release, selfies, recording_backend,
                                                             tmp_path, monkeypatch, capsys):
     loads = []
-    monkeypatch.setattr(jobs, "load_engine", lambda *args, **kwargs: loads.append(args))
+    for command in (enroll, video, camera_command):
+        monkeypatch.setattr(command, "load_engine", lambda *args, **kwargs: loads.append(args))
     frameless = write_frameless_clip(tmp_path / "frameless.mkv")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -550,8 +553,8 @@ def test_camera_from_a_file_into_a_recording_virtual_camera(in_state, clip, reco
 
 def test_live_camera_shows_the_raw_feed_while_the_model_loads(in_state, clip, recording_backend, monkeypatch, capsys):
     frames = read_frames(clip)
-    monkeypatch.setattr(jobs, "open_input", lambda spec, size, fps: FakeCamera(frames * 20, fps=CLIP_FPS))
-    real_load = jobs.load_engine
+    monkeypatch.setattr(camera_command, "open_input", lambda spec, size, fps: FakeCamera(frames * 20, fps=CLIP_FPS))
+    real_load = camera_command.load_engine
 
     def slow_load(*args, **kwargs):
         import time
@@ -559,7 +562,7 @@ def test_live_camera_shows_the_raw_feed_while_the_model_loads(in_state, clip, re
         time.sleep(0.5)  # a model that takes a while to load
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(jobs, "load_engine", slow_load)
+    monkeypatch.setattr(camera_command, "load_engine", slow_load)
     code, _, err = run(capsys, "camera", "--profile", "me", "--vcam-backend", "recording", "--max-frames", 6,
                        "--backend", "torch")
     assert code == 0, err
@@ -585,15 +588,15 @@ def test_an_unplugged_camera_is_retried_and_the_call_goes_on(in_state, clip, rec
             raise PluginError("cannot open camera 0")
         return FaultyCamera(frames, fps=CLIP_FPS)
 
-    real_load = jobs.load_engine
+    real_load = camera_command.load_engine
 
     def load_engine(*args, **kwargs):
         engine = real_load(*args, **kwargs)
         loaded.set()
         return engine
 
-    monkeypatch.setattr(jobs, "open_input", open_input)
-    monkeypatch.setattr(jobs, "load_engine", load_engine)
+    monkeypatch.setattr(camera_command, "open_input", open_input)
+    monkeypatch.setattr(camera_command, "load_engine", load_engine)
     code, _, err = run(capsys, "camera", "--profile", "me", "--vcam-backend", "recording", "--max-frames", 20,
                        "--backend", "torch")
     assert code == 0, err
@@ -862,7 +865,7 @@ def test_unexpected_errors_are_one_line_too(in_state, monkeypatch, capsys):
     def explode(*args, **kwargs):
         raise RuntimeError("something\nbroke")
 
-    monkeypatch.setattr(jobs, "restore_video", explode)
+    monkeypatch.setattr(video, "restore_video", explode)
     code, _, err = run(capsys, "video", "a.mp4", "-o", "b.mp4", "--profile", "me")
     assert code == 1 and "Traceback" not in err
     assert err.strip().splitlines() == [

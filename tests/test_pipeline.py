@@ -279,28 +279,31 @@ def test_file_mode_restores_the_next_frame_while_writing_the_last(tmp_path):
 class _FailingSource:
     """Yields the frames of a clip, then fails partway like a damaged file."""
 
+    live, device = False, None
+
     def __init__(self, clip, fail_after):
-        self.frames = list(FileSource(clip))[:fail_after]
+        source = FileSource(clip)
+        self.width, self.height, self.fps = source.width, source.height, source.fps
+        self.frames = list(source)[:fail_after]
         self.frame_count = 20
 
     def __iter__(self):
         yield from self.frames
         raise MediaError("talk.mp4: the file ends early (damaged)")
 
+    def close(self):
+        pass
+
 
 class _FailingSink(RecordingSink):
     def __init__(self, fail_at):
         super().__init__()
         self.fail_at = fail_at
-        self.aborted = False
 
     def write(self, image, timestamp=None):
         if len(self.frames) == self.fail_at:
             raise MediaError("disk full")
         super().write(image, timestamp)
-
-    def abort(self):
-        self.aborted = True
 
 
 @pytest.mark.parametrize("failing", ["source", "sink"])

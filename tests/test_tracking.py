@@ -261,6 +261,9 @@ class ScriptedDetector:
         self.calls += 1
         return [] if faces is None else list(faces)
 
+    def close(self):
+        pass
+
 
 def fake_face(cx, cy, size=100.0, score=0.9):
     template = align.FACE_TEMPLATE - 0.5

@@ -224,8 +224,8 @@ def test_cancel_leaves_no_partial_file(panel_home, media, selfies_profile):
     from instantrestore.plugin import ui
 
     ui.outputs_dir().mkdir(parents=True, exist_ok=True)
-    job = ui.RecordingJob(in_path=media["clip"], out_path=ui.outputs_dir() / "cancelled.mp4",
-                          profile_name=selfies_profile, blend=1.0, overwrite=False)
+    job = ui.RecordingJob(ui.VideoOptions(media["clip"], ui.outputs_dir() / "cancelled.mp4", selfies_profile,
+                                          blend=1.0, overwrite=False))
     job.cancel.set()  # taken at the first written frame
     job.join(timeout=240)
     assert job.error == "cancelled; nothing was written"

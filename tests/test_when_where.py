@@ -18,7 +18,7 @@ from people import astronaut  # noqa: E402
 
 from instantrestore.runtime.align import invert_matrix  # noqa: E402
 from instantrestore.runtime.identity import Identities, shared_recognizer  # noqa: E402
-from instantrestore.runtime.media import SourceFrame  # noqa: E402
+from instantrestore.runtime.media import MemorySource  # noqa: E402
 from instantrestore.runtime.pipeline import FramePipeline, run_file  # noqa: E402
 from instantrestore.runtime.tracking import FaceDetection, FaceDetector, Tracker  # noqa: E402
 
@@ -58,7 +58,7 @@ def live(pipeline, frames):
 def file_mode(pipeline, frames):
     sink = RecordingSink()
     try:
-        run_file(pipeline, [SourceFrame(frame, index / FPS, index) for index, frame in enumerate(frames)], sink)
+        run_file(pipeline, MemorySource(frames, FPS), sink)
     finally:
         pipeline.tracker.detector.close()
     return sink.frames
@@ -216,7 +216,7 @@ def test_file_mode_restores_a_face_far_from_the_camera(gallery):
                         identities=Identities(gallery))
     try:
         sink = RecordingSink()
-        run_file(far, [SourceFrame(f, i / FPS, i) for i, f in enumerate(frames)], sink)
+        run_file(far, MemorySource(frames, FPS), sink)
     finally:
         far.close()
     face = (slice(180, 240), slice(555, 615))  # the middle of her face

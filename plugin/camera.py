@@ -1,0 +1,290 @@
+"""`instantrestore camera`: the live virtual camera. The camera (or a video file played as one) goes in, the
+restored frames go out to the virtual camera call apps pick, and the camera's own frames go out while the model
+loads. Everything the user gave is checked before the slow model load."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from . import home, vcam
+from .engine import choose_engine, load_engine
+from .errors import PluginError
+from .progress import count_text, faces_line, rate_text, say
+
+
+@dataclasses.dataclass
+class CameraOptions:
+    """What `camera` was asked: whose faces to restore (one profile name or several); the input (a camera index,
+    device path or video file; default camera 0); the model (bundle, backend, device); the output's size
+    ("1280x720") and rate; the virtual camera's pyvirtualcam backend and device; when to stop; a preview window;
+    the stats log; the strength of the restored face."""
+
+    profile: str | list
+    input: Optional[str] = None
+    bundle: Optional[str] = None
+    backend: str = "auto"
+    device: Optional[str] = None
+    size: Optional[str] = None
+    fps: Optional[float] = None
+    vcam_backend: Optional[str] = None
+    vcam_device: Optional[str] = None
+    max_frames: Optional[int] = None
+    preview: bool = False
+    show_stats: bool = False
+    blend: float = 1.0
+
+
+def parse_size(text) -> Optional[tuple]:
+    if text is None:
+        return None
+    parts = str(text).lower().replace("*", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise PluginError(f"--size must look like 1280x720, got {text!r}")
+    width, height = int(parts[0]), int(parts[1])
+    if not (16 <= width <= 7680 and 16 <= height <= 4320):
+        raise PluginError(f"--size {width}x{height} is out of range")
+    return width, height
+
+
+def _is_device_node(path: Path) -> bool:
+    try:
+        return stat.S_ISCHR(path.stat().st_mode)
+    except OSError:
+        return False
+
+
+DEFAULT_CAMERA_SIZE = (1280, 720)  # what call apps send; OpenCV alone would open most webcams at 640x480
+
+
+def open_input(spec, size: Optional[tuple], fps: Optional[float]):
+    """A camera (index or device path; asked for `size`, else 1280x720) or a video file (played at its own
+    rate)."""
+    from instantrestore.runtime.media import CameraSource, CameraUnavailable, FileSource
+
+    spec = "0" if spec is None else str(spec)
+    path = Path(spec)
+    if spec.isdigit() or spec.startswith("/dev/") or _is_device_node(path):
+        if spec.startswith("/dev/") and not path.exists():
+            raise PluginError(f"--input {spec}: no such camera device")
+        try:
+            return CameraSource(int(spec) if spec.isdigit() else spec, size=size or DEFAULT_CAMERA_SIZE, fps=fps)
+        except CameraUnavailable as error:
+            raise PluginError(f"{error}; check that it exists and no other app is using it (`instantrestore doctor` "
+                              "lists cameras)") from None
+    if path.is_file():
+        return FileSource(path)
+    if path.is_dir():
+        raise PluginError(f"--input {spec}: is a folder, not a camera or video file")
+    raise PluginError(f"--input {spec}: no such camera index, device or video file")
+
+
+def _camera_device_path(source) -> Optional[str]:
+    device = source.device
+    if device is None:
+        return None
+    if isinstance(device, int) and vcam.platform_name() == "linux":
+        return f"/dev/video{device}"
+    return os.path.realpath(device) if isinstance(device, str) else None
+
+
+class Passthrough:
+    """Sends the camera's own frames to the virtual camera while the model loads (seconds; minutes
+    when TensorRT engines are built), so call apps can already list and select the device: with
+    v4l2loopback's exclusive_caps=1 it is only listed while it receives frames."""
+
+    def __init__(self, source, sink):
+        self.source = source
+        self.sink = sink
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="instantrestore-passthrough", daemon=True)
+
+    def _run(self):
+        try:
+            for item in self.source:
+                if self._stop.is_set():
+                    return
+                self.sink.write(item.image, item.time)
+                self.sent += 1
+        except Exception:  # noqa: BLE001 - the real run reports camera problems itself
+            return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        return False
+
+
+class StatsLog:
+    """A sink that writes no frame: it says the pipeline's stats line every `every_s` seconds (--stats)."""
+
+    def __init__(self, stats, every_s: float = 2.0):
+        self.stats, self.every_s = stats, every_s
+        self._last = time.monotonic()
+
+    def write(self, image, timestamp=None):
+        if time.monotonic() - self._last >= self.every_s:
+            say("stats: " + self.stats.format_line())
+            self._last = time.monotonic()
+
+    def close(self):
+        pass
+
+    abort = close
+
+
+class LiveControl:
+    """Another thread's handle on a running `run_camera` (the panel): stop it, change the strength or the profiles
+    without a restart, see each shown frame through on_frame(raw, shown, latency_s)."""
+
+    def __init__(self, on_frame=None):
+        self.stop = threading.Event()
+        self.on_frame = on_frame
+        self.camera_name = None  # what call apps list, once the virtual camera is open
+        self.pipeline = None  # once the model is loaded
+        self.blend = None  # a strength set while the model loads, applied when it is live
+        self._engine = self._bundle = None
+
+    def set_blend(self, blend: float) -> None:
+        if not (0.0 <= blend <= 1.0):
+            raise PluginError(f"--blend must be between 0 and 1, got {blend}")
+        self.blend = float(blend)
+        if self.pipeline is not None:
+            self.pipeline.compositor.blend = float(blend)  # read at every frame's paste
+
+    def set_profile(self, names) -> None:
+        """Restore these people (one profile name or several) from the next frames on."""
+        from instantrestore.runtime.pipeline import identities_of
+
+        if self.pipeline is None:
+            raise PluginError("the model is still loading; change the profile when the camera is live")
+        profiles = home.load_profiles(names, self._bundle)
+        restorers = {name: self._engine.crop_restorer(profile) for name, profile in profiles.items()}
+        identities = identities_of(profiles, live=True)
+        previous = self.pipeline.identities
+        self.pipeline.restore, self.pipeline.identities = restorers, identities  # tracks are recognised anew
+        if previous is not None:
+            previous.close()
+
+
+def run_camera(options: CameraOptions, progress=say, control: Optional[LiveControl] = None) -> dict:
+    """Live restore from a camera or a file into the virtual camera until Ctrl+C, the end of the
+    file, `max_frames` captured frames, or control.stop; each enrolled person with their own profile."""
+    from instantrestore.runtime.media import (FittedSink, PreviewClosed, PreviewSink, SteadyCamera, TeeSink,
+                                              VirtualCameraSink, VirtualCameraUnavailable, display_problem)
+    from instantrestore.runtime.pipeline import face_pipeline, run_live
+
+    input_spec, fps, max_frames, blend = options.input, options.fps, options.max_frames, options.blend
+    backend, device, show_stats = options.backend, options.device, options.show_stats
+    size = parse_size(options.size)
+    if fps is not None and not (1 <= fps <= 240):
+        raise PluginError(f"--fps must be between 1 and 240, got {fps}")
+    if max_frames is not None and max_frames < 1:
+        raise PluginError(f"--max-frames must be at least 1, got {max_frames}")
+    if not (0.0 <= blend <= 1.0):
+        raise PluginError(f"--blend must be between 0 and 1, got {blend}")
+    if options.preview and (problem := display_problem()):
+        raise PluginError(f"--preview: {problem}; run without --preview (the virtual camera needs no display)")
+    bundle = home.resolve_bundle(options.bundle)
+    profiles = home.load_profiles(options.profile, bundle)
+    choose_engine(bundle, backend, device)  # a backend that cannot run here is said before anything opens
+
+    with contextlib.ExitStack() as stack:
+        source = open_input(input_spec, size, fps)
+        if source.live:  # a hung or unplugged camera is reopened, not the end of the call's video
+            source = SteadyCamera(lambda: open_input(input_spec, size, fps), camera=source, notify=progress)
+        stack.callback(source.close)
+        out_size = size or (source.width, source.height)
+        out_fps = float(fps or source.fps or 30)
+        if source.live is False:
+            progress(f"playing {Path(str(input_spec)).name} at {rate_text(source.fps)} fps as the camera")
+
+        backends = vcam.available_backends()
+        if options.vcam_backend is None and not backends:
+            _explain_missing_camera(progress)
+            raise PluginError(f"no virtual camera backend on this system; {vcam.missing_camera_summary()}")
+        try:
+            camera_sink = VirtualCameraSink(out_size[0], out_size[1], out_fps, backend=options.vcam_backend,
+                                            device=options.vcam_device)
+        except VirtualCameraUnavailable as error:
+            if options.vcam_backend is not None and options.vcam_backend not in backends:
+                raise PluginError(f"{error}") from None
+            _explain_missing_camera(progress)
+            raise PluginError(f"{error}; {vcam.missing_camera_summary()}") from None
+        stack.callback(camera_sink.close)
+        input_device = _camera_device_path(source)
+        if input_device is not None and camera_sink.device and input_device == os.path.realpath(str(camera_sink.device)):
+            raise PluginError(f"the input {input_device} is the virtual camera itself; pick your real camera with --input")
+
+        shown_as = vcam.camera_name_in_apps(camera_sink.backend, camera_sink.device)
+        if control is not None:
+            control.camera_name = shown_as
+        progress(f"virtual camera: {camera_sink.device} ({camera_sink.backend}) {out_size[0]}x{out_size[1]} at "
+                 f"{rate_text(out_fps)} fps; pick \"{shown_as}\" in your call app. Ctrl+C stops.")
+        def load_and_warm_up():
+            engine = load_engine(bundle, backend, device, None, progress)
+            restorers = {name: engine.crop_restorer(profile) for name, profile in profiles.items()}
+            # the first restore pays for CUDA-graph capture, autotuning or the first engine run: not on air
+            for restore_crops in restorers.values():
+                restore_crops(np.zeros((1, engine.crop_size, engine.crop_size, 3), np.uint8))
+            return engine, restorers
+
+        if source.live:
+            progress("it shows your camera as it is until the model is loaded")
+            with Passthrough(source, FittedSink(camera_sink, out_size)):
+                restorer, restorers = load_and_warm_up()
+        else:
+            restorer, restorers = load_and_warm_up()
+        pipeline = stack.enter_context(face_pipeline(profiles, restorers, restorer.crop_size, blend))
+        if control is not None:
+            control._engine, control._bundle, control.pipeline = restorer, bundle, pipeline
+            if control.blend is not None:
+                pipeline.compositor.blend = control.blend
+        sinks = [camera_sink]
+        if options.preview:
+            sinks.append(stack.enter_context(contextlib.closing(PreviewSink(
+                overlay=pipeline.stats.draw if show_stats else None))))
+        if show_stats:
+            sinks.append(StatsLog(pipeline.stats))
+        output = FittedSink(TeeSink(*sinks), out_size)
+        stopped_by = "end of input"
+        try:
+            report = run_live(pipeline, source, output, max_frames=max_frames, fps=out_fps,
+                              halt=control.stop if control else None, on_frame=control.on_frame if control else None)
+            if max_frames is not None and report.captured >= max_frames:
+                stopped_by = count_text(max_frames, "frame")
+            elif control is not None and control.stop.is_set():
+                stopped_by = "user"
+        except (KeyboardInterrupt, PreviewClosed):
+            report = None
+            stopped_by = "user"
+        summary = pipeline.stats.summary()
+        sent = camera_sink.frames_written
+        progress(f"stopped ({stopped_by}): {count_text(sent, 'frame')} sent to the virtual camera"
+                 + (f", {report.processed} restored, {report.dropped} dropped, {report.repeated} repeated, "
+                    f"latency {report.mean_latency_s * 1000:.0f} ms mean" if report is not None else ""))
+        progress(faces_line(summary))
+        if show_stats:
+            progress("stats: " + pipeline.stats.format_line())
+        return {"sent": sent, "report": report, "stats": summary}
+
+
+def _explain_missing_camera(progress) -> None:
+    for line in vcam.setup_instructions():
+        progress(line)
+    note = vcam.environment_note()
+    if note:
+        progress(note)

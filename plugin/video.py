@@ -1,0 +1,110 @@
+"""`instantrestore video`: one recording restored into a new file, audio kept. The input, the output and the
+profiles are checked before the slow model load, and a failed or cancelled run leaves no output behind."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from . import home
+from .engine import load_engine
+from .errors import PluginError
+from .progress import ProgressBar, count_text, faces_line, rate_text, say
+
+
+@dataclasses.dataclass
+class VideoOptions:
+    """What `video` was asked: the recording, the file to write, whose faces to restore (one profile name or
+    several), the model (bundle, backend, device), frames per restorer call, strength, replacing the output."""
+
+    input: str
+    output: str
+    profile: str | list
+    bundle: Optional[str] = None
+    backend: str = "auto"
+    device: Optional[str] = None
+    batch_size: int = 1
+    blend: float = 1.0
+    overwrite: bool = False
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return b.exists() and os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def restore_video(options: VideoOptions, progress=say, frame_progress=None, on_frame=None) -> dict:
+    """Restore every frame of the input into the output (audio copied), each enrolled person's face with their
+    profile; an existing output is replaced only with `overwrite`. Returns a summary dict. frame_progress(done,
+    total) replaces the terminal's progress bar and on_frame(raw, restored) sees each frame (the panel); an
+    exception either raises cancels the run, leaving no output."""
+    from instantrestore.runtime.artifacts import output_target
+    from instantrestore.runtime.media import FileSink, FileSource
+    from instantrestore.runtime.pipeline import restore_recording
+
+    in_path, out_path = Path(options.input), Path(options.output)
+    blend, batch_size = options.blend, options.batch_size
+    if not in_path.exists():
+        raise PluginError(f"{in_path}: file not found")
+    if in_path.is_dir():
+        raise PluginError(f"{in_path}: is a folder, not a video")
+    if _same_file(in_path, out_path):
+        raise PluginError(f"the output {out_path} is the input video; choose another output file")
+    if out_path.is_dir():
+        raise PluginError(f"the output {out_path} is a folder; give a file name such as {out_path / in_path.name}")
+    folder = out_path.parent if str(out_path.parent) else Path(".")
+    if not folder.is_dir():
+        raise PluginError(f"the output folder {folder} does not exist")
+    if output_target(out_path).exists() and not options.overwrite:
+        raise PluginError(f"the output {out_path} exists; pass --overwrite to replace it")
+    if not (0.0 <= blend <= 1.0):
+        raise PluginError(f"--blend must be between 0 and 1, got {blend}")
+    if batch_size < 1:
+        raise PluginError(f"--batch-size must be at least 1, got {batch_size}")
+    bundle = home.resolve_bundle(options.bundle)
+    profiles = home.load_profiles(options.profile, bundle)
+    source = FileSource(in_path)
+    if out_path.exists():
+        progress(f"{out_path} exists; it will be replaced when the new file is complete")
+    if source.hdr:
+        progress(f"note: {in_path.name} is HDR (PQ/HLG); the restored copy is 8-bit SDR H.264, so its colours look "
+                 "flatter than the original's on an HDR screen")
+
+    # The output is opened (as a temp file) before the slow model load, so a bad name fails at once.
+    sink = FileSink(out_path, like=source)
+    try:
+        restorer = load_engine(bundle, options.backend, options.device, None, progress)
+    except BaseException:
+        sink.abort()
+        raise
+    started = time.monotonic()
+    bar = ProgressBar(f"restoring {in_path.name}") if frame_progress is None else None
+    try:
+        restorers = {name: restorer.crop_restorer(profile) for name, profile in profiles.items()}
+        stats = restore_recording(restorers, profiles, restorer.crop_size, source, sink, blend, batch_size,
+                                  progress=bar if bar is not None else frame_progress, on_frame=on_frame)
+    except BaseException:
+        sink.abort()  # covers a failure before the recording starts (the restorers)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    summary = stats.summary()
+    frames = sink.frames_written
+    elapsed = time.monotonic() - started
+    no_face, not_finite = int(summary.get("no_face", 0)), int(summary.get("not_finite", 0))
+    if not_finite:
+        progress(f"warning: the model's output was not finite (NaN or infinite) in {not_finite} of {frames} frames; "
+                 "they were left as they were. The model bundle or its engines may be damaged: export again")
+    progress(f"wrote {out_path}: {count_text(frames, 'frame')} at {rate_text(source.fps)} fps in {elapsed:.1f} s "
+             f"({frames / elapsed if elapsed else 0:.2f} frames/s); face restored in {frames - no_face - not_finite} "
+             f"of {frames}")
+    progress(faces_line(summary))
+    return {"frames": frames, "no_face": no_face, "not_finite": not_finite, "seconds": elapsed, "stats": summary}
