@@ -96,38 +96,6 @@ def _camera_device_path(source) -> Optional[str]:
     return os.path.realpath(device) if isinstance(device, str) else None
 
 
-class Passthrough:
-    """Sends the camera's own frames to the virtual camera while the model loads (seconds; minutes
-    when TensorRT engines are built), so call apps can already list and select the device: with
-    v4l2loopback's exclusive_caps=1 it is only listed while it receives frames."""
-
-    def __init__(self, source, sink):
-        self.source = source
-        self.sink = sink
-        self.sent = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="instantrestore-passthrough", daemon=True)
-
-    def _run(self):
-        try:
-            for item in self.source:
-                if self._stop.is_set():
-                    return
-                self.sink.write(item.image, item.time)
-                self.sent += 1
-        except Exception:  # noqa: BLE001 - the real run reports camera problems itself
-            return
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self._stop.set()
-        self._thread.join(timeout=5.0)
-        return False
-
-
 class StatsLog:
     """A sink that writes no frame: it says the pipeline's stats line every `every_s` seconds (--stats)."""
 
@@ -185,7 +153,7 @@ def run_camera(options: CameraOptions, progress=say, control: Optional[LiveContr
     file, `max_frames` captured frames, or control.stop; each enrolled person with their own profile."""
     from instantrestore.runtime.media import (FittedSink, PreviewClosed, PreviewSink, SteadyCamera, TeeSink,
                                               VirtualCameraSink, VirtualCameraUnavailable, display_problem)
-    from instantrestore.runtime.pipeline import face_pipeline, run_live
+    from instantrestore.runtime.pipeline import Stages, face_pipeline, run_live
 
     input_spec, fps, max_frames, blend = options.input, options.fps, options.max_frames, options.blend
     backend, device, show_stats = options.backend, options.device, options.show_stats
@@ -243,9 +211,18 @@ def run_camera(options: CameraOptions, progress=say, control: Optional[LiveContr
             return engine, restorers
 
         if source.live:
+            # the camera's own frames meanwhile (seconds; minutes when TensorRT engines are built), so call apps can
+            # already list and select the device: with v4l2loopback's exclusive_caps=1 it is only listed while it
+            # receives frames. Its failures are not reported: the restoring run meets them again and says them.
             progress("it shows your camera as it is until the model is loaded")
-            with Passthrough(source, FittedSink(camera_sink, out_size)):
+            loaded, passthrough = threading.Event(), Stages()
+            passthrough.start(lambda: run_live(None, source, FittedSink(camera_sink, out_size), halt=loaded),
+                              "passthrough")
+            try:
                 restorer, restorers = load_and_warm_up()
+            finally:
+                loaded.set()
+                passthrough.join(timeout=5.0)
         else:
             restorer, restorers = load_and_warm_up()
         pipeline = stack.enter_context(face_pipeline(profiles, restorers, restorer.crop_size, blend))

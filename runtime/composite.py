@@ -169,15 +169,18 @@ def paste_back(
     return result
 
 
-def paste_many(frame, faces, *, blend: float = 1.0, color_match: bool = True) -> np.ndarray:
+def paste_many(frame, faces, *, blend: float = 1.0, color_match: bool = True,
+               out: Optional[np.ndarray] = None) -> np.ndarray:
     """Several restored faces of one frame pasted together: faces is a list of (restored_crop, matrix,
     original_crop, strength). Where masks overlap, the faces are mixed by their mask weights (normalised where
     they sum past 1) instead of one paste covering the other's edge: the result does not depend on their order
-    and shows no seam. Pixels no mask touches stay exactly as they were."""
+    and shows no seam. Pixels no mask touches stay exactly as they were. Returns a new frame, or writes into out,
+    which may be frame itself."""
     frame = np.asarray(frame)
     if len(faces) == 1:
         crop, matrix, original, strength = faces[0]
-        return paste_back(frame, crop, matrix, original_crop=original, blend=blend * strength, color_match=color_match)
+        return paste_back(frame, crop, matrix, original_crop=original, blend=blend * strength, color_match=color_match,
+                          out=out)
     layers = []
     for crop, matrix, original, strength in faces:
         size = crop.shape[0]
@@ -188,8 +191,11 @@ def paste_many(frame, faces, *, blend: float = 1.0, color_match: bool = True) ->
         if region is None or blend * strength <= 0.0:
             continue
         layers.append((crop, matrix, region, mask, blend * strength))
+    result = frame.copy() if out is None else out
+    if out is not None and out is not frame:
+        np.copyto(result, frame)
     if not layers:
-        return frame.copy()
+        return result
     x0, y0 = min(r[2][0] for r in layers), min(r[2][1] for r in layers)
     x1, y1 = max(r[2][2] for r in layers), max(r[2][3] for r in layers)
     size = (x1 - x0, y1 - y0)
@@ -206,7 +212,6 @@ def paste_many(frame, faces, *, blend: float = 1.0, color_match: bool = True) ->
     background = frame[y0:y1, x0:x1].astype(np.float32)
     scale = 1.0 / np.maximum(weight, 1.0)
     mixed = background * (1.0 - weight * scale)[:, :, None] + colour * scale[:, :, None]
-    result = frame.copy()
     touched = weight > 0
     result[y0:y1, x0:x1][touched] = np.clip(np.rint(mixed[touched]), 0, 255).astype(np.uint8)
     return result
@@ -221,9 +226,9 @@ class Compositor:
         self.blend = float(blend)
         self.color_match = bool(color_match)
 
-    def many(self, frame, faces) -> np.ndarray:
+    def many(self, frame, faces, out=None) -> np.ndarray:
         """paste_many: faces are (restored_crop, matrix, original_crop, strength)."""
-        return paste_many(frame, faces, blend=self.blend, color_match=self.color_match)
+        return paste_many(frame, faces, blend=self.blend, color_match=self.color_match, out=out)
 
     def __call__(self, frame, restored_crop, matrix, original_crop=None, out=None, strength: float = 1.0) -> np.ndarray:
         """strength (0..1) scales the blend: a face held over a missed detection fades out."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from .align import alignment_matrix, warp_to_crop
 from .composite import Compositor
+from .media import Sink, Source
 from .tracking import Tracker
 
 STAGES = ("decode", "track", "align", "restore", "composite", "encode")
@@ -359,9 +360,10 @@ class FramePipeline:
             crops[slots], finite[slots] = restored.crops, restored.finite
         return RestoredCrops(crops, finite)
 
-    def composite_batch(self, frames, located, restored: Optional[RestoredCrops]) -> list:
+    def composite_batch(self, frames, located, restored: Optional[RestoredCrops], in_place: bool = False) -> list:
         """Each frame with its restored faces pasted back; frames without a face, or whose restored faces are not
-        finite, are returned as they are."""
+        finite, are returned as they are. in_place: paste into the frames themselves (the runners, which own the
+        frames they decoded or captured) instead of into copies."""
         outputs, slot = list(frames), 0
         for index, frame_faces in enumerate(located):
             pastes = []
@@ -374,7 +376,8 @@ class FramePipeline:
                 slot += 1
             if pastes:
                 with self.stats.time("composite"):
-                    outputs[index] = self.compositor.many(frames[index], pastes)
+                    outputs[index] = self.compositor.many(frames[index], pastes,
+                                                          out=frames[index] if in_place else None)
         return outputs
 
     def close(self):
@@ -419,7 +422,7 @@ def restore_recording(restorers: dict, profiles: dict, crop_size: int, source, s
         raise
 
 
-def _timed_frames(source, stats: PipelineStats):
+def _timed_frames(source: Source, stats: PipelineStats):
     iterator = iter(source)
     while True:
         start = time.perf_counter()
@@ -433,6 +436,56 @@ def _timed_frames(source, stats: PipelineStats):
 
 class _Stopped(Exception):
     """Another stage of the run failed or was interrupted."""
+
+
+class Stages:
+    """The stages of one run, each on a thread of its own or on the caller's: the first error wins, sets `stop` so
+    the other stages end, and is what raise_first() raises. A stage that sees the run stopped ends quietly
+    (raising _Stopped, as its handoffs do, or returning)."""
+
+    def __init__(self):
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self._threads: list[threading.Thread] = []
+
+    def _guarded(self, body):
+        try:
+            body()
+        except _Stopped:
+            pass
+        except BaseException as error:  # handed to the caller, which stops the other stages
+            self.errors.append(error)
+            self.stop.set()
+
+    def start(self, body, name: str) -> None:
+        """Run body() on a thread of its own."""
+        thread = threading.Thread(target=self._guarded, args=(body,), name=f"instantrestore-{name}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def run(self, body) -> None:
+        """Run body() on this thread, as one of the stages."""
+        self._guarded(body)
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def raise_first(self) -> None:
+        if self.errors:
+            raise self.errors[0]
+
+
+@dataclasses.dataclass
+class Batch:
+    """Consecutive frames on their way through a run's stages: as the source gave them, with their faces once
+    located, with the restored crops once restored."""
+
+    frames: list  # SourceFrame
+    images: list  # each frame's checked image, which the restored faces are pasted into
+    located: list  # [LocatedFace, ...] per frame
+    restored: Optional[RestoredCrops] = None
+    captured_at: float = 0.0  # live: when the capture stage had it (for the latency)
 
 
 class _Handoff:
@@ -462,7 +515,8 @@ class _Handoff:
 _END = object()
 
 
-def run_file(pipeline: FramePipeline, source, sink, progress=None, batch_size: int = 1, on_frame=None) -> PipelineStats:
+def run_file(pipeline: FramePipeline, source: Source, sink: Sink, progress=None, batch_size: int = 1,
+             on_frame=None) -> PipelineStats:
     """Restore every frame of source, in order, into sink, then close the sink.
 
     Three stages overlap on three threads: decode + track + align, restore (this thread), composite +
@@ -476,49 +530,37 @@ def run_file(pipeline: FramePipeline, source, sink, progress=None, batch_size: i
         raise PipelineError(f"batch size must be at least 1, got {batch_size}")
     stats = pipeline.stats
     total = source.frame_count
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    to_restore, to_write = _Handoff(stop), _Handoff(stop)
-
-    def stage(body):
-        def run():
-            try:
-                body()
-            except _Stopped:
-                pass
-            except BaseException as error:  # handed to the caller, which stops the other stages
-                errors.append(error)
-                stop.set()
-        return run
+    stages = Stages()
+    to_restore, to_write = _Handoff(stages.stop), _Handoff(stages.stop)
 
     def prepare():
-        ahead, batch = pipeline.look_ahead(), []
+        ahead, placed = pipeline.look_ahead(), []
 
-        def add(placed):
-            for item, frame, located in placed:
-                batch.append((item, frame, located))
-                if len(batch) == batch_size:
-                    to_restore.put(tuple(map(list, zip(*batch))))
-                    batch.clear()
+        def add(done):
+            placed.extend(done)
+            while len(placed) >= batch_size:
+                to_restore.put(Batch(*map(list, zip(*placed[:batch_size]))))
+                del placed[:batch_size]
 
         for item in _timed_frames(source, stats):
             add(ahead.push(item, item.image, item.time))
         add(ahead.flush())
-        if batch:
-            to_restore.put(tuple(map(list, zip(*batch))))
+        if placed:
+            to_restore.put(Batch(*map(list, zip(*placed))))
         to_restore.put(_END)
 
     def restore():
-        while (work := to_restore.get()) is not _END:
-            batch, frames, located = work
-            to_write.put((batch, frames, located, pipeline.restore_located(located)))
+        while (batch := to_restore.get()) is not _END:
+            batch.restored = pipeline.restore_located(batch.located)
+            to_write.put(batch)
         to_write.put(_END)
 
     def finish():
         done = 0
-        while (work := to_write.get()) is not _END:
-            batch, frames, located, restored = work
-            for item, output in zip(batch, pipeline.composite_batch(frames, located, restored)):
+        while (batch := to_write.get()) is not _END:
+            # pasted into the decoded frames themselves, unless on_frame is to see them as they were
+            outputs = pipeline.composite_batch(batch.images, batch.located, batch.restored, in_place=on_frame is None)
+            for item, output in zip(batch.frames, outputs):
                 with stats.time("encode"):
                     sink.write(output, item.time)
                 stats.frame_done()
@@ -528,21 +570,16 @@ def run_file(pipeline: FramePipeline, source, sink, progress=None, batch_size: i
                 if progress is not None:
                     progress(done, total)
 
-    threads = [threading.Thread(target=stage(body), name=f"instantrestore-{body.__name__}", daemon=True)
-               for body in (prepare, finish)]
     try:
-        for thread in threads:
-            thread.start()
-        stage(restore)()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise errors[0]
+        stages.start(prepare, "prepare")
+        stages.start(finish, "finish")
+        stages.run(restore)
+        stages.join()
+        stages.raise_first()
         sink.close()
     except BaseException:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=30.0)  # the writer must be done before the sink is aborted
+        stages.stop.set()
+        stages.join(timeout=30.0)  # the writer must be done before the sink is aborted
         sink.abort()
         raise
     return stats
@@ -593,8 +630,8 @@ class _LatestSlot:
         return self._queue.qsize()
 
 
-def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = None, stats=None, fps=None,
-             halt: Optional[threading.Event] = None, on_frame=None) -> LiveReport:
+def run_live(pipeline: Optional[FramePipeline], source: Source, sink: Sink, max_frames: Optional[int] = None,
+             stats=None, fps=None, halt: Optional[threading.Event] = None, on_frame=None) -> LiveReport:
     """Camera-style run: capture + track + align, restore, and composite + output on separate threads.
 
     The capture thread tracks every frame and keeps only the newest for the restorer (older ones are
@@ -605,8 +642,11 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
     captured frames; setting `halt` (another thread) stops the run as soon as it can. on_frame(raw,
     shown, latency_s) sees each newly shown frame (a preview). The sink is left open (the caller owns
     it). Returns a LiveReport; counts also go to stats.
+
+    Without a pipeline (passthrough: the camera's own frames while the model loads, so call apps can already
+    list and pick the virtual camera) each captured frame is sent as it is, from the capture thread.
     """
-    stats = stats if stats is not None else pipeline.stats
+    stats = stats if stats is not None else pipeline.stats if pipeline is not None else PipelineStats()
     rate = float(fps or source.fps or 30.0)
     period = 1.0 / rate
     report = LiveReport()
@@ -614,8 +654,7 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
     to_output = _LatestSlot()
     capture_done = threading.Event()
     worker_done = threading.Event()
-    stop = threading.Event()
-    errors = []
+    stages = Stages()
     lock = threading.Lock()
     paced = not source.live
 
@@ -623,15 +662,19 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
         try:
             start = time.monotonic()
             for item in source:
-                if stop.is_set():
+                if stages.stop.is_set():
                     break
                 if paced:
                     delay = start + item.time - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
                 captured_at = time.monotonic()
+                if pipeline is None:
+                    sink.write(item.image, item.time)
+                    report.sent += 1
                 # tracked here, on every frame, so the worker only restores and the smoothing sees all motion
-                if to_worker.put((pipeline.locate_batch([item.image], [item.time]), captured_at)):
+                elif to_worker.put(Batch([item], *pipeline.locate_batch([item.image], [item.time]),
+                                         captured_at=captured_at)):
                     with lock:
                         report.dropped += 1
                     stats.count("dropped")
@@ -639,40 +682,33 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
                     report.captured += 1
                 if max_frames is not None and report.captured >= max_frames:
                     break
-        except BaseException as error:  # handed to the caller's thread
-            errors.append(error)
-            stop.set()
         finally:
             capture_done.set()
 
     def work():
         try:
-            while not stop.is_set():
+            while not stages.stop.is_set():
                 try:
-                    (frames, located), captured_at = to_worker.get(timeout=0.02)
+                    batch = to_worker.get(timeout=0.02)
                 except queue.Empty:
                     if capture_done.is_set() and to_worker.qsize() == 0:
                         break
                     continue
-                restored = pipeline.restore_located(located)
+                batch.restored = pipeline.restore_located(batch.located)
                 with lock:
                     report.processed += 1
-                if to_output.put(((frames, located, restored), captured_at)):
+                if to_output.put(batch):
                     with lock:
                         report.dropped += 1
                     stats.count("dropped")
-        except BaseException as error:
-            errors.append(error)
-            stop.set()
         finally:
             worker_done.set()
 
-    threads = [
-        threading.Thread(target=capture, name="instantrestore-capture", daemon=True),
-        threading.Thread(target=work, name="instantrestore-restore", daemon=True),
-    ]
-    for thread in threads:
-        thread.start()
+    stages.start(capture, "capture")
+    if pipeline is not None:
+        stages.start(work, "restore")
+    else:
+        worker_done = capture_done  # nothing comes to the output loop: it waits for the capture to end
 
     latencies = []
     last_output = None
@@ -680,7 +716,7 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
     last_was_fresh = True
     started = time.monotonic()
     try:
-        while not errors and not (halt is not None and halt.is_set()):
+        while not stages.errors and not (halt is not None and halt.is_set()):
             # A restored frame is sent as soon as it is ready. When none comes, the last one is sent
             # again: first after 1.25 periods (a little slack for a late result), then every period.
             if last_output is None:
@@ -691,7 +727,7 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
             # Read the flag before the mailbox: a result posted just before the worker ends is kept.
             finished = worker_done.is_set()
             try:
-                output, captured_at = to_output.get(timeout=wait) if wait > 0 else to_output.get_nowait()
+                batch = to_output.get(timeout=wait) if wait > 0 else to_output.get_nowait()
                 fresh = True
             except queue.Empty:
                 if finished:
@@ -700,10 +736,12 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
                     continue
                 fresh = False
             if fresh:  # compositing here lets the worker start on the next frame meanwhile
-                last_output = pipeline.composite_batch(*output)[0]
-                latencies.append(time.monotonic() - captured_at)
+                # pasted into the captured frame itself, unless on_frame is to see it as it was
+                last_output = pipeline.composite_batch(batch.images, batch.located, batch.restored,
+                                                       in_place=on_frame is None)[0]
+                latencies.append(time.monotonic() - batch.captured_at)
                 if on_frame is not None:
-                    on_frame(output[0][0], last_output, latencies[-1])
+                    on_frame(batch.frames[0].image, last_output, latencies[-1])
             else:
                 report.repeated += 1
                 stats.count("repeated")
@@ -714,13 +752,11 @@ def run_live(pipeline: FramePipeline, source, sink, max_frames: Optional[int] = 
             report.sent += 1
             stats.frame_done()
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=10.0)
+        stages.stop.set()
+        stages.join(timeout=10.0)
     report.duration_s = time.monotonic() - started
     if latencies:
         report.max_latency_s = max(latencies)
         report.mean_latency_s = sum(latencies) / len(latencies)
-    if errors:
-        raise errors[0]
+    stages.raise_first()
     return report

@@ -777,3 +777,80 @@ def test_file_mode_shows_each_frame_to_on_frame_and_an_error_there_leaves_no_out
     finally:
         close_all(pipeline)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]  # no partial file, no temp file
+
+
+# ------------------------------------------------------------------------------------------ the stage helper
+
+
+def test_the_first_stage_error_stops_the_others_and_is_raised():
+    from instantrestore.runtime.pipeline import Stages
+
+    stages, stopped = Stages(), threading.Event()
+
+    def waits():
+        stopped.set() if stages.stop.wait(timeout=10) else None
+
+    def fails():
+        time.sleep(0.05)
+        raise MediaError("disk full")
+
+    def fails_later():
+        stages.stop.wait(timeout=10)
+        raise RuntimeError("second")
+
+    stages.start(waits, "waits")
+    stages.start(fails_later, "later")
+    stages.run(fails)
+    stages.join(timeout=10)
+    assert stopped.is_set() and [type(error) for error in stages.errors] == [MediaError, RuntimeError]
+    with pytest.raises(MediaError, match="disk full"):
+        stages.raise_first()
+
+
+def test_work_items_flow_through_the_file_runner_in_order(tmp_path):
+    from instantrestore.runtime.media import MemorySource
+    from instantrestore.runtime.pipeline import Batch
+
+    batches = []
+    pipeline = make_pipeline()
+    restore_located = pipeline.restore_located
+
+    def noting(located):
+        batches.append(len(located))
+        return restore_located(located)
+
+    pipeline.restore_located = noting
+    frames = face_frames(7)
+    sink = RecordingSink()
+    try:
+        run_file(pipeline, MemorySource(frames, 25), sink, batch_size=3)
+    finally:
+        close_all(pipeline)
+    assert batches == [3, 3, 1] and sink.closed
+    assert sink.timestamps == [index / 25 for index in range(7)]
+    batch = Batch(frames=[], images=[], located=[])
+    assert batch.restored is None and batch.captured_at == 0.0
+
+
+def test_passthrough_sends_the_frames_as_they_are():
+    frames = face_frames(5)
+    sink = RecordingSink()
+    report = run_live(None, FakeCamera(frames, fps=50.0), sink)
+    assert report.captured == report.sent == 5 and report.processed == 0
+    for sent, frame in zip(sink.frames, frames):
+        np.testing.assert_array_equal(sent, frame)
+
+
+def test_live_preview_sees_the_raw_frame_unpasted():
+    seen = []
+    pipeline = make_pipeline()
+    frames = face_frames(10)
+    try:
+        run_live(pipeline, FakeCamera(frames, fps=20.0), RecordingSink(),
+                 on_frame=lambda raw, shown, latency: seen.append((raw.copy(), raw, shown)))
+    finally:
+        close_all(pipeline)
+    assert seen
+    for copied, raw, shown in seen:
+        np.testing.assert_array_equal(copied, raw)
+        assert raw is not shown and any(np.array_equal(raw, frame) for frame in frames)

@@ -40,9 +40,9 @@ def pipeline_for(gallery, tracker=None, record=None):
     if record is not None:  # where each face was pasted, per frame
         composite = pipeline.composite_batch
 
-        def noting(frames, located, restored):
+        def noting(frames, located, restored, **options):
             record.extend([[face.matrix for face in faces] for faces in located])
-            return composite(frames, located, restored)
+            return composite(frames, located, restored, **options)
 
         pipeline.composite_batch = noting
     return pipeline
