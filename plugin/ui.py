@@ -2,9 +2,9 @@
 without a terminal.
 
 The panel is one more client of the jobs the commands run (enroll.check_selfies, enroll.enroll,
-camera.run_camera, video.restore_video; doctor's checks): it holds no logic of its own beyond showing what they do. The long jobs
-run on a thread of their own; a timer on the page polls them. It serves on 127.0.0.1 only unless --host
-is given, and never makes a public share link: the camera feed and the selfies are private.
+camera.run_camera, video.restore_video; doctor's checks): it holds no logic of its own beyond showing what they
+do. The long jobs run on a thread of their own; a timer on the page polls them. It serves on 127.0.0.1 only
+unless --host is given, and never makes a public share link: the camera feed and the selfies are private.
 """
 
 from __future__ import annotations

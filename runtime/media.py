@@ -704,7 +704,8 @@ def fit_frame(image: np.ndarray, size: tuple) -> np.ndarray:
     import cv2
 
     shrinking = image.shape[1] > width
-    return cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return cv2.resize(np.ascontiguousarray(image), size,
+                      interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 class FittedSink:

@@ -70,8 +70,8 @@ def test_every_sink_is_a_sink(tmp_path, monkeypatch):
     pyvirtualcam.register_backend("instantrestore-test-recorder", RecordingVirtualCamera)
     monkeypatch.setattr(media, "display_problem", lambda: None)  # constructs it; no window opens
     virtual = VirtualCameraSink(64, 48, 30, backend="instantrestore-test-recorder")
-    sinks = [FileSink(tmp_path / "out.mp4", fps=25, size=(64, 48)), virtual, PreviewSink(), FittedSink(virtual, (32, 24)),
-             TeeSink(virtual), RecordingSink(), CountingSink(), StatsLog(PipelineStats())]
+    sinks = [FileSink(tmp_path / "out.mp4", fps=25, size=(64, 48)), virtual, PreviewSink(),
+             FittedSink(virtual, (32, 24)), TeeSink(virtual), RecordingSink(), CountingSink(), StatsLog(PipelineStats())]
     for sink in sinks:
         assert isinstance(sink, Sink), type(sink).__name__
     sinks[0].abort()
