@@ -149,7 +149,8 @@ def _config_problem(config: dict):
                 f"{config['vae_scale_factor']}")
     for i, layer in enumerate(config["shared_layers"]):
         if not (isinstance(layer, dict) and isinstance(layer.get("name"), str)
-                and whole(1, config["latent_size"] ** 2)(layer.get("tokens")) and whole(1, 65536)(layer.get("channels"))):
+                and whole(1, config["latent_size"] ** 2)(layer.get("tokens"))
+                and whole(1, 65536)(layer.get("channels"))):
             return f"shared_layers[{i}] is not a layer (name, tokens up to latent_size squared, channels)"
     return None
 

@@ -11,9 +11,8 @@ must export to ONNX and TensorRT.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +82,7 @@ class ModelConfig:
                 "clip_sample_range": self.clip_sample_range,
             },
             "enroller": {"timestep": self.reference_timestep, "alpha_cumprod": self.reference_alpha_cumprod},
-            "freeu": dataclasses.asdict(self.freeu),
+            "freeu": asdict(self.freeu),
             "use_adain": self.use_adain,
             "train_input": self.train_input,
             "max_references": self.reference_slots,
@@ -102,7 +101,7 @@ class ModelConfig:
             prompt=data["prompt"],
             restore_timestep=restorer["timestep"],
             reference_timestep=enroller["timestep"],
-            freeu=FreeUFactors(**{f.name: float(data["freeu"][f.name]) for f in dataclasses.fields(FreeUFactors)}),
+            freeu=FreeUFactors(**{f.name: float(data["freeu"][f.name]) for f in fields(FreeUFactors)}),
             use_adain=data["use_adain"],
             train_input=data["train_input"],
             reference_slots=data["max_references"],
@@ -366,7 +365,8 @@ class RestorerNet(_Diffusion):
 
     def __init__(self, unet, vae, prompt_embedding, config: ModelConfig, latent_size: int):
         super().__init__(unet, vae, prompt_embedding, config, latent_size, config.restore_timestep,
-                         config.restore_alpha_cumprod, lambda: SharedAttnProcessor(config.use_adain, config.train_input))
+                         config.restore_alpha_cumprod,
+                         lambda: SharedAttnProcessor(config.use_adain, config.train_input))
         self.prediction_type = config.prediction_type
         self.clip_sample_range = config.clip_sample_range if config.clip_sample else None
 
@@ -431,7 +431,8 @@ def _module_from_weights(cls, config: dict, weights: dict, device, dtype, allowe
     missing, unexpected = module.load_state_dict(weights, strict=False, assign=True)
     missing = [k for k in missing if not k.startswith(tuple(allowed_missing))]
     if missing or unexpected:
-        raise ValueError(f"{cls.__name__} weights do not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(f"{cls.__name__} weights do not fit its config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
     for prefix in allowed_missing:  # parts that are never run are dropped rather than left on meta
         if hasattr(module, prefix):
             setattr(module, prefix, None)
@@ -446,7 +447,8 @@ def build_net(bundle, graph: str, device="cpu", dtype=torch.float32) -> Restorer
         raise ValueError(f"unknown network {graph!r}; a bundle has a restorer and an enroller")
     config = bundle.config
     prompt = bundle.tensors("prompt_embedding", device).pop("").to(dtype)
-    unet = _module_from_weights(UNet2DConditionModel, config["unet_config"], bundle.tensors(f"{graph}.unet."), device, dtype)
+    unet_weights = bundle.tensors(f"{graph}.unet.")
+    unet = _module_from_weights(UNet2DConditionModel, config["unet_config"], unet_weights, device, dtype)
     if graph == "restorer":
         vae = _module_from_weights(AutoencoderKL, config["vae_config"], bundle.tensors("restorer.vae."), device, dtype)
         return RestorerNet(unet, vae, prompt, bundle.model, bundle.latent_size).to(device)

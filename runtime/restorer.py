@@ -107,7 +107,8 @@ class Restorer:
         images = self._check_images(images, "images")
         if isinstance(profile, torch.Tensor):
             profile = self.enroll(profile)
-        out = self.backend.restore(images, self._noise(noise, images.shape[0], restore_noise), self.layer_inputs(profile))
+        noise = self._noise(noise, images.shape[0], restore_noise)
+        out = self.backend.restore(images, noise, self.layer_inputs(profile))
         return out.to(device=images.device, dtype=images.dtype)
 
     def crop_restorer(self, profile: Profile):
