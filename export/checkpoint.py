@@ -3,6 +3,7 @@ model bundle: LoRA merged into plain weights, only what restore and enroll need,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -17,12 +18,8 @@ from safetensors.torch import save_file
 from instantrestore.runtime.artifacts import new_temp, sha256_file
 from instantrestore.runtime.bundle import (BUNDLE_FORMAT, BUNDLE_VERSION, CONFIG_NAME, DTYPES, WEIGHTS_NAME,
                                           content_id)
-from instantrestore.runtime.network import shared_layer_names, up_block_resolution
+from instantrestore.runtime.network import ModelConfig, shared_layer_names, up_block_resolution
 
-PROMPT = "A high-quality photo of a person; professional, 8k"
-RESTORE_TIMESTEP = 249
-REFERENCE_TIMESTEP = 1
-FREEU = {"b1": 1.4, "b2": 1.6, "s1": 0.9, "s2": 0.2}
 # adapter name of each LoRA-wrapped net in the release
 ADAPTERS = {"unet": "default", "vae": "vae_skip"}
 BASE_FILES = ["unet/config.json", "text_encoder/config.json", "tokenizer/*", "scheduler/scheduler_config.json"]
@@ -185,7 +182,7 @@ def _read_json(path: Path, what: str) -> dict:
         raise CheckpointError(f"{what}: cannot read {path} ({e})") from None
 
 
-def _prompt_embedding(base: Path, text_weights: dict[str, torch.Tensor]) -> torch.Tensor:
+def _prompt_embedding(base: Path, text_weights: dict[str, torch.Tensor], prompt: str) -> torch.Tensor:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
@@ -197,7 +194,7 @@ def _prompt_embedding(base: Path, text_weights: dict[str, torch.Tensor]) -> torc
     if stray:
         raise CheckpointError(f"text encoder weights do not fit the base's config: {stray[:5]}")
     length = min(tokenizer.model_max_length, encoder.config.max_position_embeddings)  # 77 for CLIP
-    ids = tokenizer(PROMPT, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
     with torch.inference_mode():
         return encoder.eval()(ids.input_ids)[0].float().clone()
 
@@ -212,14 +209,15 @@ def text_encoder_keys(weights: dict, nested: bool) -> dict:
     return renamed
 
 
-def model_flags(cfg: dict) -> tuple[dict, list[str]]:
-    """use_adain, train_input and max_references from the checkpoint's cfg, and the names of the flags it
-    lacked (those take the authors' ModelConfig defaults)."""
+def model_config(cfg: dict) -> tuple[ModelConfig, list[str]]:
+    """The model config the checkpoint's cfg describes (use_adain, train_input and the reference slots; the
+    rest is the method's), and the names of the flags it lacked (those take the authors' ModelConfig
+    defaults)."""
     model_cfg = cfg.get("model") or {}
     assumed = [name for name in AUTHORS_DEFAULT_FLAGS if name not in model_cfg]
     flags = {name: bool(model_cfg.get(name, default)) for name, default in AUTHORS_DEFAULT_FLAGS.items()}
-    flags["max_references"] = int((cfg.get("data") or {}).get("max_conditioning_images", 4))
-    return flags, assumed
+    slots = int((cfg.get("data") or {}).get("max_conditioning_images", 4))
+    return ModelConfig(**flags, reference_slots=slots), assumed
 
 
 def _check_fits(cls, config: dict, weights: dict, what: str, optional=()):
@@ -273,11 +271,11 @@ def import_checkpoint(checkpoint=DEFAULT_CHECKPOINT, base="stabilityai/sd-turbo"
     _check_fits(AutoencoderKL, vae_config, original_vae, "reference VAE", optional=encoder_only)
     report(progress, f"merged {unet_loras} UNet and {vae_loras} VAE LoRA modules")
 
+    model, assumed = model_config(cfg)
     report(progress, "encoding the prompt")
-    prompt_embedding = _prompt_embedding(base_dir, nets["text_encoder"])
-    flags, assumed = model_flags(cfg)
+    prompt_embedding = _prompt_embedding(base_dir, nets["text_encoder"], model.prompt)
     for name in assumed:
-        report(progress, f"the checkpoint's cfg does not set {name}: assuming {str(flags[name]).lower()}, "
+        report(progress, f"the checkpoint's cfg does not set {name}: assuming {str(getattr(model, name)).lower()}, "
                          "the default of the authors' ModelConfig")
     unknown = sorted(k for k, v in model_cfg.items() if k not in KNOWN_MODEL_CFG and v is True)
     if unknown:
@@ -293,14 +291,15 @@ def import_checkpoint(checkpoint=DEFAULT_CHECKPOINT, base="stabilityai/sd-turbo"
     }
     nets = {"restorer.unet.": unet, "restorer.vae.": vae_weights, "enroller.unet.": nets["original_unet"],
             "enroller.vae.": original_vae}
-    return write_bundle(out, unet_module, vae_module, scheduler_config, flags, nets, prompt_embedding, dtype,
+    return write_bundle(out, unet_module, vae_module, scheduler_config, model, nets, prompt_embedding, dtype,
                         source, progress)
 
 
-def write_bundle(out, unet, vae, scheduler_config: dict, flags: dict, nets: dict, prompt_embedding, dtype: str,
-                 source: dict, progress=None) -> Path:
+def write_bundle(out, unet, vae, scheduler_config: dict, model: ModelConfig, nets: dict, prompt_embedding,
+                 dtype: str, source: dict, progress=None) -> Path:
     """Write a bundle: `nets` maps a key prefix ("restorer.unet.", ...) to plain merged weights; `unet` and
-    `vae` are modules (meta is fine) of the architecture; flags: use_adain, train_input, max_references."""
+    `vae` are modules (meta is fine) of the architecture; `model` is written with the noise schedule's
+    values at its timesteps taken from `scheduler_config`, the base's."""
     from diffusers import DDPMScheduler
 
     if dtype not in DTYPES:
@@ -310,6 +309,14 @@ def write_bundle(out, unet, vae, scheduler_config: dict, flags: dict, nets: dict
     if scheduler.config.thresholding:
         raise CheckpointError("the base's scheduler uses dynamic thresholding, which a one-step restorer cannot apply")
     alphas = scheduler.alphas_cumprod
+    model = dataclasses.replace(
+        model,
+        restore_alpha_cumprod=float(alphas[model.restore_timestep]),
+        reference_alpha_cumprod=float(alphas[model.reference_timestep]),
+        prediction_type=scheduler.config.prediction_type,
+        clip_sample=bool(scheduler.config.clip_sample),
+        clip_sample_range=float(scheduler.config.clip_sample_range),
+    )
     unet_config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
     vae_config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
     scale_factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
@@ -335,17 +342,7 @@ def write_bundle(out, unet, vae, scheduler_config: dict, flags: dict, nets: dict
         "vae_scale_factor": scale_factor,
         "unet_config": unet_config,
         "vae_config": vae_config,
-        "restorer": {
-            "timestep": RESTORE_TIMESTEP,
-            "alpha_cumprod": float(alphas[RESTORE_TIMESTEP]),
-            "prediction_type": scheduler.config.prediction_type,
-            "clip_sample": bool(scheduler.config.clip_sample),
-            "clip_sample_range": float(scheduler.config.clip_sample_range),
-        },
-        "enroller": {"timestep": REFERENCE_TIMESTEP, "alpha_cumprod": float(alphas[REFERENCE_TIMESTEP])},
-        "freeu": FREEU,
-        **flags,
-        "prompt": PROMPT,
+        **model.to_dict(),
         "shared_layers": layers,
         "source": {**source, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     }

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from instantrestore.runtime.network import ModelConfig
+
 from .checkpoint import write_bundle
 
 SD_TURBO_UNET = dict(
@@ -65,6 +67,5 @@ def write_random_bundle(kind: str, out, dtype="float16", seed=0, device="cpu", p
     encoder = {k: v.clone() for k, v in vae_weights.items() if not k.startswith(("decoder.", "post_quant_conv."))}
     nets = {"restorer.unet.": unet_weights, "restorer.vae.": vae_weights,
             "enroller.unet.": {k: v.clone() for k, v in unet_weights.items()}, "enroller.vae.": encoder}
-    flags = {"use_adain": True, "train_input": False, "max_references": 4}
-    return write_bundle(out, unet, vae, SD_TURBO_SCHEDULER, flags, nets, prompt.cpu(), dtype,
+    return write_bundle(out, unet, vae, SD_TURBO_SCHEDULER, ModelConfig(), nets, prompt.cpu(), dtype,
                         {"random": kind, "seed": seed}, progress)

@@ -25,6 +25,7 @@ import torch
 
 from instantrestore.runtime import load_bundle, load_restorer
 from instantrestore.runtime.artifacts import state_dir
+from instantrestore.runtime.network import restore_noise
 
 from .progress import say
 
@@ -88,7 +89,7 @@ def bench_model(restorer, refs: int = 4, batch: int = 1, frames: int = 30, warmu
 
     net = getattr(backend, "restorer_net", None)
     if net is not None:  # torch: each part on its own, eagerly
-        noise = restorer._noise(None, batch, per_item=False).to(device, backend.dtype)
+        noise = restore_noise(batch, restorer.latent_shape).to(device, backend.dtype)
         with torch.inference_mode():
             latents = net.noisy_latents(images, noise)
             result["encode_ms"] = median_ms(lambda: net.noisy_latents(images, noise), device, frames, warmup)

@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .artifacts import MAX_REFERENCES, remembered_sha256, sha256_remembered
+from .artifacts import remembered_sha256, sha256_remembered
+from .network import ModelConfig, ModelConfigError
+from .schema import instance_of, schema_problem, whole
 
 BUNDLE_FORMAT = "instantrestore-bundle"
 BUNDLE_VERSION = 1
@@ -28,40 +30,17 @@ class BundleError(Exception):
     """A model bundle is missing, incomplete, damaged or of another format."""
 
 
-def _whole(low, high):
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
-
-
-def _real(low, high):
-    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high
-
-
-def _is(kind):
-    return lambda v: isinstance(v, kind)
-
-
-# config.json's schema: dotted field -> (check, what it must be). Cross-field rules are in _config_problem.
+# config.json's schema besides the model config's (network.MODEL_SCHEMA): dotted field -> (check, what it must
+# be). Cross-field rules are in _config_problem.
 SCHEMA = {
     "bundle_id": (lambda v: isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v), "a 64-digit hex content hash"),
     "dtype": (lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
-    "crop_size": (_whole(*CROP_SIZES), f"a whole number from {CROP_SIZES[0]} to {CROP_SIZES[1]}"),
-    "latent_size": (_whole(1, CROP_SIZES[1]), "a positive whole number"),
-    "vae_scale_factor": (lambda v: _whole(1, 64)(v) and v & (v - 1) == 0, "a power of two"),
-    "max_references": (_whole(1, MAX_REFERENCES), f"a whole number from 1 to {MAX_REFERENCES}"),
-    "use_adain": (_is(bool), "true or false"),
-    "train_input": (_is(bool), "true or false"),
-    "prompt": (_is(str), "text"),
-    "unet_config": (_is(dict), "an object"),
-    "vae_config": (_is(dict), "an object"),
-    "vae_config.latent_channels": (_whole(1, 64), "a whole number from 1 to 64"),
-    "restorer.timestep": (_whole(0, 999), "a whole number from 0 to 999"),
-    "restorer.alpha_cumprod": (_real(1e-6, 1.0), "a number in (0, 1]"),
-    "restorer.prediction_type": (lambda v: v in ("epsilon", "v_prediction", "sample"), "epsilon, v_prediction or sample"),
-    "restorer.clip_sample": (_is(bool), "true or false"),
-    "restorer.clip_sample_range": (_real(1e-6, 1e6), "a positive number"),
-    "enroller.timestep": (_whole(0, 999), "a whole number from 0 to 999"),
-    "enroller.alpha_cumprod": (_real(1e-6, 1.0), "a number in (0, 1]"),
-    **{f"freeu.{k}": (_real(0.0, 10.0), "a number from 0 to 10") for k in ("b1", "b2", "s1", "s2")},
+    "crop_size": (whole(*CROP_SIZES), f"a whole number from {CROP_SIZES[0]} to {CROP_SIZES[1]}"),
+    "latent_size": (whole(1, CROP_SIZES[1]), "a positive whole number"),
+    "vae_scale_factor": (lambda v: whole(1, 64)(v) and v & (v - 1) == 0, "a power of two"),
+    "unet_config": (instance_of(dict), "an object"),
+    "vae_config": (instance_of(dict), "an object"),
+    "vae_config.latent_channels": (whole(1, 64), "a whole number from 1 to 64"),
     "shared_layers": (lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of layers"),
 }
 
@@ -69,7 +48,8 @@ SCHEMA = {
 @dataclass
 class Bundle:
     path: Path
-    config: dict
+    config: dict  # config.json as read
+    model: ModelConfig  # what the method computes with, from the config
 
     @property
     def bundle_id(self) -> str:
@@ -98,28 +78,6 @@ class Bundle:
     @property
     def layer_shapes(self) -> list[tuple[int, int]]:
         return [(layer["tokens"], layer["channels"]) for layer in self.config["shared_layers"]]
-
-    @property
-    def reference_slots(self) -> int:
-        """Fewer references than this are repeated in turn up to it (the release trains with 4)."""
-        return int(self.config["max_references"])
-
-    def settings(self) -> dict:
-        """The flat settings the networks are built from."""
-        c = self.config
-        return {
-            "latent_size": self.latent_size,
-            "freeu": c["freeu"],
-            "use_adain": bool(c["use_adain"]),
-            "train_input": bool(c["train_input"]),
-            "timestep": int(c["restorer"]["timestep"]),
-            "alpha_cumprod": float(c["restorer"]["alpha_cumprod"]),
-            "prediction_type": c["restorer"]["prediction_type"],
-            "clip_sample": bool(c["restorer"]["clip_sample"]),
-            "clip_sample_range": float(c["restorer"]["clip_sample_range"]),
-            "ref_timestep": int(c["enroller"]["timestep"]),
-            "ref_alpha_cumprod": float(c["enroller"]["alpha_cumprod"]),
-        }
 
     def tensors(self, prefix: str, device="cpu") -> dict[str, torch.Tensor]:
         """All stored tensors whose key starts with `prefix`, with the prefix removed."""
@@ -165,7 +123,7 @@ def load_bundle(path) -> Bundle:
     if content_id(config, sha256_remembered(weights)) != config["bundle_id"]:
         raise BundleError(f"{path} was changed or damaged after export: its files do not match its bundle id; "
                           "export it again")
-    return Bundle(path=path, config=config)
+    return Bundle(path=path, config=config, model=ModelConfig.from_dict(config))
 
 
 def content_id(config: dict, weights_sha256: str) -> str:
@@ -179,20 +137,20 @@ def content_id(config: dict, weights_sha256: str) -> str:
 
 def _config_problem(config: dict):
     """What is wrong with a bundle config, in words, or None."""
-    for field, (check, must_be) in SCHEMA.items():
-        value = config
-        for part in field.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        if value is None:
-            return f"{field} is missing"
-        if not check(value):
-            return f"{field} is {json.dumps(value)[:40]}, it must be {must_be}"
+    problem = schema_problem(config, SCHEMA)
+    if problem:
+        return problem
+    try:
+        ModelConfig.from_dict(config)
+    except ModelConfigError as e:
+        return str(e)
     if config["crop_size"] != config["latent_size"] * config["vae_scale_factor"]:
         return (f"crop_size {config['crop_size']} is not latent_size {config['latent_size']} x vae_scale_factor "
                 f"{config['vae_scale_factor']}")
     for i, layer in enumerate(config["shared_layers"]):
         if not (isinstance(layer, dict) and isinstance(layer.get("name"), str)
-                and _whole(1, config["latent_size"] ** 2)(layer.get("tokens")) and _whole(1, 65536)(layer.get("channels"))):
+                and whole(1, config["latent_size"] ** 2)(layer.get("tokens"))
+                and whole(1, 65536)(layer.get("channels"))):
             return f"shared_layers[{i}] is not a layer (name, tokens up to latent_size squared, channels)"
     return None
 

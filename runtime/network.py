@@ -1,21 +1,136 @@
 """The InstantRestore network: a one-step restorer with shared-image attention, and the enroller that
-computes the reference keys and values it attends to.
+computes the reference keys and values it attends to. The whole method is here: its configuration (the
+paper's values), FreeU, both halves of AdaIN, the reference padding, the noise rule and the two attention
+processors, so checking it against the paper takes this one file.
 
-Both are built from plain diffusers modules (UNet2DConditionModel, AutoencoderKL) holding merged weights.
-Shared attention and FreeU are added with an attention processor and forward pre-hooks, so the modules
-and their state-dict keys stay exactly diffusers'. Nothing here uses an FFT: the graphs must export to
-ONNX and TensorRT.
+Both nets are built from plain diffusers modules (UNet2DConditionModel, AutoencoderKL) holding merged
+weights. Shared attention and FreeU are added with attention processors and forward pre-hooks, so the
+modules and their state-dict keys stay exactly diffusers'. Nothing here uses an FFT at run time: the graphs
+must export to ONNX and TensorRT.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .artifacts import MAX_REFERENCES
+from .errors import InstantRestoreError
+from .schema import instance_of, real, schema_problem, whole
+
+PROMPT = "A high-quality photo of a person; professional, 8k"
+# The authors' code hard-codes AdaIN's epsilon; no checkpoint varies it, so bundles do not store it.
 ADAIN_EPS = 1e-5
+NOISE_SEED = 0
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+# ------------------------------------------------------------------------------------- configuration
+
+
+class ModelConfigError(InstantRestoreError, ValueError):
+    """A model configuration value is missing or not what the method can run with."""
+
+
+@dataclass(frozen=True)
+class FreeUFactors:
+    """FreeU's backbone (b) and skip (s) factors for the first two decoder blocks."""
+
+    b1: float = 1.4
+    b2: float = 1.6
+    s1: float = 0.9
+    s2: float = 0.2
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything the nets compute with besides their weights and architecture; the defaults are the
+    paper's and the release's. The noise schedule's values at the two timesteps are the base scheduler's
+    (defaults: SD-Turbo's scaled-linear DDPM schedule); export writes its base's own.
+
+    A bundle's config.json holds it under the names bundles have always used (to_dict, from_dict)."""
+
+    prompt: str = PROMPT
+    restore_timestep: int = 249
+    reference_timestep: int = 1
+    freeu: FreeUFactors = FreeUFactors()
+    use_adain: bool = True
+    train_input: bool = False  # the input's own K/V are attended to before the references'
+    reference_slots: int = 4  # fewer references are repeated in turn up to this (the release trains with 4)
+    restore_alpha_cumprod: float = 0.6754320859909058  # alphas_cumprod[restore_timestep]
+    reference_alpha_cumprod: float = 0.9982960224151611  # alphas_cumprod[reference_timestep]
+    prediction_type: str = "epsilon"
+    clip_sample: bool = False
+    clip_sample_range: float = 1.0
+
+    def __post_init__(self):
+        problem = schema_problem(self.to_dict(), MODEL_SCHEMA)
+        if problem:
+            raise ModelConfigError(problem)
+
+    def to_dict(self) -> dict:
+        """The config as config.json holds it."""
+        return {
+            "restorer": {
+                "timestep": self.restore_timestep,
+                "alpha_cumprod": self.restore_alpha_cumprod,
+                "prediction_type": self.prediction_type,
+                "clip_sample": self.clip_sample,
+                "clip_sample_range": self.clip_sample_range,
+            },
+            "enroller": {"timestep": self.reference_timestep, "alpha_cumprod": self.reference_alpha_cumprod},
+            "freeu": asdict(self.freeu),
+            "use_adain": self.use_adain,
+            "train_input": self.train_input,
+            "max_references": self.reference_slots,
+            "prompt": self.prompt,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        """The config in `data`, a bundle's config.json (whose other keys are the bundle's own); a missing or
+        bad value is a ModelConfigError naming its field."""
+        problem = schema_problem(data, MODEL_SCHEMA)
+        if problem:
+            raise ModelConfigError(problem)
+        restorer, enroller = data["restorer"], data["enroller"]
+        return cls(
+            prompt=data["prompt"],
+            restore_timestep=restorer["timestep"],
+            reference_timestep=enroller["timestep"],
+            freeu=FreeUFactors(**{f.name: float(data["freeu"][f.name]) for f in fields(FreeUFactors)}),
+            use_adain=data["use_adain"],
+            train_input=data["train_input"],
+            reference_slots=data["max_references"],
+            restore_alpha_cumprod=float(restorer["alpha_cumprod"]),
+            reference_alpha_cumprod=float(enroller["alpha_cumprod"]),
+            prediction_type=restorer["prediction_type"],
+            clip_sample=restorer["clip_sample"],
+            clip_sample_range=float(restorer["clip_sample_range"]),
+        )
+
+
+# config.json's model fields: dotted field -> (check, what it must be)
+MODEL_SCHEMA = {
+    "max_references": (whole(1, MAX_REFERENCES), f"a whole number from 1 to {MAX_REFERENCES}"),
+    "use_adain": (instance_of(bool), "true or false"),
+    "train_input": (instance_of(bool), "true or false"),
+    "prompt": (instance_of(str), "text"),
+    "restorer.timestep": (whole(0, 999), "a whole number from 0 to 999"),
+    "restorer.alpha_cumprod": (real(1e-6, 1.0), "a number in (0, 1]"),
+    "restorer.prediction_type": (lambda v: v in PREDICTION_TYPES, "epsilon, v_prediction or sample"),
+    "restorer.clip_sample": (instance_of(bool), "true or false"),
+    "restorer.clip_sample_range": (real(1e-6, 1e6), "a positive number"),
+    "enroller.timestep": (whole(0, 999), "a whole number from 0 to 999"),
+    "enroller.alpha_cumprod": (real(1e-6, 1.0), "a number in (0, 1]"),
+    **{f"freeu.{k}": (real(0.0, 10.0), "a number from 0 to 10") for k in ("b1", "b2", "s1", "s2")},
+}
+
+
+# ------------------------------------------------------------------------------------------- layers
 
 
 def shared_layer_names(unet: nn.Module) -> list[str]:
@@ -87,7 +202,39 @@ class FreeU(nn.Module):
         return hook
 
 
+# ---------------------------------------------------------------------------------------------- AdaIN
+# With use_adain each reference's values are re-normalised to the input's, per channel over tokens:
+# V_r' = (V_r - mean(V_r)) / (std(V_r) + eps) * (std(V_in) + eps) + mean(V_in), std unbiased. The
+# references' half is computed once at enrollment and stored; the input's half runs in every frame.
+
+
+def reference_statistics(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Enrollment: per-reference, per-channel mean and std over tokens of V (N, T, C), in float32."""
+    v = values.float()
+    return v.mean(dim=1, keepdim=True), v.std(dim=1, keepdim=True)
+
+
+def normalise_references(values: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The references' half: their values (N, T, C) moved to zero mean and unit std, in float32."""
+    return (values.float() - mean) / (std + ADAIN_EPS)
+
+
+def renormalise_to_input(normalised: torch.Tensor, input_values: torch.Tensor) -> torch.Tensor:
+    """The input's half: normalised reference values (1, T_r, C) given the per-channel statistics of the
+    input's values (B, T, C); (B, T_r, C)."""
+    mean = input_values.mean(dim=1, keepdim=True)
+    std = input_values.std(dim=1, keepdim=True)
+    return normalised * (std + ADAIN_EPS) + mean
+
+
 # ------------------------------------------------------------------------------------ shared attention
+
+
+def _projections(attn, hidden_states, encoder_hidden_states, attention_mask):
+    """Query, key and value (B, T, C) of a shared layer's input, which must be plain self-attention."""
+    if hidden_states.ndim != 3 or encoder_hidden_states is not None or attention_mask is not None:
+        raise ValueError("shared attention expects plain self-attention on (B, T, C) tokens")
+    return attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
 
 
 def _attention(attn, query, key, value):
@@ -100,52 +247,78 @@ def _attention(attn, query, key, value):
     return attn.to_out[1](attn.to_out[0](out))
 
 
-class SharedAttnProcessor:
-    """Self-attention for one shared decoder layer.
+class RecordAttnProcessor:
+    """An enroller's shared layer: ordinary self-attention that also keeps its keys and values (after the
+    projection, before the head split) in `recorded`, where the enroller collects them after each pass."""
 
-    mode "record" (enroller): ordinary self-attention that also keeps its K and V (after projection).
-    mode "shared" (restorer): queries from the input; keys and values from the references (`refs`, set
-    before each forward), preceded by the input's own when `train_input`; reference values re-normalised
-    to the input's value statistics when `use_adain` (the references' own normalisation is precomputed).
-    """
-
-    def __init__(self, mode: str, use_adain: bool = False, train_input: bool = False):
-        self.mode = mode
-        self.use_adain = use_adain
-        self.train_input = train_input
-        self.refs: tuple[torch.Tensor, torch.Tensor] | None = None
+    def __init__(self):
         self.recorded: list[torch.Tensor] = []
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
-        if hidden_states.ndim != 3 or encoder_hidden_states is not None or attention_mask is not None:
-            raise ValueError("shared attention expects plain self-attention on (B, T, C) tokens")
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-        if self.mode == "record":
-            self.recorded += [key, value]
-            return _attention(attn, query, key, value)
+        query, key, value = _projections(attn, hidden_states, encoder_hidden_states, attention_mask)
+        self.recorded += [key, value]
+        return _attention(attn, query, key, value)
 
-        ref_k, ref_v = self.refs  # (N, T, C) each; ref_v already normalised when use_adain
+
+class SharedAttnProcessor:
+    """A restorer's shared layer: queries from the input; keys and values from the references (`refs`,
+    (N, T, C) each, bound by the restorer around each pass), preceded by the input's own with train_input.
+    With use_adain the reference values come normalised and take the input's value statistics here."""
+
+    def __init__(self, use_adain: bool, train_input: bool):
+        self.use_adain = use_adain
+        self.train_input = train_input
+        self.refs: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        query, key, value = _projections(attn, hidden_states, encoder_hidden_states, attention_mask)
+        ref_k, ref_v = self.refs
         batch, channels = hidden_states.shape[0], ref_k.shape[-1]
         ref_k = ref_k.reshape(1, -1, channels).expand(batch, -1, -1)
         ref_v = ref_v.reshape(1, -1, channels)
-        if self.use_adain:
-            mean = value.mean(dim=1, keepdim=True)
-            std = value.std(dim=1, keepdim=True)
-            ref_v = ref_v * (std + ADAIN_EPS) + mean
-        else:
-            ref_v = ref_v.expand(batch, -1, -1)
+        ref_v = renormalise_to_input(ref_v, value) if self.use_adain else ref_v.expand(batch, -1, -1)
         if self.train_input:
             ref_k = torch.cat([key, ref_k], dim=1)
             ref_v = torch.cat([value, ref_v], dim=1)
         return _attention(attn, query, ref_k, ref_v)
 
 
-def value_statistics(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-reference, per-channel mean and (unbiased) std over tokens of V (N, T, C), in float32."""
-    v = values.float()
-    return v.mean(dim=1, keepdim=True), v.std(dim=1, keepdim=True)
+# -------------------------------------------------------------------------------- references and noise
+
+
+def reference_order(count: int, slots: int) -> list[int]:
+    """Which enrolled reference fills each slot: fewer than `slots` are repeated in turn (3 of 4 slots:
+    0, 1, 2, 0), as the release trains; more are all attended to."""
+    return [i % count for i in range(max(slots, count))]
+
+
+def reference_inputs(config: ModelConfig, keys, values, value_means, value_stds) -> list[torch.Tensor]:
+    """The restorer's flat k_0, v_0, k_1, v_1, ... from the enrolled references' K/V (N, T_l, C_l) per
+    layer: padded to the config's slots, the values normalised with their enrollment statistics when the
+    restorer re-normalises them per frame (use_adain)."""
+    out = []
+    for k, v, mean, std in zip(keys, values, value_means, value_stds):
+        order = reference_order(k.shape[0], config.reference_slots)
+        if config.use_adain:
+            v = normalise_references(v, mean, std)
+        out += [k[order], v[order]]
+    return out
+
+
+def seeded_noise(shape, seed: int = NOISE_SEED) -> torch.Tensor:
+    """A fixed float32 CPU noise tensor for a seed: the same numbers on every machine."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+
+
+def restore_noise(batch: int, latent_shape, seed: int = NOISE_SEED) -> torch.Tensor:
+    """The restorer's noise: one fixed tensor for every frame and every batch slot (the release draws it
+    afresh per call, which flickers in video)."""
+    return seeded_noise((1, *latent_shape), seed).expand(batch, *latent_shape)
+
+
+def enroll_noise(count: int, latent_shape, seed: int = NOISE_SEED) -> torch.Tensor:
+    """The enroller's noise: one per reference."""
+    return seeded_noise((count, *latent_shape), seed)
 
 
 # ------------------------------------------------------------------------------------------ the nets
@@ -153,9 +326,11 @@ def value_statistics(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class _Diffusion(nn.Module):
     """What restorer and enroller share: a VAE encoder to latent means, the noise schedule at one
-    timestep, a UNet with FreeU and shared-layer processors, the stored prompt embedding."""
+    timestep, a UNet with FreeU and a processor (made by `processor`) in each shared layer, the stored
+    prompt embedding."""
 
-    def __init__(self, unet, vae, prompt_embedding, settings: dict, timestep: int, alpha_cumprod: float, mode):
+    def __init__(self, unet, vae, prompt_embedding, config: ModelConfig, latent_size: int, timestep: int,
+                 alpha_cumprod: float, processor):
         super().__init__()
         self.unet = unet
         self.vae = vae
@@ -164,15 +339,13 @@ class _Diffusion(nn.Module):
         self.sqrt_alpha = math.sqrt(alpha_cumprod)
         self.sqrt_one_minus_alpha = math.sqrt(1.0 - alpha_cumprod)
         self.scaling_factor = float(vae.config.scaling_factor)
-        freeu = settings["freeu"]
-        self.freeu = FreeU(unet, settings["latent_size"], freeu["b1"], freeu["b2"], freeu["s1"], freeu["s2"])
+        f = config.freeu
+        self.freeu = FreeU(unet, latent_size, f.b1, f.b2, f.s1, f.s2)
         self.layer_names = shared_layer_names(unet)
-        self.processors = [
-            SharedAttnProcessor(mode, settings["use_adain"], settings["train_input"]) for _ in self.layer_names
-        ]
+        self.processors = [processor() for _ in self.layer_names]
         modules = dict(unet.named_modules())
-        for name, processor in zip(self.layer_names, self.processors):
-            modules[name].set_processor(processor)
+        for name, layer_processor in zip(self.layer_names, self.processors):
+            modules[name].set_processor(layer_processor)
 
     def noisy_latents(self, images: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         moments = self.vae.encoder(images)
@@ -190,10 +363,12 @@ class _Diffusion(nn.Module):
 class RestorerNet(_Diffusion):
     """forward(images, noise, k_0, v_0, ..., k_{L-1}, v_{L-1}) -> restored images in [-1, 1]."""
 
-    def __init__(self, unet, vae, prompt_embedding, settings: dict):
-        super().__init__(unet, vae, prompt_embedding, settings, settings["timestep"], settings["alpha_cumprod"], "shared")
-        self.prediction_type = settings["prediction_type"]
-        self.clip_sample_range = settings["clip_sample_range"] if settings["clip_sample"] else None
+    def __init__(self, unet, vae, prompt_embedding, config: ModelConfig, latent_size: int):
+        super().__init__(unet, vae, prompt_embedding, config, latent_size, config.restore_timestep,
+                         config.restore_alpha_cumprod,
+                         lambda: SharedAttnProcessor(config.use_adain, config.train_input))
+        self.prediction_type = config.prediction_type
+        self.clip_sample_range = config.clip_sample_range if config.clip_sample else None
 
     def predicted_original(self, sample: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
         a, b = self.sqrt_alpha, self.sqrt_one_minus_alpha
@@ -230,12 +405,11 @@ class RestorerNet(_Diffusion):
 
 class EnrollerNet(_Diffusion):
     """forward(refs, noise) -> (k_0, v_0, ..., k_{L-1}, v_{L-1}), each (N, T_l, C_l): the frozen UNet's
-    self-attention keys and values of the shared layers for each reference at t = 1."""
+    self-attention keys and values of the shared layers for each reference at the reference timestep."""
 
-    def __init__(self, unet, vae, prompt_embedding, settings: dict):
-        super().__init__(
-            unet, vae, prompt_embedding, settings, settings["ref_timestep"], settings["ref_alpha_cumprod"], "record"
-        )
+    def __init__(self, unet, vae, prompt_embedding, config: ModelConfig, latent_size: int):
+        super().__init__(unet, vae, prompt_embedding, config, latent_size, config.reference_timestep,
+                         config.reference_alpha_cumprod, RecordAttnProcessor)
 
     def forward(self, refs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
         try:
@@ -257,7 +431,8 @@ def _module_from_weights(cls, config: dict, weights: dict, device, dtype, allowe
     missing, unexpected = module.load_state_dict(weights, strict=False, assign=True)
     missing = [k for k in missing if not k.startswith(tuple(allowed_missing))]
     if missing or unexpected:
-        raise ValueError(f"{cls.__name__} weights do not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(f"{cls.__name__} weights do not fit its config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
     for prefix in allowed_missing:  # parts that are never run are dropped rather than left on meta
         if hasattr(module, prefix):
             setattr(module, prefix, None)
@@ -272,15 +447,16 @@ def build_net(bundle, graph: str, device="cpu", dtype=torch.float32) -> Restorer
         raise ValueError(f"unknown network {graph!r}; a bundle has a restorer and an enroller")
     config = bundle.config
     prompt = bundle.tensors("prompt_embedding", device).pop("").to(dtype)
-    unet = _module_from_weights(UNet2DConditionModel, config["unet_config"], bundle.tensors(f"{graph}.unet."), device, dtype)
+    unet_weights = bundle.tensors(f"{graph}.unet.")
+    unet = _module_from_weights(UNet2DConditionModel, config["unet_config"], unet_weights, device, dtype)
     if graph == "restorer":
         vae = _module_from_weights(AutoencoderKL, config["vae_config"], bundle.tensors("restorer.vae."), device, dtype)
-        return RestorerNet(unet, vae, prompt, bundle.settings()).to(device)
+        return RestorerNet(unet, vae, prompt, bundle.model, bundle.latent_size).to(device)
     vae = _module_from_weights(  # the enroller only encodes
         AutoencoderKL, config["vae_config"], bundle.tensors("enroller.vae."), device, dtype,
         allowed_missing=("decoder", "post_quant_conv"),
     )
-    return EnrollerNet(unet, vae, prompt, bundle.settings()).to(device)
+    return EnrollerNet(unet, vae, prompt, bundle.model, bundle.latent_size).to(device)
 
 
 def build_nets(bundle, device="cpu", dtype=torch.float32) -> tuple[RestorerNet, EnrollerNet]:

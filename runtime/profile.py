@@ -1,5 +1,6 @@
 """Identity profiles: the references' keys and values per shared layer (with their AdaIN statistics),
-computed once at enrollment, stored as safetensors with the aligned reference thumbnails."""
+computed once at enrollment (network.py says how), stored as safetensors with the aligned reference
+thumbnails."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .artifacts import atomic_path
-from .network import ADAIN_EPS, value_statistics
 
 PROFILE_FORMAT = "instantrestore-profile"
 
@@ -35,26 +35,9 @@ class Profile:
         self.thumbnails = thumbnails
         self.metadata = dict(metadata or {})
 
-    @classmethod
-    def from_references(cls, bundle_id, keys, values, thumbnails, metadata=None, embeddings=None) -> "Profile":
-        stats = [value_statistics(v) for v in values]
-        return cls(bundle_id, keys, values, [m for m, _ in stats], [s for _, s in stats], thumbnails, metadata,
-                   embeddings)
-
     @property
     def count(self) -> int:
         return self.keys[0].shape[0]
-
-    def layer_inputs(self, use_adain: bool, min_refs: int, device, dtype) -> list[torch.Tensor]:
-        """The flat k_0, v_0, k_1, v_1, ... list the restorer takes: references repeated in turn up to
-        `min_refs`, values pre-normalised when the network re-normalises them per frame (AdaIN)."""
-        order = [i % self.count for i in range(max(min_refs, self.count))]
-        out = []
-        for k, v, mean, std in zip(self.keys, self.values, self.value_means, self.value_stds):
-            if use_adain:
-                v = (v.float() - mean) / (std + ADAIN_EPS)
-            out += [k[order].to(device=device, dtype=dtype), v[order].to(device=device, dtype=dtype)]
-        return out
 
     def save(self, path) -> Path:
         tensors = {"thumbnails": self.thumbnails.contiguous()}

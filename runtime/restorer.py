@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from .bundle import DTYPES, load_bundle
+from .network import enroll_noise, reference_inputs, reference_statistics, restore_noise
 from .pipeline import RestoredCrops
 from .profile import Profile, ProfileError
 
-DEFAULT_SEED = 0
 THUMBNAIL_SIZE = 128
 
 # name -> "module:Class", imported on first use so a backend's optional dependencies stay optional
@@ -29,11 +29,6 @@ def backend_class(name: str):
         raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(['auto', *BACKENDS])}")
     module, cls = BACKENDS[name].split(":")
     return getattr(importlib.import_module(module), cls)
-
-
-def seeded_noise(shape, seed: int = DEFAULT_SEED) -> torch.Tensor:
-    """A fixed float32 CPU noise tensor for a seed: the same numbers on every machine."""
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
 
 
 class Restorer:
@@ -63,15 +58,14 @@ class Restorer:
             raise ValueError(f"{what} must be floating point in [-1, 1], got {images.dtype}")
         return images
 
-    def _noise(self, noise, count: int, per_item: bool) -> torch.Tensor:
+    def _noise(self, noise, count: int, rule) -> torch.Tensor:
+        """`noise` checked, or when None the network's noise `rule` (restore_noise, enroll_noise) for `count`
+        items, kept on the backend's device so frames cost no host-to-device copy for it."""
         shape = (count, *self.latent_shape)
         if noise is None:
-            # restore: one fixed tensor for every frame and batch slot; enroll: one per reference.
-            # Kept on the backend's device, so frames cost no host-to-device copy for it.
-            key = (count, per_item)
+            key = (count, rule)
             if key not in self._default_noise:
-                seeded = seeded_noise(shape if per_item else (1, *self.latent_shape)).expand(shape)
-                self._default_noise[key] = seeded.to(self.device, self.backend.dtype)
+                self._default_noise[key] = rule(count, self.latent_shape).to(self.device, self.backend.dtype)
             return self._default_noise[key]
         if tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
@@ -81,10 +75,12 @@ class Restorer:
         """The profile of 1 or more aligned reference crops (fewer than the bundle's 4 are repeated in turn
         when restoring)."""
         refs = self._check_images(refs, "refs")
-        kv = self.backend.enroll(refs, self._noise(noise, refs.shape[0], per_item=True))
+        kv = self.backend.enroll(refs, self._noise(noise, refs.shape[0], enroll_noise))
+        keys, values = kv[0::2], kv[1::2]
+        stats = [reference_statistics(v) for v in values]
         thumbs = F.interpolate(refs.detach().float().cpu(), size=min(self.crop_size, THUMBNAIL_SIZE), mode="area")
         thumbs = ((thumbs.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
-        return Profile.from_references(self.bundle.bundle_id, kv[0::2], kv[1::2], thumbs)
+        return Profile(self.bundle.bundle_id, keys, values, [m for m, _ in stats], [s for _, s in stats], thumbs)
 
     def enroll_crops(self, crops: np.ndarray) -> Profile:
         """enroll() for uint8 RGB crops (N, S, S, 3), as align.face_crops makes them."""
@@ -98,9 +94,8 @@ class Restorer:
         if bound is None or bound[0] is not profile:
             if profile.bundle_id != self.bundle.bundle_id:
                 raise ProfileError("this profile was enrolled with another model bundle; enroll again with this one")
-            inputs = profile.layer_inputs(
-                self.bundle.settings()["use_adain"], self.bundle.reference_slots, self.device, self.backend.dtype
-            )
+            inputs = [t.to(device=self.device, dtype=self.backend.dtype) for t in reference_inputs(
+                self.bundle.model, profile.keys, profile.values, profile.value_means, profile.value_stds)]
             if len(self._bound) >= 8:  # profiles no longer in use are not kept on the device forever
                 self._bound.clear()
             bound = self._bound[id(profile)] = (profile, inputs)
@@ -112,7 +107,8 @@ class Restorer:
         images = self._check_images(images, "images")
         if isinstance(profile, torch.Tensor):
             profile = self.enroll(profile)
-        out = self.backend.restore(images, self._noise(noise, images.shape[0], per_item=False), self.layer_inputs(profile))
+        noise = self._noise(noise, images.shape[0], restore_noise)
+        out = self.backend.restore(images, noise, self.layer_inputs(profile))
         return out.to(device=images.device, dtype=images.dtype)
 
     def crop_restorer(self, profile: Profile):
