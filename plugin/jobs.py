@@ -180,7 +180,7 @@ def one_person(paths, images, faces) -> np.ndarray:
 
 def enroll(image_paths, name: str, bundle_arg=None, device: Optional[str] = None, progress=say) -> Path:
     """Detect, align and enroll the selfies; write the profile `name`; returns its path."""
-    from instantrestore.runtime.artifacts import MAX_REFERENCES
+    from instantrestore.runtime.graphs import MAX_REFERENCES
 
     home.check_profile_name(name)
     paths = [Path(p) for p in image_paths]
@@ -297,7 +297,7 @@ def restore_video(in_path, out_path, profile_name, bundle_arg=None, backend: str
     Returns a summary dict. frame_progress(done, total) replaces the terminal's progress bar and
     on_frame(raw, restored) sees each frame (the panel); an exception either raises cancels the run, leaving no
     output."""
-    from instantrestore.runtime.artifacts import output_target
+    from instantrestore.runtime.files import output_target
     from instantrestore.runtime.media import FileSink, FileSource
 
     in_path, out_path = Path(in_path), Path(out_path)

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .artifacts import MAX_REFERENCES, remembered_sha256, sha256_remembered
+from .files import remembered_sha256, sha256_remembered
+from .graphs import MAX_REFERENCES
 
 BUNDLE_FORMAT = "instantrestore-bundle"
 BUNDLE_VERSION = 1

@@ -19,7 +19,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .artifacts import commit_temp_file, new_temp, output_target
+from .files import commit_temp_file, new_temp, output_target
 
 
 class MediaError(Exception):

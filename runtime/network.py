@@ -265,7 +265,7 @@ def _module_from_weights(cls, config: dict, weights: dict, device, dtype, allowe
 
 
 def build_net(bundle, graph: str, device="cpu", dtype=torch.float32) -> RestorerNet | EnrollerNet:
-    """One network of a bundle ("restorer" or "enroller", the names in artifacts.GRAPHS) on `device`."""
+    """One network of a bundle ("restorer" or "enroller", the names in graphs.GRAPHS) on `device`."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     if graph not in ("restorer", "enroller"):

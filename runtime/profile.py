@@ -12,7 +12,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .artifacts import atomic_path
+from .files import atomic_path
 from .network import ADAIN_EPS, value_statistics
 
 PROFILE_FORMAT = "instantrestore-profile"
