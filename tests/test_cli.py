@@ -812,7 +812,7 @@ def test_profiles_into_a_pipe_closed_early_ends_quietly(fresh_home):
 
 
 def test_tensorrt_asked_for_where_it_cannot_run_is_said_first(in_state, clip, recording_backend, tmp_path, capsys):
-    from instantrestore.runtime.backend_tensorrt import TensorRTUnavailableError, import_tensorrt, require_cuda
+    from instantrestore.runtime.backends.tensorrt_backend import TensorRTUnavailableError, import_tensorrt, require_cuda
 
     try:
         import_tensorrt(), require_cuda()

@@ -18,7 +18,7 @@ from instantrestore.export.opcheck import (
     load_supported_ops,
 )
 from instantrestore.runtime import engine_cache, load_bundle, load_restorer
-from instantrestore.runtime.backend_onnxruntime import (
+from instantrestore.runtime.backends.onnxruntime_backend import (
     OnnxGraphNotFoundError,
     OnnxRuntimeBackend,
     OnnxRuntimeError,
