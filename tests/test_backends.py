@@ -69,7 +69,8 @@ def test_the_torch_backend_is_a_backend(tiny_bundle):
     assert (backend.name, backend.device, backend.dtype) == ("torch", torch.device("cpu"), torch.float32)
 
 
-@pytest.mark.parametrize("cls", [tensorrt_backend.TensorRTBackend, onnxruntime_backend.OnnxRuntimeBackend, TorchBackend])
+@pytest.mark.parametrize("cls", [tensorrt_backend.TensorRTBackend, onnxruntime_backend.OnnxRuntimeBackend,
+                                 TorchBackend])
 def test_every_backend_has_the_protocols_methods(cls):
     """TensorRT cannot be installed here: its class is checked against the Protocol's signatures."""
     for method in ("enroll", "restore"):
@@ -116,7 +117,8 @@ def test_auto_backend_on_a_cpu_machine_is_torch_fp32(tiny_bundle):
 
 def test_auto_with_an_explicit_cpu_device_uses_onnx_graphs_only_when_exported(tiny_bundle, monkeypatch):
     bundle = home.resolve_bundle(tiny_bundle)
-    monkeypatch.setattr(onnxruntime_backend, "onnx_ready", lambda bundle, dtype, engines: (False, "no fp32 ONNX graphs"))
+    monkeypatch.setattr(onnxruntime_backend, "onnx_ready",
+                        lambda bundle, dtype, engines: (False, "no fp32 ONNX graphs"))
     choice = engine.choose_engine(bundle, "auto", "cpu")
     assert (choice.backend, choice.device, choice.dtype, choice.reason) == ("torch", "cpu", torch.float32,
                                                                              "no fp32 ONNX graphs")

@@ -1,8 +1,8 @@
 """onnxruntime backend: the exported ONNX graphs on CUDA, DirectML, CoreML or the CPU.
 
 The graphs are made by `instantrestore export --onnx` (export/onnx_export.py) and found in the
-engine cache by bundle hash and precision. A Backend: torch tensors in, torch tensors out. On CUDA, inputs and outputs are bound as torch device pointers (IO binding), so no
-host copies; the reference K/V of a profile are bound once while the same list object is passed.
+engine cache by bundle hash and precision. A Backend: torch tensors in, torch tensors out. On CUDA,
+inputs and outputs are bound as torch device pointers (IO binding), so no host copies; the reference K/V of a profile are bound once while the same list object is passed.
 """
 
 from __future__ import annotations
@@ -73,8 +73,10 @@ def choose_providers(device) -> list:
         raise OnnxRuntimeError(f"onnxruntime cannot run on device {device!r}; use cpu, cuda, dml, coreml or auto")
     provider = DEVICE_PROVIDERS[kind]
     if provider not in available:
-        hint = " (install onnxruntime-gpu)" if kind == "cuda" else " (install onnxruntime-directml)" if provider.startswith("Dml") else ""
-        raise OnnxRuntimeError(f"onnxruntime's {provider} is not available here{hint}; available: {', '.join(available)}")
+        hint = (" (install onnxruntime-gpu)" if kind == "cuda"
+                else " (install onnxruntime-directml)" if provider.startswith("Dml") else "")
+        raise OnnxRuntimeError(f"onnxruntime's {provider} is not available here{hint}; "
+                               f"available: {', '.join(available)}")
     options = {}
     if provider in ("CUDAExecutionProvider", "DmlExecutionProvider"):
         options["device_id"] = int(index or 0)
@@ -102,7 +104,8 @@ def onnx_ready(bundle, dtype=torch.float32, engines=None) -> tuple:
         return False, "no engines folder given"
     precision = precision_name(dtype)
     if engine_cache.find_onnx_graphs(bundle.bundle_id, precision, graph_folder(bundle, engines)) is None:
-        return False, f"no {precision} ONNX graphs for bundle {bundle.bundle_id[:12]} (run `instantrestore export --onnx`)"
+        return False, (f"no {precision} ONNX graphs for bundle {bundle.bundle_id[:12]} "
+                       "(run `instantrestore export --onnx`)")
     return True, ""
 
 
@@ -112,7 +115,8 @@ def find_graphs(bundle, precision: str, folder) -> dict:
         stale = []
         for g in GRAPHS:
             key = engine_cache.onnx_key(g, bundle.bundle_id, precision)
-            stale += [f"{p.name}: {status} ({reason})" for p, status, reason in engine_cache.inspect_slot(key, "onnx", folder)
+            stale += [f"{p.name}: {status} ({reason})"
+                      for p, status, reason in engine_cache.inspect_slot(key, "onnx", folder)
                       if status != engine_cache.VALID]
         msg = f"no {precision} ONNX graphs for bundle {bundle.bundle_id[:12]} in {folder}"
         if stale:
@@ -186,14 +190,16 @@ class OnnxRuntimeBackend:
 
     def _bind_torch(self, sess: _Session, name: str, t: torch.Tensor) -> None:
         t = self._prep(t)
-        sess.binding.bind_input(name, self.device.type, self.device.index or 0, NUMPY_TYPES[self.dtype], tuple(t.shape), t.data_ptr())
+        sess.binding.bind_input(name, self.device.type, self.device.index or 0, NUMPY_TYPES[self.dtype],
+                                tuple(t.shape), t.data_ptr())
         sess._keep[name] = t  # the binding holds a raw pointer: keep the tensor alive
 
     def _run_bound(self, sess: _Session, out_shapes: dict) -> list:
         outs = []
         for name in sess.outputs:
             t = torch.empty(out_shapes[name], dtype=self.dtype, device=self.device)
-            sess.binding.bind_output(name, self.device.type, self.device.index or 0, NUMPY_TYPES[self.dtype], tuple(t.shape), t.data_ptr())
+            sess.binding.bind_output(name, self.device.type, self.device.index or 0, NUMPY_TYPES[self.dtype],
+                                     tuple(t.shape), t.data_ptr())
             outs.append(t)
         if self.device.type == "cuda":
             # onnxruntime runs on its own stream: let torch's pending work finish first.
@@ -218,7 +224,8 @@ class OnnxRuntimeBackend:
     @torch.inference_mode()
     def enroll(self, refs: torch.Tensor, noise: torch.Tensor) -> list:
         if "enroller" not in self._sessions:
-            self._sessions["enroller"] = _Session(self.paths["enroller"], self.providers, self._threads, self.io_binding)
+            self._sessions["enroller"] = _Session(self.paths["enroller"], self.providers, self._threads,
+                                                  self.io_binding)
         sess = self._sessions["enroller"]
         if self.io_binding:
             self._bind_torch(sess, "refs", refs)

@@ -278,7 +278,8 @@ class TensorRTBackend:
         if graph == "restorer":
             if sorted(r.inputs) != sorted(inputs) or r.outputs != outputs:
                 raise TensorRTError(f"restorer engine inputs {r.inputs} / outputs {r.outputs} do not match the bundle "
-                                    f"({self.num_layers} shared layers); rebuild with `instantrestore export --tensorrt`")
+                                    f"({self.num_layers} shared layers); "
+                                    "rebuild with `instantrestore export --tensorrt`")
         elif sorted(r.inputs) != sorted(inputs) or len(r.outputs) != len(outputs):
             raise TensorRTError(f"enroller engine inputs {r.inputs} / outputs {r.outputs} do not match the bundle; "
                                 "rebuild with `instantrestore export --tensorrt`")
