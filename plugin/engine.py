@@ -33,7 +33,8 @@ def ensure_artifacts(bundle, choice: Choice, progress=say) -> None:
         from instantrestore.export.tensorrt_build import build_engines
 
         progress("no TensorRT engines for this bundle and GPU yet; building them once (this takes minutes)")
-        build_engines(bundle.path, engines=engines_dir(), precision="fp16", progress=progress, device=choice.device)
+        build_engines(bundle.path, engines=engines_dir(), precision=precision_name(choice.dtype), progress=progress,
+                      device=choice.device)
 
 
 def usable_cores() -> int:

@@ -37,7 +37,8 @@ def default_device() -> str:
 def select(bundle, backend: str = "auto", device: Optional[str] = None, dtype=None, engines=None,
            can_build: bool = False) -> Choice:
     """Resolve a backend name ("auto" or one of BACKENDS), a device ("cuda", "cuda:1", "cpu"; None: cuda when
-    torch sees a GPU) and a dtype (None: float16 on CUDA, float32 elsewhere) into one Choice.
+    torch sees a GPU) and a dtype (None: float16 on CUDA, float32 elsewhere; "auto" on a GPU takes float16)
+    into one Choice.
 
     `engines` is the folder of ONNX graphs and TensorRT engines (see engine_cache.py). "auto" takes the first
     that is ready of: TensorRT, onnxruntime on CUDA (its provider and graphs there), torch on CUDA,
@@ -54,8 +55,9 @@ def select(bundle, backend: str = "auto", device: Optional[str] = None, dtype=No
 
         import_tensorrt()  # said first, before a build is announced or a camera opened
         require_cuda(device)
-        ready, _ = tensorrt_ready(bundle, device=device, engines=engines)
-        return Choice("tensorrt", device or "cuda", torch.float16, build=not ready, reasons=["asked for"])
+        dtype = dtype or torch.float16
+        ready, _ = tensorrt_ready(bundle, dtype=dtype, device=device, engines=engines)
+        return Choice("tensorrt", device or "cuda", dtype, build=not ready, reasons=["asked for"])
     if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
         raise BackendError(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__} "
                            "(`instantrestore doctor` says what is missing)")
