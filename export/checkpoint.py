@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from instantrestore.runtime.artifacts import new_temp, sha256_file
+from instantrestore.runtime.files import new_temp, sha256_file
 from instantrestore.runtime.bundle import (BUNDLE_FORMAT, BUNDLE_VERSION, CONFIG_NAME, DTYPES, WEIGHTS_NAME,
                                           content_id)
 from instantrestore.runtime.network import ModelConfig, shared_layer_names, up_block_resolution

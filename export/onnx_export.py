@@ -24,8 +24,17 @@ from typing import Callable, Optional
 import onnx
 import torch
 
-from ..runtime import artifacts
-from ..runtime.artifacts import GRAPHS, MAX_BATCH, MAX_REFERENCES
+from ..runtime import engine_cache
+from ..runtime.files import new_temp
+from ..runtime.graphs import (
+    GRAPHS,
+    MAX_BATCH,
+    MAX_REFERENCES,
+    input_names,
+    output_names,
+    precision_dtype,
+    precision_name,
+)
 from ..runtime.bundle import load_bundle
 from ..runtime.network import build_net
 from .checkpoint import report
@@ -38,25 +47,25 @@ DEFAULT_OPSET = 18
 PROTOBUF_LIMIT = 2 * 1024**3  # a single protobuf cannot exceed 2 GB
 EXPORTERS = ("dynamo", "legacy")
 
-__all__ = ["export_onnx", "find_onnx", "input_names", "output_names", "OnnxExportError"]
+__all__ = ["export_onnx", "find_onnx", "OnnxExportError"]
 
 
 class OnnxExportError(RuntimeError):
     """The ONNX export or one of its checks failed."""
 
 
-def input_names(graph: str, num_layers: int) -> list:
-    kv = [f"{c}{i}" for i in range(num_layers) for c in ("k", "v")]
-    return ["images", "noise", *kv] if graph == "restorer" else ["refs", "noise"]
+def graph_folder(bundle, engines=None, out_dir=None) -> Path:
+    """Where the graphs of `bundle` go: `out_dir` if given, else its folder in the engine cache `engines`."""
+    if out_dir is not None:
+        return Path(out_dir)
+    if engines is None:
+        raise OnnxExportError("give the engine cache folder (engines) or an out_dir to export the graphs to")
+    return engine_cache.bundle_cache_dir(engines, bundle.bundle_id)
 
 
-def output_names(graph: str, num_layers: int) -> list:
-    return ["restored"] if graph == "restorer" else [f"{c}{i}" for i in range(num_layers) for c in ("k", "v")]
-
-
-def find_onnx(bundle, precision, folder=None) -> Optional[dict]:
-    """{graph: path} of valid exported graphs for `bundle` (a Bundle) in `folder` or the cache, else None."""
-    return artifacts.find_onnx_graphs(bundle.bundle_id, precision, folder)
+def find_onnx(bundle, precision, engines=None, out_dir=None) -> Optional[dict]:
+    """{graph: path} of valid exported graphs for `bundle` (a Bundle) in `out_dir` or the cache, else None."""
+    return engine_cache.find_onnx_graphs(bundle.bundle_id, precision, graph_folder(bundle, engines, out_dir))
 
 
 def _sample_inputs(bundle, graph: str, restorer_kv, dtype, device):
@@ -146,12 +155,12 @@ def _check_signature(proto: onnx.ModelProto, graph: str, num_layers: int, dtype:
             raise OnnxExportError(f"{graph} tensor {vi.name} has a fixed first axis ({first.dim_value}); export lost the dynamic axis")
 
 
-def _commit(tmp: Path, path: Path, key: artifacts.ArtifactKey, info: dict) -> Path:
+def _commit(tmp: Path, path: Path, key: engine_cache.ArtifactKey, info: dict) -> Path:
     """Move a checked graph (and its .data file) from the temp folder into place, then write the sidecar."""
     data_name = path.name + ".data"
     tmp_data = tmp.with_name(data_name)
     # The sidecar from an earlier export goes first: it must never vouch for new files.
-    old_side = artifacts.sidecar_path(path)
+    old_side = engine_cache.sidecar_path(path)
     if old_side.exists():
         old_side.unlink()
     extra = []
@@ -161,13 +170,14 @@ def _commit(tmp: Path, path: Path, key: artifacts.ArtifactKey, info: dict) -> Pa
     elif path.with_name(data_name).exists():
         path.with_name(data_name).unlink()
     os.replace(tmp, path)
-    artifacts.write_sidecar(path, key, extra_files=extra, **info)
+    engine_cache.write_sidecar(path, key, extra_files=extra, **info)
     return path
 
 
 def export_onnx(
     bundle_dir,
     out_dir=None,
+    engines=None,
     dtype="float32",
     opset: int = DEFAULT_OPSET,
     *,
@@ -180,7 +190,7 @@ def export_onnx(
 ) -> dict:
     """Export the restorer and enroller of a bundle; returns {graph: path of the .onnx}.
 
-    out_dir: folder to write to (default: the bundle's engine-cache folder). dtype: "float32" or
+    out_dir: folder to write to (default: the bundle's folder in the engine cache `engines`). dtype: "float32" or
     "float16" (weights and I/O of the graph). exporter: "dynamo" (torch.export based) or "legacy"
     (TorchScript tracer); if the dynamo exporter fails, the legacy one is tried. Valid graphs
     already present are reused unless `force`. check_tensorrt: fail if an op is outside
@@ -193,21 +203,21 @@ def export_onnx(
     bad = [g for g in graphs if g not in GRAPHS]
     if bad:
         raise OnnxExportError(f"unknown graphs {bad}; choose from {GRAPHS}")
-    precision = artifacts.precision_name(dtype)
-    torch_dtype = artifacts.precision_dtype(precision)
+    precision = precision_name(dtype)
+    torch_dtype = precision_dtype(precision)
     device = torch.device(device)
     if torch_dtype == torch.float16 and device.type == "cpu" and exporter == "legacy":
         report(progress, "onnx: tracing fp16 on the CPU (slow for the full model; pass device='cuda' where there is a GPU)")
 
     bundle = load_bundle(bundle_dir)
-    folder = Path(out_dir) if out_dir is not None else artifacts.bundle_cache_dir(bundle.bundle_id)
+    folder = graph_folder(bundle, engines, out_dir)
     num_layers = len(bundle.layer_shapes)
-    keys = {g: artifacts.onnx_key(g, bundle.bundle_id, precision) for g in graphs}
+    keys = {g: engine_cache.onnx_key(g, bundle.bundle_id, precision) for g in graphs}
 
     out = {}
     if not force:
         for g in graphs:
-            found = artifacts.find_artifact(keys[g], "onnx", folder=folder)
+            found = engine_cache.find_artifact(keys[g], "onnx", folder)
             if found is not None:
                 out[g] = found
         if len(out) == len(graphs):
@@ -234,7 +244,7 @@ def export_onnx(
             used = exporter
             report(progress, f"onnx: exporting the {g} (opset {opset}, {exporter} exporter)")
             path = keys[g].path("onnx", folder)
-            stage = artifacts.new_temp(path, folder=True)  # same filesystem: atomic renames
+            stage = new_temp(path, folder=True)  # same filesystem: atomic renames
             try:
                 tmp = stage / path.name
                 try:

@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..runtime import artifacts
-from ..runtime.backend_tensorrt import (
-    GRAPHS,
+from ..runtime import engine_cache
+from ..runtime.backends.tensorrt_backend import (
     PLAN_EXT,
     TensorRTError,
     TensorRTUnavailableError,
@@ -24,6 +23,8 @@ from ..runtime.backend_tensorrt import (
     import_tensorrt,
     require_cuda,
 )
+from ..runtime.files import atomic_write_bytes
+from ..runtime.graphs import DEFAULT_PROFILE, GRAPHS, ShapeProfile, precision_name
 from .checkpoint import report
 
 Progress = Optional[Callable[[str], None]]
@@ -81,7 +82,7 @@ def _make_progress_monitor(trt, progress: Progress, min_interval: float = 2.0):
     return Monitor()
 
 
-def profile_shapes(bundle, graph: str, profile: artifacts.ShapeProfile) -> dict:
+def profile_shapes(bundle, graph: str, profile: ShapeProfile) -> dict:
     """{input name: (min, opt, max)} for one graph of `bundle` under `profile`."""
     return profile.input_shapes(bundle, graph)
 
@@ -163,7 +164,7 @@ def build_engine(
     report(progress, f"tensorrt: built {onnx_path.name} in {time.monotonic() - t0:.0f} s")
 
     if timing_cache_path is not None:
-        artifacts.atomic_write_bytes(timing_cache_path, bytes(config.get_timing_cache().serialize()))
+        atomic_write_bytes(timing_cache_path, bytes(config.get_timing_cache().serialize()))
     del monitor
     return bytes(plan)
 
@@ -184,24 +185,25 @@ def _first_input_is_fp16(onnx_path: Path) -> bool:
     return first == onnx.TensorProto.FLOAT16
 
 
-def timing_cache_path(trt_version: str, gpu_name: str, compute_capability: str) -> Path:
+def timing_cache_path(engines, trt_version: str, gpu_name: str, compute_capability: str) -> Path:
     key = f"{trt_version}|{gpu_name}|{compute_capability}"
     import hashlib  # noqa: PLC0415
 
-    return artifacts.timing_cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.cache"
+    return engine_cache.timing_cache_dir(engines) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.cache"
 
 
 def build_engines(
     bundle_dir,
+    engines,
     *,
     precision: str = "fp16",
-    profile: Optional[artifacts.ShapeProfile] = None,
+    profile: Optional[ShapeProfile] = None,
     onnx_dir=None,
     force: bool = False,
     progress: Progress = None,
     device=None,
 ) -> dict:
-    """Build (or find cached) TensorRT plans for a bundle; returns {graph: plan path}.
+    """Build (or find cached) TensorRT plans for a bundle in the engine cache `engines`; returns {graph: plan path}.
 
     The ONNX graphs come from `onnx_dir` or the cache and are exported first if missing. Valid
     cached plans are reused unless `force`; stale plans of the same slot are removed.
@@ -212,23 +214,25 @@ def build_engines(
     trt = import_tensorrt()
     dev = require_cuda(device)
     bundle = load_bundle(bundle_dir)
-    precision = artifacts.precision_name(precision)
-    profile = profile or artifacts.DEFAULT_PROFILE
-    gpu_name, cc = artifacts.cuda_identity(dev)
+    precision = precision_name(precision)
+    profile = profile or DEFAULT_PROFILE
+    gpu_name, cc = engine_cache.cuda_identity(dev)
     report(progress, f"tensorrt: {trt.__version__} on {gpu_name} (sm {cc}), {precision}, profile {profile.tag}")
 
-    graphs = find_onnx(bundle, precision, onnx_dir)
+    graphs = find_onnx(bundle, precision, engines, onnx_dir)
     if graphs is None:
         report(progress, "tensorrt: no ONNX graphs cached for this bundle; exporting them first")
-        graphs = export_onnx(bundle_dir, out_dir=onnx_dir, dtype=precision, device=dev, progress=progress)
+        graphs = export_onnx(bundle_dir, out_dir=onnx_dir, engines=engines, dtype=precision, device=dev,
+                             progress=progress)
 
-    tcache = timing_cache_path(trt.__version__, gpu_name, cc)
+    tcache = timing_cache_path(engines, trt.__version__, gpu_name, cc)
+    folder = engine_cache.bundle_cache_dir(engines, bundle.bundle_id)
     out = {}
     for graph in GRAPHS:
         key = engine_key(graph, bundle.bundle_id, precision, profile, trt.__version__, gpu_name, cc)
-        for path, reason in artifacts.prune_slot(key, PLAN_EXT):
+        for path, reason in engine_cache.prune_slot(key, PLAN_EXT, folder):
             report(progress, f"tensorrt: removed stale engine {path.name} ({reason})")
-        cached = artifacts.find_artifact(key, PLAN_EXT)
+        cached = engine_cache.find_artifact(key, PLAN_EXT, folder)
         if cached is not None and not force:
             report(progress, f"tensorrt: {graph} engine is cached: {cached}")
             out[graph] = cached
@@ -237,9 +241,9 @@ def build_engines(
         with torch_device(dev):
             plan = build_engine(graphs[graph], shapes, fp16=precision == "fp16", timing_cache_path=tcache,
                                 progress=progress)
-        path = key.path(PLAN_EXT)
-        artifacts.atomic_write_bytes(path, plan)
-        artifacts.write_sidecar(path, key, onnx=str(graphs[graph]), shapes={k: list(map(list, v)) for k, v in shapes.items()})
+        path = key.path(PLAN_EXT, folder)
+        atomic_write_bytes(path, plan)
+        engine_cache.write_sidecar(path, key, onnx=str(graphs[graph]), shapes={k: list(map(list, v)) for k, v in shapes.items()})
         report(progress, f"tensorrt: wrote {path} ({len(plan) / 2**20:.1f} MiB)")
         out[graph] = path
     return out

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
 
-from instantrestore.runtime.artifacts import atomic_write_json, remove_temp, sha256_file, temp_files
+from instantrestore.runtime.files import atomic_write_json, remove_temp, sha256_file, temp_files
 
 from . import home
 from .cli import error_reason

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from instantrestore.runtime import load_bundle, load_restorer
-from instantrestore.runtime.artifacts import state_dir
+from instantrestore.runtime.backends import CHOICES
 from instantrestore.runtime.network import restore_noise
 
+from . import home
 from .progress import say
 
 
@@ -63,7 +64,7 @@ def random_bundle(kind: str, dtype: str, device, progress) -> Path:
     """A cached random-weight bundle of a known architecture (no download)."""
     from instantrestore.export.random_bundle import write_random_bundle
 
-    folder = state_dir() / "bench" / f"random-{kind}-{dtype}"
+    folder = home.state_dir() / "bench" / f"random-{kind}-{dtype}"
     if (folder / "config.json").is_file():
         return folder
     return write_random_bundle(kind, folder, dtype=dtype, device=device, progress=progress)
@@ -299,7 +300,7 @@ def register(commands) -> None:
     source = bench.add_mutually_exclusive_group()
     source.add_argument("--bundle", help="model bundle folder (default: the last exported bundle)")
     source.add_argument("--random", choices=["sd-turbo", "tiny"], help="random weights of a known architecture")
-    bench.add_argument("--backend", default="torch", choices=["auto", "torch", "onnxruntime", "tensorrt"])
+    bench.add_argument("--backend", default="torch", choices=CHOICES)
     bench.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
     bench.add_argument("--dtype", choices=["float16", "float32"], help="default: float16 on cuda, float32 on cpu")
     bench.add_argument("--refs", type=int, default=4)
@@ -339,9 +340,7 @@ def run(args) -> int:
     if args.random:
         bundle = load_bundle(random_bundle(args.random, dtype, device, say))
     else:
-        from .home import resolve_bundle
-
-        bundle = resolve_bundle(args.bundle)
+        bundle = home.resolve_bundle(args.bundle)
     say(f"loading {bundle.path} on {device} ({args.backend}, {dtype})")
     if args.backend == "torch":
         restorer = load_restorer(bundle.path, backend="torch", device=device, dtype=dtype, compile=args.compile)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from instantrestore.export import CheckpointError
 from instantrestore.runtime import BundleError, ProfileError
+from instantrestore.runtime.backends import CHOICES
 
 from .progress import quiet_when_the_reader_leaves, say
 from .quiet import filtered_native_stderr
@@ -31,9 +32,9 @@ DEBUG_ENV = "INSTANTRESTORE_DEBUG"  # set to 1 to see the traceback of an unexpe
 
 def user_errors() -> tuple:
     """Errors a user can cause or fix: reported as one line, exit code 2, no traceback."""
-    from instantrestore.runtime.artifacts import ArtifactError
-    from instantrestore.runtime.backend_onnxruntime import OnnxRuntimeError
-    from instantrestore.runtime.backend_tensorrt import TensorRTError
+    from instantrestore.runtime.backends.onnxruntime_backend import OnnxRuntimeError
+    from instantrestore.runtime.backends.tensorrt_backend import TensorRTError
+    from instantrestore.runtime.engine_cache import ArtifactError
     from instantrestore.runtime.media import MediaError
     from instantrestore.runtime.pipeline import PipelineError
     from instantrestore.runtime.tracking import TrackingError
@@ -256,7 +257,7 @@ def add_profile_option(parser) -> None:
 def _common_model_options(parser, backend: bool = True) -> None:
     parser.add_argument("--bundle", help="model bundle folder (default: the last exported)")
     if backend:
-        parser.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"],
+        parser.add_argument("--backend", default="auto", choices=CHOICES,
                             help="inference backend (default auto: TensorRT, then onnxruntime/torch on CUDA, then CPU)")
     parser.add_argument("--device", type=_device, help="cuda, cuda:1 or cpu (default: cuda when available)")
 

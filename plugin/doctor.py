@@ -93,7 +93,7 @@ def check_tensorrt() -> list:
 
 
 def check_onnxruntime() -> list:
-    from instantrestore.runtime.backend_onnxruntime import available_providers
+    from instantrestore.runtime.backends.onnxruntime_backend import available_providers
 
     providers = available_providers()
     if not providers:
@@ -187,15 +187,15 @@ def check_bundle() -> list:
                                                      "with `instantrestore bundles use NAME`")]
     out = [Check("bundle", OK, f"{path} (id {bundle.bundle_id[:12]}, {bundle.config.get('dtype')}, crop "
                  f"{bundle.crop_size})")]
-    from instantrestore.runtime.backend_onnxruntime import onnx_ready
+    from instantrestore.runtime.backends.onnxruntime_backend import onnx_ready
 
-    graphs = [p for p, dt in (("fp16", "float16"), ("fp32", "float32")) if onnx_ready(bundle, dt)[0]]
+    graphs = [p for p, dt in (("fp16", "float16"), ("fp32", "float32")) if onnx_ready(bundle, dt, home.engines_dir())[0]]
     out.append(Check("onnx graphs", OK if graphs else WARN, ", ".join(graphs) if graphs else "none exported",
                      "" if graphs else "`instantrestore export --onnx` (the camera also builds them on first use)"))
     try:
-        from instantrestore.runtime.backend_tensorrt import tensorrt_ready
+        from instantrestore.runtime.backends.tensorrt_backend import tensorrt_ready
 
-        ready, why = tensorrt_ready(bundle)
+        ready, why = tensorrt_ready(bundle, engines=home.engines_dir())
     except Exception as error:  # noqa: BLE001
         ready, why = False, str(error)
     out.append(Check("tensorrt engines", OK if ready else WARN, "built for this GPU" if ready else why.split(";")[0],
@@ -229,9 +229,7 @@ def check_profiles() -> list:
 
 
 def check_state() -> list:
-    from instantrestore.runtime.artifacts import state_dir
-
-    folder = state_dir()
+    folder = home.state_dir()
     problem = home.writable_problem(folder)
     if problem:
         return [Check("state folder", MISSING, problem, "make it writable or set INSTANTRESTORE_HOME to a writable folder")]

@@ -133,7 +133,7 @@ def one_person(paths, images, faces) -> np.ndarray:
 
 def enroll(options: EnrollOptions, progress=say) -> Path:
     """Detect, align and enroll the selfies; write the profile `options.name`; returns its path."""
-    from instantrestore.runtime.artifacts import MAX_REFERENCES
+    from instantrestore.runtime.graphs import MAX_REFERENCES
 
     name, device = options.name, options.device
     home.check_profile_name(name)

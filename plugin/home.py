@@ -1,11 +1,11 @@
-"""The plugin's state folder: settings (the last exported bundle), identity profiles.
-
-Everything lives under ``instantrestore.runtime.artifacts.state_dir()`` (``INSTANTRESTORE_HOME`` or
-the platform's per-user data folder), next to the engine cache the export stage writes there:
+"""The plugin's state folder: settings (the last exported bundle), identity profiles, bundles and the engine
+cache. Only the plugin decides where it is (the runtime and export take folders as parameters):
+``INSTANTRESTORE_HOME`` or the platform's per-user data folder.
 
     <state>/settings.json              {"bundle": "/abs/path/of/the/last/exported/bundle"}
     <state>/profiles/<name>.safetensors
     <state>/bundles/<name>/            where `export` writes when no --out is given
+    <state>/engines/                   ONNX graphs and TensorRT engines (runtime/engine_cache.py)
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ import dataclasses
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Optional
 
 from instantrestore.runtime import Bundle, Profile, ProfileError, load_bundle
-from instantrestore.runtime.artifacts import atomic_write_json, state_dir
+from instantrestore.runtime.files import atomic_write_json
 
+APP_NAME = "instantrestore"
+HOME_ENV = "INSTANTRESTORE_HOME"
 SETTINGS_NAME = "settings.json"
 PROFILE_SUFFIX = ".safetensors"
 # Profile names become file names: keep them portable across file systems.
@@ -28,6 +31,29 @@ PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 class StateError(ValueError):
     """Bad or missing state a user can fix (no bundle yet, unknown profile, bad profile name)."""
+
+
+def state_dir() -> Path:
+    """The folder for profiles, engines and settings.
+
+    `INSTANTRESTORE_HOME` wins; otherwise the platform's per-user data folder.
+    """
+    env = os.environ.get(HOME_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    home = Path.home()
+    if sys.platform.startswith("win"):
+        base = os.environ.get("LOCALAPPDATA") or str(home / "AppData" / "Local")
+        return Path(base) / APP_NAME
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / APP_NAME
+    base = os.environ.get("XDG_DATA_HOME") or str(home / ".local" / "share")
+    return Path(base) / APP_NAME
+
+
+def engines_dir() -> Path:
+    """The engine cache's folder, which the plugin passes to the runtime and export."""
+    return state_dir() / "engines"
 
 
 def settings_path() -> Path:

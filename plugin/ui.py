@@ -22,6 +22,8 @@ from typing import Optional
 
 import numpy as np
 
+from instantrestore.runtime.backends import CHOICES
+
 from . import engine, home, vcam
 from .camera import CameraOptions, LiveControl, run_camera
 from .enroll import EnrollOptions, check_selfies, enroll
@@ -54,9 +56,7 @@ def error_line(error: BaseException) -> str:
 
 def outputs_dir() -> Path:
     """Where the panel writes restored recordings (served to the browser for download)."""
-    from instantrestore.runtime.artifacts import state_dir
-
-    return state_dir() / "restored"
+    return home.state_dir() / "restored"
 
 
 def list_cameras() -> list:
@@ -307,7 +307,7 @@ def build(panel: Panel):
                                                  elem_id="live-file")
                         live_profile = profiles_picker("live-profile")
                         strength = strength_slider("live-strength")
-                        live_backend = gr.Dropdown(label="Backend", choices=list(engine.BACKEND_CHOICES), value="auto",
+                        live_backend = gr.Dropdown(label="Backend", choices=list(CHOICES), value="auto",
                                                    elem_id="live-backend")
                         side = gr.Checkbox(label="Show the camera's own picture beside it", elem_id="live-side")
                         with gr.Row():
@@ -566,11 +566,11 @@ def system_line() -> str:
     try:
         bundle = home.resolve_bundle()
         choice = engine.choose_engine(bundle, "auto")
-        engine = f"{choice.backend} on {choice.device} ({choice.reason.split(';')[0][:160]})"
+        backend = f"{choice.backend} on {choice.device} ({choice.reason.split(';')[0][:160]})"
         in_use = f"{bundle.path} ({bundle.config.get('dtype')})"
     except Exception as error:  # noqa: BLE001
-        in_use, engine = error_line(error), "none until a bundle exists"
-    return f"**Bundle:** {in_use}  \n**Backend:** {engine}  \n**GPU:** {gpu}"
+        in_use, backend = error_line(error), "none until a bundle exists"
+    return f"**Bundle:** {in_use}  \n**Backend:** {backend}  \n**GPU:** {gpu}"
 
 
 def launch(panel: Panel, host: str = LOCALHOST, port: int = DEFAULT_PORT, open_browser: bool = True,

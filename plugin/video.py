@@ -45,7 +45,7 @@ def restore_video(options: VideoOptions, progress=say, frame_progress=None, on_f
     profile; an existing output is replaced only with `overwrite`. Returns a summary dict. frame_progress(done,
     total) replaces the terminal's progress bar and on_frame(raw, restored) sees each frame (the panel); an
     exception either raises cancels the run, leaving no output."""
-    from instantrestore.runtime.artifacts import output_target
+    from instantrestore.runtime.files import output_target
     from instantrestore.runtime.media import FileSink, FileSource
     from instantrestore.runtime.pipeline import restore_recording
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .artifacts import remembered_sha256, sha256_remembered
+from .files import remembered_sha256, sha256_remembered
 from .network import ModelConfig, ModelConfigError
 from .schema import instance_of, schema_problem, whole
 

@@ -18,7 +18,7 @@ from typing import Iterator, NamedTuple, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
-from .artifacts import commit_temp_file, new_temp, output_target
+from .files import commit_temp_file, new_temp, output_target
 
 
 class MediaError(Exception):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .artifacts import MAX_REFERENCES
+from .graphs import MAX_REFERENCES
 from .errors import InstantRestoreError
 from .schema import instance_of, real, schema_problem, whole
 
@@ -440,7 +440,7 @@ def _module_from_weights(cls, config: dict, weights: dict, device, dtype, allowe
 
 
 def build_net(bundle, graph: str, device="cpu", dtype=torch.float32) -> RestorerNet | EnrollerNet:
-    """One network of a bundle ("restorer" or "enroller", the names in artifacts.GRAPHS) on `device`."""
+    """One network of a bundle ("restorer" or "enroller", the names in graphs.GRAPHS) on `device`."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     if graph not in ("restorer", "enroller"):

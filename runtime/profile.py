@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .artifacts import atomic_path
+from .files import atomic_path
 
 PROFILE_FORMAT = "instantrestore-profile"
 

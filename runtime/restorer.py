@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .backends import BACKENDS, backend_class, select
 from .bundle import DTYPES, load_bundle
 from .network import enroll_noise, reference_inputs, reference_statistics, restore_noise
 from .pipeline import RestoredCrops
 from .profile import Profile, ProfileError
 
 THUMBNAIL_SIZE = 128
-
-# name -> "module:Class", imported on first use so a backend's optional dependencies stay optional
-BACKENDS = {
-    "torch": "instantrestore.runtime.backend_torch:TorchBackend",
-    "onnxruntime": "instantrestore.runtime.backend_onnxruntime:OnnxRuntimeBackend",
-    "tensorrt": "instantrestore.runtime.backend_tensorrt:TensorRTBackend",
-}
-
-
-def backend_class(name: str):
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(['auto', *BACKENDS])}")
-    module, cls = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
 
 
 class Restorer:
@@ -141,19 +127,23 @@ class Restorer:
         return restore_crops
 
 
-def load_restorer(bundle_dir, backend: str = "torch", device="cpu", dtype=torch.float32, **options) -> Restorer:
-    """A Restorer for a model bundle folder on `device` in `dtype` ("float16", torch.float16, ...);
-    `options` go to the backend (torch: cuda_graph, compile). backend="auto" chooses backend, device and
-    dtype itself (TensorRT, onnxruntime-CUDA, torch-CUDA, onnxruntime-CPU, torch-CPU: the first that is
-    ready) and says which on stderr."""
+def load_restorer(bundle_dir, backend: str = "torch", device=None, dtype=None, engines=None,
+                  **options) -> Restorer:
+    """A Restorer for a model bundle folder on `backend` ("auto" or one of backends.BACKENDS), `device`
+    ("cuda", "cuda:1", "cpu"; None: cuda when available) in `dtype` ("float16", torch.float16, ...; None:
+    float16 on CUDA, float32 elsewhere); `engines` is the folder of exported ONNX graphs and TensorRT engines
+    (the command line's is `<state>/engines`); `options` go to the backend (torch: cuda_graph, compile).
+    backend="auto" chooses backend, device and dtype with backends.select (TensorRT only where its engines
+    exist: nothing is built here) and says which on stderr."""
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
     bundle = load_bundle(bundle_dir)
+    choice = select(bundle, backend, device, dtype, engines)
     if backend == "auto":
-        from .backend_tensorrt import choose_auto_backend
-
-        backend, device, dtype, reason = choose_auto_backend(bundle)
-        print(f"instantrestore: backend auto -> {backend} on {device} ({reason or 'ready'})", file=sys.stderr)
-    return Restorer(bundle, backend_class(backend)(bundle, device=device, dtype=dtype, **options))
+        print(f"instantrestore: backend auto -> {choice.backend} on {choice.device} ({choice.reason or 'ready'})",
+              file=sys.stderr)
+    if BACKENDS[choice.backend].builds is not None:
+        options["engines"] = engines
+    return Restorer(bundle, backend_class(choice.backend)(bundle, device=choice.device, dtype=choice.dtype, **options))

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 import cv2
 import numpy as np
 
-from .artifacts import sha256_file
+from .files import sha256_file
 
 KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear", "left_ear")
 """The six BlazeFace keypoints, in BlazeFace's order. "right" is the person's right (image left)."""

@@ -18,7 +18,7 @@ from PIL import Image
 from instantrestore.plugin import batch, home
 from instantrestore.plugin.batch import BatchError, BatchOptions, collect_inputs, run_batch
 from instantrestore.plugin.cli import main
-from instantrestore.runtime.artifacts import temp_files
+from instantrestore.runtime.files import temp_files
 from media_helpers import astronaut, placed_face, read_frames, write_clip
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("one_torch_thread")]

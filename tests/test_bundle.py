@@ -10,7 +10,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from instantrestore.export.checkpoint import write_bundle
 from instantrestore.export.random_bundle import SD_TURBO_SCHEDULER, TINY_UNET, TINY_VAE, write_random_bundle
 from instantrestore.runtime import load_bundle
-from instantrestore.runtime.artifacts import sha256_file
+from instantrestore.runtime.files import sha256_file
 from instantrestore.runtime.bundle import CONFIG_NAME, WEIGHTS_NAME, content_id
 from instantrestore.runtime.network import FreeUFactors, ModelConfig
 

@@ -38,6 +38,7 @@ from instantrestore.runtime import align  # noqa: E402
 from instantrestore.plugin.errors import PluginError  # noqa: E402
 from instantrestore.plugin.cli import main  # noqa: E402
 from instantrestore.runtime import Profile  # noqa: E402
+from instantrestore.runtime.backends import Choice  # noqa: E402
 
 # MediaPipe runs in most of these: never let a hang stall the suite.
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("one_torch_thread")]
@@ -156,9 +157,7 @@ def fresh_home(tmp_path, monkeypatch):
 
 
 def test_state_lives_under_instantrestore_home(fresh_home, tiny_bundle):
-    from instantrestore.runtime.artifacts import state_dir
-
-    assert state_dir() == fresh_home.resolve()
+    assert home.state_dir() == fresh_home.resolve()
     assert home.last_bundle_dir() is None
     home.remember_bundle(tiny_bundle)
     assert home.last_bundle_dir() == tiny_bundle.resolve()
@@ -816,7 +815,7 @@ def test_profiles_into_a_pipe_closed_early_ends_quietly(fresh_home):
 
 
 def test_tensorrt_asked_for_where_it_cannot_run_is_said_first(in_state, clip, recording_backend, tmp_path, capsys):
-    from instantrestore.runtime.backend_tensorrt import TensorRTUnavailableError, import_tensorrt, require_cuda
+    from instantrestore.runtime.backends.tensorrt_backend import TensorRTUnavailableError, import_tensorrt, require_cuda
 
     try:
         import_tensorrt(), require_cuda()
@@ -851,14 +850,6 @@ def test_export_records_the_default_bundle(fresh_home, tiny_release, tmp_path, c
     assert code == 0, err
     assert out.strip() == str(out_dir)
     assert home.last_bundle_dir() == out_dir.resolve()
-
-
-def test_auto_backend_on_a_cpu_machine_is_torch_fp32(tiny_bundle):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    choice = engine.choose_engine(home.resolve_bundle(tiny_bundle), "auto")
-    assert (choice.backend, choice.device, choice.dtype) in (("torch", "cpu", torch.float32),
-                                                             ("onnxruntime", "cpu", torch.float32))
 
 
 def test_unexpected_errors_are_one_line_too(in_state, monkeypatch, capsys):
@@ -920,29 +911,6 @@ def test_export_lists_what_it_built(in_state, monkeypatch, capsys):
         assert line in err
 
 
-def test_auto_falls_back_when_the_tensorrt_build_fails(tiny_bundle, monkeypatch):
-    """A GPU machine with TensorRT whose engine build fails (out of memory, an unsupported GPU) still
-    restores, on the next backend, and says why."""
-    import instantrestore.export.tensorrt_build as tensorrt_build
-    import instantrestore.runtime.backend_tensorrt as backend_tensorrt
-
-    monkeypatch.setattr(engine, "_tensorrt_usable", lambda: True)
-    monkeypatch.setattr(backend_tensorrt, "tensorrt_ready", lambda bundle, **options: (False, "no engines built"))
-
-    def failing_build(bundle_dir, **options):
-        raise RuntimeError("builder: out of GPU memory\nwhile tuning")
-
-    monkeypatch.setattr(tensorrt_build, "build_engines", failing_build)
-    bundle = home.resolve_bundle(tiny_bundle)
-    choice = engine.choose_engine(bundle, "auto")
-    assert (choice.backend, choice.device, choice.dtype, choice.reason) == ("tensorrt", "cuda", torch.float16, "build")
-    said = []
-    restorer = engine.load_engine(bundle, "auto", progress=said.append)
-    assert restorer.backend.name in ("torch", "onnxruntime")
-    assert "TensorRT engine build failed (builder: out of GPU memory while tuning); using another backend" in said
-    assert said[-1].startswith(f"backend: {restorer.backend.name} on ")
-
-
 def test_cpu_runs_give_the_model_all_cores_but_one_and_opencv_one(in_state, tmp_path, monkeypatch, capsys):
     from instantrestore.runtime.pipeline import FramePipeline
 
@@ -963,24 +931,11 @@ def test_cpu_runs_give_the_model_all_cores_but_one_and_opencv_one(in_state, tmp_
         assert code == 0, err
         assert seen == [(2, 1)]
         # onnxruntime's sessions get the same share; a GPU run leaves the CPU settings alone
-        assert engine.use_cpu_threads(engine.EngineChoice("onnxruntime", "cpu", torch.float32)) == {"threads": 2}
-        assert engine.use_cpu_threads(engine.EngineChoice("torch", "cuda", torch.float16)) == {}
+        assert engine.use_cpu_threads(Choice("onnxruntime", "cpu", torch.float32)) == {"threads": 2}
+        assert engine.use_cpu_threads(Choice("torch", "cuda", torch.float16)) == {}
     finally:
         torch.set_num_threads(1)
         cv2.setNumThreads(opencv_threads)
-
-
-def test_auto_with_an_explicit_cpu_device_uses_onnx_graphs_only_when_exported(tiny_bundle, monkeypatch):
-    import instantrestore.runtime.backend_onnxruntime as backend_onnxruntime
-
-    bundle = home.resolve_bundle(tiny_bundle)
-    monkeypatch.setattr(backend_onnxruntime, "onnx_ready", lambda bundle, dtype: (False, "no fp32 ONNX graphs"))
-    choice = engine.choose_engine(bundle, "auto", "cpu")
-    assert (choice.backend, choice.device, choice.dtype, choice.reason) == ("torch", "cpu", torch.float32,
-                                                                             "no fp32 ONNX graphs")
-    monkeypatch.setattr(backend_onnxruntime, "onnx_ready", lambda bundle, dtype: (True, ""))
-    choice = engine.choose_engine(bundle, "auto", "cpu")
-    assert (choice.backend, choice.device) == ("onnxruntime", "cpu")
 
 
 def test_native_log_lines_are_kept_off_the_terminal(tmp_path):

@@ -18,12 +18,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from instantrestore.plugin.cli import main
-from instantrestore.runtime import Profile, ProfileError, artifacts, load_bundle
+from instantrestore.runtime import Profile, ProfileError, engine_cache, files, load_bundle
 from instantrestore.runtime import bundle as bundle_module
 from instantrestore.runtime.bundle import CONFIG_NAME, WEIGHTS_NAME, BundleError
+from instantrestore.runtime.graphs import GRAPHS
 from instantrestore.runtime.media import FileSink
 
-OLD = time.time() - 3600  # an hour ago: well past artifacts.STALE_TEMP_AGE_S
+OLD = time.time() - 3600  # an hour ago: well past files.STALE_TEMP_AGE_S
 
 
 def dead_pid() -> int:
@@ -60,7 +61,7 @@ def test_what_a_killed_run_left_is_removed_by_the_next_write_into_the_folder(tmp
 
     with FileSink(tmp_path / "talk.mp4", fps=25, size=(64, 48)) as sink:
         sink.write(np.zeros((48, 64, 3), np.uint8))
-    artifacts.atomic_write_json(tmp_path / "settings.json", {"bundle": "x"})
+    files.atomic_write_json(tmp_path / "settings.json", {"bundle": "x"})
     names = {p.name for p in tmp_path.iterdir()}
     assert names == {"talk.mp4", "settings.json", fresh.name, *(p.name for p in kept)}
 
@@ -75,13 +76,13 @@ def test_stale_temp_folders_are_removed_for_the_name_asked(tmp_path):
     other = tmp_path / f".bundle-2.{gone}-k3j4h5g6"
     other.mkdir()
     aged(other)
-    assert artifacts.remove_stale_temps(tmp_path, "bundle") == [folder]
+    assert files.remove_stale_temps(tmp_path, "bundle") == [folder]
     assert not folder.exists() and other.exists()
 
 
 def test_temp_names_carry_the_writers_pid_and_fit_the_name_limit(tmp_path):
     name = "a" + "é" * 127 + ".mp4"  # 259 bytes; a cut at an even byte count falls inside a character
-    prefix = artifacts.temp_prefix(tmp_path / name)
+    prefix = files.temp_prefix(tmp_path / name)
     assert prefix.endswith(f".{os.getpid()}-") and len(prefix.encode()) <= 180
     stem = prefix[1:-len(f".{os.getpid()}-")]
     assert len(stem) > 60 and name.startswith(stem)  # whole characters of the name
@@ -94,15 +95,15 @@ def test_atomic_writes_follow_symlinks_refuse_devices_and_take_255_byte_names(tm
     real.write_text("{}")
     link = tmp_path / "settings.json"
     link.symlink_to(real)
-    artifacts.atomic_write_json(link, {"bundle": "b"})
+    files.atomic_write_json(link, {"bundle": "b"})
     assert link.is_symlink() and json.loads(real.read_text()) == {"bundle": "b"}
     fifo = tmp_path / "pipe.json"
     os.mkfifo(fifo)
     with pytest.raises(FileExistsError, match="pipe.json exists and is not a regular file"):
-        artifacts.atomic_write_json(fifo, {})
+        files.atomic_write_json(fifo, {})
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     long_name = "p" * 250 + ".json"
-    artifacts.atomic_write_json(tmp_path / long_name, {"ok": True})
+    files.atomic_write_json(tmp_path / long_name, {"ok": True})
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([long_name, "pipe.json", "real.json", "settings.json"])
 
 
@@ -110,35 +111,35 @@ def test_atomic_writes_follow_symlinks_refuse_devices_and_take_255_byte_names(tm
 
 
 def test_a_remembered_hash_is_used_until_the_file_changes(tmp_path, monkeypatch):
-    monkeypatch.setattr(artifacts, "HASH_RACY_NS", -1)  # remember even a file written this instant
+    monkeypatch.setattr(files, "HASH_RACY_NS", -1)  # remember even a file written this instant
     path = tmp_path / "weights.bin"
     path.write_bytes(b"a" * 1000)
     calls = []
-    real = artifacts.sha256_file
-    monkeypatch.setattr(artifacts, "sha256_file", lambda p: calls.append(p) or real(p))
-    first = artifacts.sha256_remembered(path)
-    assert artifacts.sha256_remembered(path) == first and len(calls) == 1
+    real = files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda p: calls.append(p) or real(p))
+    first = files.sha256_remembered(path)
+    assert files.sha256_remembered(path) == first and len(calls) == 1
     with open(path, "r+b") as f:  # four bytes changed in place: same size, same inode
         f.write(b"bbbb")
     stamp = os.stat(path).st_mtime_ns + 10_000_000  # a later write, even on a coarse file clock
     os.utime(path, ns=(stamp, stamp))
-    assert artifacts.sha256_remembered(path) == real(path) != first and len(calls) == 2
-    artifacts.hash_record_path(path).write_text("{not json")
-    assert artifacts.sha256_remembered(path) == real(path)  # a damaged record is only a cache miss
+    assert files.sha256_remembered(path) == real(path) != first and len(calls) == 2
+    files.hash_record_path(path).write_text("{not json")
+    assert files.sha256_remembered(path) == real(path)  # a damaged record is only a cache miss
 
 
 def test_a_cached_onnx_graph_with_four_bytes_changed_is_not_loaded(tmp_path):
     bundle_id = "ab" * 32
-    for graph in artifacts.GRAPHS:
-        key = artifacts.onnx_key(graph, bundle_id, "fp32")
-        artifacts.atomic_write_bytes(key.path("onnx", tmp_path), b"graph bytes " * 100)
-        artifacts.write_sidecar(key.path("onnx", tmp_path), key)
-    graphs = artifacts.find_onnx_graphs(bundle_id, "fp32", tmp_path)
+    for graph in GRAPHS:
+        key = engine_cache.onnx_key(graph, bundle_id, "fp32")
+        files.atomic_write_bytes(key.path("onnx", tmp_path), b"graph bytes " * 100)
+        engine_cache.write_sidecar(key.path("onnx", tmp_path), key)
+    graphs = engine_cache.find_onnx_graphs(bundle_id, "fp32", tmp_path)
     assert graphs is not None
     with open(graphs["restorer"], "r+b") as f:
         f.seek(500)
         f.write(b"\x00\x01\x02\x03")
-    assert artifacts.find_onnx_graphs(bundle_id, "fp32", tmp_path) is None
+    assert engine_cache.find_onnx_graphs(bundle_id, "fp32", tmp_path) is None
 
 
 # ------------------------------------------------------------------------------------------ damaged bundles
@@ -148,7 +149,7 @@ def exporters_bundle_id(config, weights) -> str:
     """The id export/checkpoint.py writes: the config without its source notes and id, then the weights' hash."""
     identity = {k: v for k, v in config.items() if k not in ("source", "bundle_id")}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
-    digest.update(artifacts.sha256_file(weights).encode())
+    digest.update(files.sha256_file(weights).encode())
     return digest.hexdigest()
 
 
@@ -297,9 +298,9 @@ def test_a_damaged_bundle_is_one_clear_line_naming_the_file(tiny_bundle, tmp_pat
 def test_a_sound_bundle_loads_and_its_check_is_remembered(tiny_bundle, tmp_path, monkeypatch):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    monkeypatch.setattr(artifacts, "HASH_RACY_NS", -1)
+    monkeypatch.setattr(files, "HASH_RACY_NS", -1)
     assert load_bundle(bundle).bundle_id == json.loads((tiny_bundle / CONFIG_NAME).read_text())["bundle_id"]
-    monkeypatch.setattr(artifacts, "sha256_file", lambda path: pytest.fail("hashed the weights again"))
+    monkeypatch.setattr(files, "sha256_file", lambda path: pytest.fail("hashed the weights again"))
     monkeypatch.setattr(bundle_module, "_architecture_shapes", lambda *a: pytest.fail("checked the shapes again"))
     load_bundle(bundle)
     config = json.loads((bundle / CONFIG_NAME).read_text())

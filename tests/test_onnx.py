@@ -1,7 +1,6 @@
 """ONNX export of the miniature model, the static TensorRT operator check, and onnxruntime parity with
 the torch backend through load_restorer."""
 
-import os
 
 import numpy as np
 import onnx
@@ -18,8 +17,8 @@ from instantrestore.export.opcheck import (
     check_ops,
     load_supported_ops,
 )
-from instantrestore.runtime import artifacts, load_bundle, load_restorer
-from instantrestore.runtime.backend_onnxruntime import (
+from instantrestore.runtime import engine_cache, load_bundle, load_restorer
+from instantrestore.runtime.backends.onnxruntime_backend import (
     OnnxGraphNotFoundError,
     OnnxRuntimeBackend,
     OnnxRuntimeError,
@@ -31,22 +30,15 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def onnx_home(tmp_path_factory):
-    """A private state folder (INSTANTRESTORE_HOME) for this module's cache."""
-    home = tmp_path_factory.mktemp("ir-home")
-    old = os.environ.get(artifacts.HOME_ENV)
-    os.environ[artifacts.HOME_ENV] = str(home)
-    yield home
-    if old is None:
-        os.environ.pop(artifacts.HOME_ENV, None)
-    else:
-        os.environ[artifacts.HOME_ENV] = old
+    """A private engine cache folder for this module."""
+    return tmp_path_factory.mktemp("ir-home") / "engines"
 
 
 @pytest.fixture(scope="module")
 def fp32_graphs(onnx_home, tiny_bundle):
     """fp32 graphs exported once into the cache with the default (dynamo) exporter."""
     messages = []
-    paths = export_onnx(tiny_bundle, dtype="float32", progress=messages.append)
+    paths = export_onnx(tiny_bundle, engines=onnx_home, dtype="float32", progress=messages.append)
     return paths, messages
 
 
@@ -58,8 +50,8 @@ def fp16_graphs(onnx_home, tiny_bundle, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ort_restorer(fp32_graphs, tiny_bundle):
-    return load_restorer(tiny_bundle, backend="onnxruntime", device="cpu", dtype=torch.float32)
+def ort_restorer(fp32_graphs, onnx_home, tiny_bundle):
+    return load_restorer(tiny_bundle, backend="onnxruntime", device="cpu", dtype=torch.float32, engines=onnx_home)
 
 
 def _dims(value_info):
@@ -75,15 +67,15 @@ def test_fp32_graphs_pass_checker_and_tensorrt_op_check(fp32_graphs, tiny_bundle
     num_layers = len(bundle.layer_shapes)
     assert set(paths) == {"restorer", "enroller"}
     for graph, path in paths.items():
-        assert path.parent == artifacts.bundle_cache_dir(bundle.bundle_id)
+        assert path.parent == engine_cache.bundle_cache_dir(onnx_home, bundle.bundle_id)
         assert str(path).startswith(str(onnx_home))
         onnx.checker.check_model(str(path), full_check=True)
         model = onnx.load(str(path))
         report = assert_trt_compatible(model, graph)
         assert report.opset >= 18
         assert not any(op in ("DFT", "STFT") for _, op in report.ops)
-        assert artifacts.classify(path, artifacts.onnx_key(graph, bundle.bundle_id, "fp32"), verify_hash=True)[0] == "valid"
-        meta = artifacts.read_sidecar(path)
+        assert engine_cache.classify(path, engine_cache.onnx_key(graph, bundle.bundle_id, "fp32"), verify_hash=True)[0] == "valid"
+        meta = engine_cache.read_sidecar(path)
         assert meta["opset"] == report.opset and meta["exporter"] in ("dynamo", "legacy")
     restorer = onnx.load(str(paths["restorer"]), load_external_data=False)
     names = [i.name for i in restorer.graph.input]
@@ -102,17 +94,17 @@ def test_fp32_graphs_pass_checker_and_tensorrt_op_check(fp32_graphs, tiny_bundle
     assert any("wrote" in m for m in messages)
 
 
-def test_export_reuses_valid_graphs(fp32_graphs, tiny_bundle):
+def test_export_reuses_valid_graphs(fp32_graphs, tiny_bundle, onnx_home):
     paths, _ = fp32_graphs
     stamp = {g: p.stat().st_mtime_ns for g, p in paths.items()}
     messages = []
-    again = export_onnx(tiny_bundle, dtype="float32", progress=messages.append)
+    again = export_onnx(tiny_bundle, engines=onnx_home, dtype="float32", progress=messages.append)
     assert again == paths
     assert {g: p.stat().st_mtime_ns for g, p in again.items()} == stamp
     assert any("up to date" in m for m in messages)
 
 
-def test_fp16_graphs_export_and_pass_checks(fp16_graphs, tiny_bundle):
+def test_fp16_graphs_export_and_pass_checks(fp16_graphs, tiny_bundle, onnx_home):
     paths, out = fp16_graphs
     bundle = load_bundle(tiny_bundle)
     for graph, path in paths.items():
@@ -122,8 +114,9 @@ def test_fp16_graphs_export_and_pass_checks(fp16_graphs, tiny_bundle):
         assert_trt_compatible(model, graph)
         for vi in (*model.graph.input, *model.graph.output):
             assert vi.type.tensor_type.elem_type == TensorProto.FLOAT16, vi.name
-    assert artifacts.find_onnx_graphs(bundle.bundle_id, "fp16", out) == paths
-    assert artifacts.find_onnx_graphs(bundle.bundle_id, "fp16") is None  # not in the cache: written to out_dir
+    assert engine_cache.find_onnx_graphs(bundle.bundle_id, "fp16", out) == paths
+    cache = engine_cache.bundle_cache_dir(onnx_home, bundle.bundle_id)
+    assert engine_cache.find_onnx_graphs(bundle.bundle_id, "fp16", cache) is None  # not in the cache: written to out_dir
 
 
 def test_fp16_graph_runs_close_to_fp32(fp16_graphs, ort_restorer, tiny_bundle):
@@ -160,9 +153,9 @@ def test_external_data_when_large(tiny_bundle, tmp_path, monkeypatch):
     assert data.is_file() and data.stat().st_size > path.stat().st_size
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, data.name, path.name + ".json"])
     assert any(f"go to {data.name}" in m for m in messages)
-    key = artifacts.onnx_key("enroller", bundle.bundle_id, "fp32")
-    assert artifacts.classify(path, key, verify_hash=True)[0] == "valid"
-    assert data.name in artifacts.read_sidecar(path)["files"]
+    key = engine_cache.onnx_key("enroller", bundle.bundle_id, "fp32")
+    assert engine_cache.classify(path, key, verify_hash=True)[0] == "valid"
+    assert data.name in engine_cache.read_sidecar(path)["files"]
     onnx.checker.check_model(str(path))
     import onnxruntime as ort
 
@@ -171,7 +164,7 @@ def test_external_data_when_large(tiny_bundle, tmp_path, monkeypatch):
     out = sess.run(None, {"refs": np.zeros((1, 3, S, S), np.float32), "noise": np.zeros((1, 4, s, s), np.float32)})
     assert out[0].shape == (1, *bundle.layer_shapes[0])
     data.write_bytes(b"truncated")
-    assert artifacts.classify(path, key)[0] == "corrupt"
+    assert engine_cache.classify(path, key)[0] == "corrupt"
 
 
 # ----------------------------------------------------------------------------------- parity with torch
@@ -199,14 +192,15 @@ def test_onnxruntime_matches_torch(ort_restorer, tiny_restorer, tiny_bundle, n_r
 
 
 @pytest.mark.parametrize("use_adain,train_input", [(True, False), (False, True)])
-def test_onnxruntime_restores_like_the_authors_math(fp32_graphs, release_factory, use_adain, train_input):
+def test_onnxruntime_restores_like_the_authors_math(fp32_graphs, onnx_home, release_factory, use_adain, train_input):
     """Both flag variants of the release, through import_checkpoint, the ONNX graphs and onnxruntime, against
     the independent implementation of the equations."""
     from reference import ReferenceInstantRestore
 
     release = release_factory(use_adain, train_input)
-    export_onnx(release["bundle"], dtype="float32", exporter="legacy")  # cached already for the first variant
-    restorer = load_restorer(release["bundle"], backend="onnxruntime", device="cpu", dtype=torch.float32)
+    export_onnx(release["bundle"], engines=onnx_home, dtype="float32", exporter="legacy")  # cached for the first variant
+    restorer = load_restorer(release["bundle"], backend="onnxruntime", device="cpu", dtype=torch.float32,
+                             engines=onnx_home)
     S = restorer.crop_size
     g = torch.Generator().manual_seed(7)
     smooth = torch.nn.functional.interpolate(torch.rand(5, 3, 8, 8, generator=g) * 2 - 1, size=S, mode="bicubic")
@@ -229,12 +223,12 @@ def test_profile_switch_rebinds_references(ort_restorer, tiny_restorer):
     assert (ort_restorer.restore(x, pa) - ya).abs().max().item() == 0
 
 
-def test_io_binding_path_matches(ort_restorer, tiny_bundle):
+def test_io_binding_path_matches(ort_restorer, tiny_bundle, onnx_home):
     """The IO-binding path (what CUDA uses, run here on CPU memory) gives the same answers as plain run()."""
     from instantrestore.runtime.restorer import Restorer
 
     bundle = load_bundle(tiny_bundle)
-    bound = Restorer(bundle, OnnxRuntimeBackend(bundle, device="cpu", dtype=torch.float32, io_binding=True))
+    bound = Restorer(bundle, OnnxRuntimeBackend(bundle, onnx_home, device="cpu", dtype=torch.float32, io_binding=True))
     S = bundle.crop_size
     g = torch.Generator().manual_seed(7)
     refs = torch.rand(3, 3, S, S, generator=g) * 2 - 1
@@ -247,10 +241,16 @@ def test_io_binding_path_matches(ort_restorer, tiny_bundle):
             assert torch.equal(bound.restore(x, profile), ort_restorer.restore(x, profile))
 
 
-def test_missing_graphs_say_how_to_export(tiny_bundle, tmp_path, monkeypatch):
-    monkeypatch.setenv(artifacts.HOME_ENV, str(tmp_path))
+def test_the_onnxruntime_backend_is_a_backend(ort_restorer):
+    from instantrestore.runtime.backends import Backend
+
+    assert isinstance(ort_restorer.backend, Backend)
+    assert (ort_restorer.backend.device, ort_restorer.backend.dtype) == (torch.device("cpu"), torch.float32)
+
+
+def test_missing_graphs_say_how_to_export(tiny_bundle, tmp_path):
     with pytest.raises(OnnxGraphNotFoundError, match="instantrestore export --onnx"):
-        load_restorer(tiny_bundle, backend="onnxruntime", device="cpu", dtype=torch.float32)
+        load_restorer(tiny_bundle, backend="onnxruntime", device="cpu", dtype=torch.float32, engines=tmp_path)
 
 
 def test_provider_choice():

@@ -12,9 +12,10 @@ import torch
 from onnx import TensorProto, helper
 
 from instantrestore.export import tensorrt_build
-from instantrestore.runtime import artifacts, load_bundle, load_restorer
-from instantrestore.runtime import backend_tensorrt as bt
-from instantrestore.runtime.artifacts import ShapeProfile
+from instantrestore.plugin import home as state
+from instantrestore.runtime import engine_cache, files, load_bundle, load_restorer
+from instantrestore.runtime.backends import tensorrt_backend as bt
+from instantrestore.runtime.graphs import DEFAULT_PROFILE, ShapeProfile
 
 
 def _have_tensorrt():
@@ -32,19 +33,23 @@ OTHER_BID = "cd" * 32
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv(artifacts.HOME_ENV, str(tmp_path / "home"))
-    return tmp_path / "home"
+def engines(tmp_path):
+    """An engine cache folder, as the plugin passes its `<state>/engines`."""
+    return tmp_path / "home" / "engines"
 
 
 def _key(graph="restorer", bundle_id=BID, precision="fp16", profile=None, trt="10.3.0", gpu="NVIDIA H100", cc="9.0"):
-    return bt.engine_key(graph, bundle_id, precision, profile or artifacts.DEFAULT_PROFILE, trt, gpu, cc)
+    return bt.engine_key(graph, bundle_id, precision, profile or DEFAULT_PROFILE, trt, gpu, cc)
 
 
-def _write_plan(key, data=b"plan-bytes"):
-    path = key.path(bt.PLAN_EXT)
-    artifacts.atomic_write_bytes(path, data)
-    artifacts.write_sidecar(path, key)
+def _folder(engines, key):
+    return engine_cache.bundle_cache_dir(engines, key.bundle_id)
+
+
+def _write_plan(engines, key, data=b"plan-bytes"):
+    path = key.path(bt.PLAN_EXT, _folder(engines, key))
+    files.atomic_write_bytes(path, data)
+    engine_cache.write_sidecar(path, key)
     return path
 
 
@@ -52,19 +57,19 @@ def _write_plan(key, data=b"plan-bytes"):
 
 
 def test_state_dir_env_and_platform_defaults(monkeypatch, tmp_path):
-    monkeypatch.setenv(artifacts.HOME_ENV, str(tmp_path / "x"))
-    assert artifacts.state_dir() == (tmp_path / "x").resolve()
-    assert artifacts.engines_dir() == (tmp_path / "x").resolve() / "engines"
-    monkeypatch.delenv(artifacts.HOME_ENV)
+    monkeypatch.setenv(state.HOME_ENV, str(tmp_path / "x"))
+    assert state.state_dir() == (tmp_path / "x").resolve()
+    assert state.engines_dir() == (tmp_path / "x").resolve() / "engines"
+    monkeypatch.delenv(state.HOME_ENV)
     monkeypatch.delenv("XDG_DATA_HOME", raising=False)
-    monkeypatch.setattr(artifacts.Path, "home", classmethod(lambda cls: tmp_path / "user"))
+    monkeypatch.setattr(state.Path, "home", classmethod(lambda cls: tmp_path / "user"))
     monkeypatch.setattr(sys, "platform", "linux")
-    assert artifacts.state_dir() == tmp_path / "user" / ".local" / "share" / "instantrestore"
+    assert state.state_dir() == tmp_path / "user" / ".local" / "share" / "instantrestore"
     monkeypatch.setattr(sys, "platform", "darwin")
-    assert artifacts.state_dir() == tmp_path / "user" / "Library" / "Application Support" / "instantrestore"
+    assert state.state_dir() == tmp_path / "user" / "Library" / "Application Support" / "instantrestore"
     monkeypatch.setattr(sys, "platform", "win32")
     monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "Local"))
-    assert artifacts.state_dir() == tmp_path / "Local" / "instantrestore"
+    assert state.state_dir() == tmp_path / "Local" / "instantrestore"
 
 
 # ------------------------------------------------------------------------------------------ profiles
@@ -99,7 +104,7 @@ def test_profile_shapes_follow_the_bundle(tiny_bundle):
 # ------------------------------------------------------------------------------------------ cache keys
 
 
-def test_engine_keys_cover_every_field(home):
+def test_engine_keys_cover_every_field(engines):
     base = _key()
     variants = [
         _key(bundle_id=OTHER_BID), _key(precision="fp32"), _key(trt="10.4.0"), _key(gpu="NVIDIA L4"),
@@ -109,93 +114,93 @@ def test_engine_keys_cover_every_field(home):
     assert len(digests) == len(variants) + 1
     names = {base.filename("plan")} | {k.filename("plan") for k in variants}
     assert len(names) == len(variants) + 1
-    assert bt.engine_key("restorer", BID, torch.float16, artifacts.DEFAULT_PROFILE, "10.3.0", "NVIDIA H100", (9, 0)) == base
-    assert base.path("plan").parent == artifacts.bundle_cache_dir(BID)
+    assert bt.engine_key("restorer", BID, torch.float16, DEFAULT_PROFILE, "10.3.0", "NVIDIA H100", (9, 0)) == base
+    assert base.path("plan", _folder(engines, base)).parent == engine_cache.bundle_cache_dir(engines, BID)
     assert base.filename("plan").startswith("trt-restorer-fp16-b1-1-4_r1-4-8-")
-    with pytest.raises(artifacts.ArtifactError):
+    with pytest.raises(engine_cache.ArtifactError):
         _key(bundle_id="not-a-hash")
     with pytest.raises(ValueError):
-        artifacts.ArtifactKey(kind="trt-restorer", bundle_id=BID, precision="fp16")  # no GPU/TRT fields
+        engine_cache.ArtifactKey(kind="trt-restorer", bundle_id=BID, precision="fp16")  # no GPU/TRT fields
 
 
-def test_valid_engine_is_found(home):
+def test_valid_engine_is_found(engines):
     key = _key()
-    path = _write_plan(key)
-    assert artifacts.find_artifact(key, "plan") == path
-    assert artifacts.find_artifact(key, "plan", verify_hash=True) == path
-    assert bt.find_engine(key) == path
-    meta = json.loads(artifacts.sidecar_path(path).read_text())
+    path = _write_plan(engines, key)
+    assert engine_cache.find_artifact(key, "plan", _folder(engines, key)) == path
+    assert engine_cache.find_artifact(key, "plan", _folder(engines, key), verify_hash=True) == path
+    assert bt.find_engine(key, engines) == path
+    meta = json.loads(engine_cache.sidecar_path(path).read_text())
     assert meta["key"]["gpu_name"] == "NVIDIA H100" and meta["files"][path.name]["size"] == len(b"plan-bytes")
 
 
-def test_stale_engine_is_reported_and_pruned(home):
-    old = _write_plan(_key(trt="10.0.1"))
+def test_stale_engine_is_reported_and_pruned(engines):
+    old = _write_plan(engines, _key(trt="10.0.1"))
     new_key = _key(trt="10.3.0")
-    assert artifacts.find_artifact(new_key, "plan") is None
-    report = artifacts.inspect_slot(new_key, "plan")
-    assert [(p, s) for p, s, _ in report] == [(old, artifacts.STALE)]
+    assert engine_cache.find_artifact(new_key, "plan", _folder(engines, new_key)) is None
+    report = engine_cache.inspect_slot(new_key, "plan", _folder(engines, new_key))
+    assert [(p, s) for p, s, _ in report] == [(old, engine_cache.STALE)]
     with pytest.raises(bt.EngineNotFoundError) as err:
-        bt.find_engine(new_key)
+        bt.find_engine(new_key, engines)
     msg = str(err.value)
     assert "instantrestore export --tensorrt" in msg and "stale" in msg and "10.0.1" in msg
-    removed = artifacts.prune_slot(new_key, "plan")
+    removed = engine_cache.prune_slot(new_key, "plan", _folder(engines, new_key))
     assert [p for p, _ in removed] == [old]
-    assert not old.exists() and not artifacts.sidecar_path(old).exists()
+    assert not old.exists() and not engine_cache.sidecar_path(old).exists()
 
 
-def test_foreign_engine_is_never_loaded_nor_deleted(home):
-    other_gpu = _write_plan(_key(gpu="NVIDIA L4", cc="8.9"))
+def test_foreign_engine_is_never_loaded_nor_deleted(engines):
+    other_gpu = _write_plan(engines, _key(gpu="NVIDIA L4", cc="8.9"))
     key = _key()
-    assert artifacts.find_artifact(key, "plan") is None
-    assert [s for _, s, _ in artifacts.inspect_slot(key, "plan")] == [artifacts.FOREIGN]
-    assert artifacts.prune_slot(key, "plan") == []
+    assert engine_cache.find_artifact(key, "plan", _folder(engines, key)) is None
+    assert [s for _, s, _ in engine_cache.inspect_slot(key, "plan", _folder(engines, key))] == [engine_cache.FOREIGN]
+    assert engine_cache.prune_slot(key, "plan", _folder(engines, key)) == []
     assert other_gpu.exists()  # valid for the other GPU in this machine
     # A plan renamed onto our key's file name is still foreign: the sidecar says whose it is.
-    ours = key.path("plan")
+    ours = key.path("plan", _folder(engines, key))
     other_gpu.rename(ours)
-    artifacts.sidecar_path(other_gpu).rename(artifacts.sidecar_path(ours))
-    assert artifacts.classify(ours, key)[0] == artifacts.FOREIGN
-    assert artifacts.find_artifact(key, "plan") is None
+    engine_cache.sidecar_path(other_gpu).rename(engine_cache.sidecar_path(ours))
+    assert engine_cache.classify(ours, key)[0] == engine_cache.FOREIGN
+    assert engine_cache.find_artifact(key, "plan", _folder(engines, key)) is None
     # ... and so is one made for another bundle
-    path = _write_plan(key)
-    meta = json.loads(artifacts.sidecar_path(path).read_text())
+    path = _write_plan(engines, key)
+    meta = json.loads(engine_cache.sidecar_path(path).read_text())
     meta["key"]["bundle_id"] = OTHER_BID
-    artifacts.sidecar_path(path).write_text(json.dumps(meta))
-    status, reason = artifacts.classify(path, key)
-    assert status == artifacts.FOREIGN and "bundle_id" in reason
+    engine_cache.sidecar_path(path).write_text(json.dumps(meta))
+    status, reason = engine_cache.classify(path, key)
+    assert status == engine_cache.FOREIGN and "bundle_id" in reason
 
 
-def test_corrupt_or_uncommitted_engine_is_rejected(home):
+def test_corrupt_or_uncommitted_engine_is_rejected(engines):
     key = _key()
-    path = _write_plan(key)
-    assert artifacts.find_artifact(key, "plan") == path  # verified, and the verification remembered
+    path = _write_plan(engines, key)
+    assert engine_cache.find_artifact(key, "plan", _folder(engines, key)) == path  # verified, and the verification remembered
     with open(path, "r+b") as f:  # four bytes changed in place, after that successful load
         f.seek(2)
         f.write(b"zzzz")
-    assert artifacts.find_artifact(key, "plan") is None  # loading checks the SHA-256 of the sidecar
-    assert artifacts.classify(path, key)[0] == artifacts.CORRUPT
-    assert artifacts.find_artifact(key, "plan", verify_hash=False) == path  # the size alone cannot tell
+    assert engine_cache.find_artifact(key, "plan", _folder(engines, key)) is None  # loading checks the SHA-256 of the sidecar
+    assert engine_cache.classify(path, key)[0] == engine_cache.CORRUPT
+    assert engine_cache.find_artifact(key, "plan", _folder(engines, key), verify_hash=False) == path  # the size alone cannot tell
     path.write_bytes(b"short")
-    assert artifacts.classify(path, key)[0] == artifacts.CORRUPT
-    artifacts.sidecar_path(path).unlink()  # a write that never committed
-    assert artifacts.classify(path, key) == (artifacts.CORRUPT, f"{path.name} has no readable sidecar (interrupted write?)")
-    assert [p for p, _ in artifacts.prune_slot(key, "plan")] == [path]
-    assert artifacts.classify(path, key)[0] == artifacts.MISSING
+    assert engine_cache.classify(path, key)[0] == engine_cache.CORRUPT
+    engine_cache.sidecar_path(path).unlink()  # a write that never committed
+    assert engine_cache.classify(path, key) == (engine_cache.CORRUPT, f"{path.name} has no readable sidecar (interrupted write?)")
+    assert [p for p, _ in engine_cache.prune_slot(key, "plan", _folder(engines, key))] == [path]
+    assert engine_cache.classify(path, key)[0] == engine_cache.MISSING
 
 
-def test_format_bump_makes_engines_stale(home):
+def test_format_bump_makes_engines_stale(engines):
     key = _key()
-    path = _write_plan(key)
-    newer = artifacts.ArtifactKey(**{**key.__dict__, "format": artifacts.ARTIFACT_FORMAT + 1})
-    assert artifacts.find_artifact(newer, "plan") is None
-    assert artifacts.classify(path, newer)[0] == artifacts.STALE
+    path = _write_plan(engines, key)
+    newer = engine_cache.ArtifactKey(**{**key.__dict__, "format": engine_cache.ARTIFACT_FORMAT + 1})
+    assert engine_cache.find_artifact(newer, "plan", _folder(engines, newer)) is None
+    assert engine_cache.classify(path, newer)[0] == engine_cache.STALE
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     target = tmp_path / "a" / "engine.plan"
-    artifacts.atomic_write_bytes(target, b"old")
+    files.atomic_write_bytes(target, b"old")
     with pytest.raises(RuntimeError):
-        with artifacts.atomic_path(target) as tmp:
+        with files.atomic_path(target) as tmp:
             tmp.write_bytes(b"half-written")
             raise RuntimeError("build crashed")
     assert target.read_bytes() == b"old"
@@ -216,7 +221,7 @@ def test_missing_tensorrt_has_a_clear_error(tiny_bundle, monkeypatch, tmp_path):
     with pytest.raises(bt.TensorRTUnavailableError):
         tensorrt_build.build_engine(onnx_path, {})
     with pytest.raises(bt.TensorRTUnavailableError):
-        tensorrt_build.build_engines(tiny_bundle)
+        tensorrt_build.build_engines(tiny_bundle, tmp_path / "engines")
     ok, why = bt.tensorrt_ready(load_bundle(tiny_bundle))
     assert not ok and "TensorRT is not available" in why
 
@@ -234,26 +239,12 @@ def test_tensorrt_without_gpu_has_a_clear_error(tiny_bundle, monkeypatch):
         load_restorer(tiny_bundle, backend="tensorrt", device="cuda", dtype=torch.float16)
 
 
-def test_missing_engine_tells_how_to_build(home, monkeypatch, tiny_bundle):
+def test_missing_engine_tells_how_to_build(engines, monkeypatch, tiny_bundle):
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0"))
     monkeypatch.setattr(bt, "require_cuda", lambda device=None: torch.device("cpu"))
-    monkeypatch.setattr(artifacts, "cuda_identity", lambda device=None: ("NVIDIA H100", "9.0"))
+    monkeypatch.setattr(engine_cache, "cuda_identity", lambda device=None: ("NVIDIA H100", "9.0"))
     with pytest.raises(bt.EngineNotFoundError, match=r"no TensorRT restorer engine .* run `instantrestore export --tensorrt`"):
-        bt.TensorRTBackend(load_bundle(tiny_bundle))
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only choice")
-def test_auto_choice_on_a_cpu_machine(home, tiny_bundle):
-    bundle = load_bundle(tiny_bundle)
-    name, device, dtype, why = bt.choose_auto_backend(bundle)
-    assert (name, device, dtype) == ("torch", "cpu", torch.float32)
-    assert "tensorrt:" in why and "onnxruntime-cpu:" in why
-    for graph in ("restorer", "enroller"):  # pretend the fp32 graphs were exported
-        key = artifacts.onnx_key(graph, bundle.bundle_id, "fp32")
-        artifacts.atomic_write_bytes(key.path("onnx"), b"graph")
-        artifacts.write_sidecar(key.path("onnx"), key)
-    name, device, dtype, why = bt.choose_auto_backend(bundle)
-    assert (name, device, dtype) == ("onnxruntime", "cpu", torch.float32)
+        bt.TensorRTBackend(load_bundle(tiny_bundle), engines)
 
 
 # ---------------------------------------------------------------- the build against a recording stand-in
@@ -437,33 +428,34 @@ def test_build_engine_errors(fake_trt, tmp_path, monkeypatch):
         tensorrt_build.build_engine(graph, {})
 
 
-def test_build_engines_uses_and_refreshes_the_cache(fake_trt, home, tiny_bundle, monkeypatch):
+def test_build_engines_uses_and_refreshes_the_cache(fake_trt, engines, tiny_bundle, monkeypatch):
     bundle = load_bundle(tiny_bundle)
-    monkeypatch.setattr(tensorrt_build.artifacts, "cuda_identity", lambda device=None: ("NVIDIA H100", "9.0"))
+    monkeypatch.setattr(tensorrt_build.engine_cache, "cuda_identity", lambda device=None: ("NVIDIA H100", "9.0"))
     num_layers = len(bundle.layer_shapes)
     names = {"restorer": ["images", "noise"] + [f"{c}{i}" for i in range(num_layers) for c in "kv"], "enroller": ["refs", "noise"]}
     for graph, inputs in names.items():  # stand-ins for the exported fp16 graphs, committed in the cache
-        key = artifacts.onnx_key(graph, bundle.bundle_id, "fp16")
-        _tiny_graph(key.path("onnx"), inputs, TensorProto.FLOAT16)
-        artifacts.write_sidecar(key.path("onnx"), key)
+        key = engine_cache.onnx_key(graph, bundle.bundle_id, "fp16")
+        _tiny_graph(key.path("onnx", _folder(engines, key)), inputs, TensorProto.FLOAT16)
+        engine_cache.write_sidecar(key.path("onnx", _folder(engines, key)), key)
     messages = []
-    plans = tensorrt_build.build_engines(tiny_bundle, progress=messages.append)
+    plans = tensorrt_build.build_engines(tiny_bundle, engines, progress=messages.append)
     assert set(plans) == {"restorer", "enroller"}
     for graph, path in plans.items():
-        key = bt.engine_key(graph, bundle.bundle_id, "fp16", artifacts.DEFAULT_PROFILE, "10.3.0", "NVIDIA H100", "9.0")
-        assert path == key.path("plan") and artifacts.find_artifact(key, "plan", verify_hash=True) == path
+        key = bt.engine_key(graph, bundle.bundle_id, "fp16", DEFAULT_PROFILE, "10.3.0", "NVIDIA H100", "9.0")
+        folder = _folder(engines, key)
+        assert path == key.path("plan", folder) and engine_cache.find_artifact(key, "plan", folder, verify_hash=True) == path
         assert path.read_bytes() == b"PLAN:" + ",".join(names[graph]).encode()
     restorer_build = [c for c in fake_trt.calls if c[0] == "build"][0]
-    assert restorer_build[2][0]["k0"] == tensorrt_build.profile_shapes(bundle, "restorer", artifacts.DEFAULT_PROFILE)["k0"]
-    assert len(list(artifacts.timing_cache_dir().glob("*.cache"))) == 1
+    assert restorer_build[2][0]["k0"] == tensorrt_build.profile_shapes(bundle, "restorer", DEFAULT_PROFILE)["k0"]
+    assert len(list(engine_cache.timing_cache_dir(engines).glob("*.cache"))) == 1
     # cached: no second build
     builds = len([c for c in fake_trt.calls if c[0] == "build"])
-    assert tensorrt_build.build_engines(tiny_bundle, progress=messages.append) == plans
+    assert tensorrt_build.build_engines(tiny_bundle, engines, progress=messages.append) == plans
     assert len([c for c in fake_trt.calls if c[0] == "build"]) == builds
     assert any("is cached" in m for m in messages)
     # a TensorRT upgrade: the old plans are stale, removed and rebuilt under new names
     fake_trt.__version__ = "10.4.0"
-    fresh = tensorrt_build.build_engines(tiny_bundle, progress=messages.append)
+    fresh = tensorrt_build.build_engines(tiny_bundle, engines, progress=messages.append)
     assert all(not p.exists() for p in plans.values()) and all(p.exists() for p in fresh.values())
     assert any("removed stale engine" in m for m in messages)
 
@@ -473,24 +465,14 @@ def test_build_engines_uses_and_refreshes_the_cache(fake_trt, home, tiny_bundle,
 
 @pytest.fixture(scope="module")
 def trt_engines(tiny_bundle, tmp_path_factory):
-    import os
-
-    home = tmp_path_factory.mktemp("trt-home")
-    old = os.environ.get(artifacts.HOME_ENV)
-    os.environ[artifacts.HOME_ENV] = str(home)
-    try:
-        yield tensorrt_build.build_engines(tiny_bundle, precision="fp16", progress=print)
-    finally:
-        if old is None:
-            os.environ.pop(artifacts.HOME_ENV, None)
-        else:
-            os.environ[artifacts.HOME_ENV] = old
+    engines = tmp_path_factory.mktemp("trt-home") / "engines"
+    return tensorrt_build.build_engines(tiny_bundle, engines, precision="fp16", progress=print)
 
 
 @needs_tensorrt
-def test_tensorrt_matches_torch_fp16(trt_engines, tiny_bundle, monkeypatch):
-    monkeypatch.setenv(artifacts.HOME_ENV, str(next(iter(trt_engines.values())).parents[2]))
-    trt_r = load_restorer(tiny_bundle, backend="tensorrt", device="cuda", dtype=torch.float16)
+def test_tensorrt_matches_torch_fp16(trt_engines, tiny_bundle):
+    engines = next(iter(trt_engines.values())).parents[1]
+    trt_r = load_restorer(tiny_bundle, backend="tensorrt", device="cuda", dtype=torch.float16, engines=engines)
     ref_r = load_restorer(tiny_bundle, backend="torch", device="cuda", dtype=torch.float16)
     S = trt_r.crop_size
     g = torch.Generator().manual_seed(5)
@@ -508,10 +490,10 @@ def test_tensorrt_matches_torch_fp16(trt_engines, tiny_bundle, monkeypatch):
 
 
 @needs_tensorrt
-def test_tensorrt_engine_cache_is_reused(trt_engines, tiny_bundle, monkeypatch):
-    monkeypatch.setenv(artifacts.HOME_ENV, str(next(iter(trt_engines.values())).parents[2]))
+def test_tensorrt_engine_cache_is_reused(trt_engines, tiny_bundle):
+    engines = next(iter(trt_engines.values())).parents[1]
     messages = []
-    assert tensorrt_build.build_engines(tiny_bundle, precision="fp16", progress=messages.append) == trt_engines
+    assert tensorrt_build.build_engines(tiny_bundle, engines, precision="fp16", progress=messages.append) == trt_engines
     assert sum("is cached" in m for m in messages) == 2
 
 
@@ -590,45 +572,45 @@ class _FakeContext:
 
 
 @pytest.fixture
-def fake_runtime(home, monkeypatch, tiny_bundle):
+def fake_runtime(engines, monkeypatch, tiny_bundle):
     """TensorRT stand-in with plans in the cache for the tiny bundle, on the CPU."""
     bundle = load_bundle(tiny_bundle)
     fake = _FakeTRT()
     fake.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
     fake.float16, fake.float32, fake.int32, fake.int64, fake.bool, fake.int8, fake.uint8 = (
         "f16", "f32", "i32", "i64", "b", "i8", "u8")
-    engines = []
+    loaded = []
 
     class Runtime:
         def __init__(self, logger):
             pass
 
         def deserialize_cuda_engine(self, plan):
-            engines.append(_FakeEngine(fake, json.loads(plan)))
-            return engines[-1]
+            loaded.append(_FakeEngine(fake, json.loads(plan)))
+            return loaded[-1]
 
     fake.Runtime = Runtime
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     monkeypatch.setattr(bt._TRTLogger, "_instance", None)
     monkeypatch.setattr(bt, "require_cuda", lambda device=None: torch.device("cpu"))
-    monkeypatch.setattr(artifacts, "cuda_identity", lambda device=None: ("NVIDIA H100", "9.0"))
+    monkeypatch.setattr(engine_cache, "cuda_identity", lambda device=None: ("NVIDIA H100", "9.0"))
     monkeypatch.setattr(bt.EngineRunner, "_stream_handle", lambda self: 1234)
-    profile = artifacts.DEFAULT_PROFILE
+    profile = DEFAULT_PROFILE
     keys = bt.current_engine_keys(bundle.bundle_id, "fp16", profile)
     for graph in ("restorer", "enroller"):
         shapes = tensorrt_build.profile_shapes(bundle, graph, profile)
         outputs = ({"restored": None} if graph == "restorer"
                    else {f"{c}{i}": [t, ch] for i, (t, ch) in enumerate(bundle.layer_shapes) for c in "kv"})
         spec = {"inputs": {n: [list(s) for s in v] for n, v in shapes.items()}, "outputs": outputs}
-        _write_plan(keys[graph], json.dumps(spec).encode())
-    return bundle, engines
+        _write_plan(engines, keys[graph], json.dumps(spec).encode())
+    return bundle, loaded, engines
 
 
 def test_runtime_binds_references_once_per_profile(fake_runtime):
     from instantrestore.runtime.restorer import Restorer
 
-    bundle, engines = fake_runtime
-    backend = bt.TensorRTBackend(bundle)
+    bundle, engines, folder = fake_runtime
+    backend = bt.TensorRTBackend(bundle, folder)
     restorer = Restorer(bundle, backend)
     assert backend.max_batch == 4 and backend.max_references == 8
     assert len(engines) == 1  # the enroller plan is deserialised on first use only
@@ -658,8 +640,8 @@ def test_runtime_binds_references_once_per_profile(fake_runtime):
 
 
 def test_runtime_rejects_shapes_outside_the_profile_and_mismatched_engines(fake_runtime, monkeypatch):
-    bundle, engines = fake_runtime
-    backend = bt.TensorRTBackend(bundle)
+    bundle, engines, folder = fake_runtime
+    backend = bt.TensorRTBackend(bundle, folder)
     runner = backend._runners["restorer"]
     S = bundle.crop_size
     with pytest.raises(bt.TensorRTError, match="outside the engine's profile"):
@@ -669,4 +651,4 @@ def test_runtime_rejects_shapes_outside_the_profile_and_mismatched_engines(fake_
     # an engine whose inputs do not fit the bundle (e.g. exported from another one) is refused
     monkeypatch.setattr(bundle, "config", {**bundle.config, "shared_layers": bundle.config["shared_layers"][:-1]})
     with pytest.raises(bt.TensorRTError, match="do not match"):
-        bt.TensorRTBackend(bundle)
+        bt.TensorRTBackend(bundle, folder)

@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from media_helpers import MEDIAPIPE_TIMEOUT_S, apply_affine, astronaut, no_face_image, placed_face  # noqa: E402
 
 from instantrestore.runtime import align, tracking  # noqa: E402
-from instantrestore.runtime.artifacts import sha256_file  # noqa: E402
+from instantrestore.runtime.files import sha256_file  # noqa: E402
 from instantrestore.runtime.tracking import (  # noqa: E402
     DetectorAssetError,
     DetectorTimeout,

@@ -1,7 +1,7 @@
 """TensorRT backend: runs cached fp16 engines on torch CUDA tensors, no host copies.
 
 Engines are built ahead of time by `instantrestore export --tensorrt` (export/tensorrt_build.py)
-and found in the engine cache (runtime/artifacts.py) by a key of bundle hash, TensorRT version,
+and found in the engine cache (runtime/engine_cache.py) by a key of bundle hash, TensorRT version,
 GPU name, compute capability, precision and shape profile. A stale or foreign plan is never
 deserialised: loading fails with a message that says how to rebuild.
 
@@ -20,8 +20,10 @@ from typing import Optional
 
 import torch
 
-from . import artifacts
-from .artifacts import GRAPHS
+from .. import engine_cache
+from ..engine_cache import ArtifactKey
+from ..graphs import DEFAULT_PROFILE, GRAPHS, ShapeProfile, input_names, output_names, precision_dtype, precision_name
+from . import BoundReferences
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +76,20 @@ def require_cuda(device=None) -> torch.device:
     return dev
 
 
-def engine_key(graph: str, bundle_id: str, precision, profile: artifacts.ShapeProfile,
-               trt_version: str, gpu_name: str, compute_capability) -> artifacts.ArtifactKey:
+def tensorrt_usable() -> bool:
+    """Whether TensorRT imports and torch sees a GPU, engines or not."""
+    try:
+        import_tensorrt()
+    except TensorRTUnavailableError:
+        return False
+    return torch.cuda.is_available()
+
+
+def engine_key(graph: str, bundle_id: str, precision, profile: ShapeProfile,
+               trt_version: str, gpu_name: str, compute_capability) -> ArtifactKey:
     if graph not in GRAPHS:
         raise ValueError(f"unknown graph {graph!r} (expected one of {GRAPHS})")
-    return artifacts.trt_key(f"trt-{graph}", bundle_id, precision, profile, trt_version, gpu_name,
+    return engine_cache.trt_key(f"trt-{graph}", bundle_id, precision, profile, trt_version, gpu_name,
                              compute_capability)
 
 
@@ -86,27 +97,30 @@ def current_engine_keys(bundle_id: str, precision="fp16", profile=None, device=N
     """Keys for this machine (installed TensorRT, this GPU): {graph: ArtifactKey}."""
     trt = import_tensorrt()
     dev = require_cuda(device)
-    name, cc = artifacts.cuda_identity(dev)
-    profile = profile or artifacts.DEFAULT_PROFILE
+    name, cc = engine_cache.cuda_identity(dev)
+    profile = profile or DEFAULT_PROFILE
     return {g: engine_key(g, bundle_id, precision, profile, trt.__version__, name, cc) for g in GRAPHS}
 
 
-def missing_engine_message(key: artifacts.ArtifactKey, slot_report=()) -> str:
-    where = artifacts.bundle_cache_dir(key.bundle_id)
+def missing_engine_message(key: ArtifactKey, where, slot_report=()) -> str:
     msg = (f"no TensorRT {key.kind[4:]} engine for bundle {key.bundle_id[:12]} on {key.gpu_name} "
            f"(sm {key.compute_capability}, TensorRT {key.trt_version}, {key.precision}, profile "
            f"{key.profile.tag}) in {where}")
-    bad = [f"{p.name}: {status} ({reason})" for p, status, reason in slot_report if status != artifacts.VALID]
+    bad = [f"{p.name}: {status} ({reason})" for p, status, reason in slot_report if status != engine_cache.VALID]
     if bad:
         msg += "; not loading " + "; ".join(bad)
     return msg + "; run `instantrestore export --tensorrt` to build it"
 
 
-def find_engine(key: artifacts.ArtifactKey) -> Path:
-    """Path of the valid cached plan for `key`, or EngineNotFoundError naming stale/foreign ones."""
-    path = artifacts.find_artifact(key, PLAN_EXT)
+def find_engine(key: ArtifactKey, engines) -> Path:
+    """Path of the valid plan for `key` in the engine cache `engines`, or EngineNotFoundError naming
+    stale/foreign ones."""
+    if engines is None:
+        raise EngineNotFoundError("no engines folder given to look for TensorRT engines in")
+    folder = engine_cache.bundle_cache_dir(engines, key.bundle_id)
+    path = engine_cache.find_artifact(key, PLAN_EXT, folder)
     if path is None:
-        raise EngineNotFoundError(missing_engine_message(key, artifacts.inspect_slot(key, PLAN_EXT)))
+        raise EngineNotFoundError(missing_engine_message(key, folder, engine_cache.inspect_slot(key, PLAN_EXT, folder)))
     return path
 
 
@@ -230,26 +244,25 @@ class EngineRunner:
 
 
 class TensorRTBackend:
-    """Same interface as TorchBackend, running cached TensorRT engines."""
+    """A Backend running the TensorRT engines of `bundle` cached in the folder `engines`."""
 
     name = "tensorrt"
 
-    def __init__(self, bundle, device="cuda", dtype=torch.float16, profile: Optional[artifacts.ShapeProfile] = None):
+    def __init__(self, bundle, engines, device="cuda", dtype=torch.float16, profile: Optional[ShapeProfile] = None):
         self.trt = import_tensorrt()
         self.device = require_cuda(device)
         self.bundle = bundle
-        self.precision = artifacts.precision_name(dtype)
-        self.dtype = artifacts.precision_dtype(dtype)
-        self.profile = profile or artifacts.DEFAULT_PROFILE
+        self.precision = precision_name(dtype)
+        self.dtype = precision_dtype(dtype)
+        self.profile = profile or DEFAULT_PROFILE
         self.keys = current_engine_keys(bundle.bundle_id, self.precision, self.profile, self.device)
         self.num_layers = len(bundle.layer_shapes)
         # Both plans must exist now (so a missing one is reported at load), but the enroller is only
         # deserialised on first use: a live session with a stored profile never needs its GPU memory.
-        self._paths = {graph: find_engine(self.keys[graph]) for graph in GRAPHS}
+        self._paths = {graph: find_engine(self.keys[graph], engines) for graph in GRAPHS}
         self._runners = {}
         self._runner("restorer")
-        self._bound_src = None
-        self._bound_ptrs = None
+        self._references = BoundReferences(2 * self.num_layers)
 
     def _runner(self, graph: str) -> EngineRunner:
         if graph not in self._runners:
@@ -261,12 +274,13 @@ class TensorRTBackend:
         return self._runners[graph]
 
     def _check_io(self, graph: str, r: EngineRunner) -> None:
+        inputs, outputs = input_names(graph, self.num_layers), output_names(graph, self.num_layers)
         if graph == "restorer":
-            names = ["images", "noise"] + [f"{kv}{i}" for i in range(self.num_layers) for kv in ("k", "v")]
-            if sorted(r.inputs) != sorted(names) or r.outputs != ["restored"]:
+            if sorted(r.inputs) != sorted(inputs) or r.outputs != outputs:
                 raise TensorRTError(f"restorer engine inputs {r.inputs} / outputs {r.outputs} do not match the bundle "
-                                    f"({self.num_layers} shared layers); rebuild with `instantrestore export --tensorrt`")
-        elif sorted(r.inputs) != ["noise", "refs"] or len(r.outputs) != 2 * self.num_layers:
+                                    f"({self.num_layers} shared layers); "
+                                    "rebuild with `instantrestore export --tensorrt`")
+        elif sorted(r.inputs) != sorted(inputs) or len(r.outputs) != len(outputs):
             raise TensorRTError(f"enroller engine inputs {r.inputs} / outputs {r.outputs} do not match the bundle; "
                                 "rebuild with `instantrestore export --tensorrt`")
 
@@ -280,7 +294,6 @@ class TensorRTBackend:
 
     @torch.inference_mode()
     def enroll(self, refs: torch.Tensor, noise: torch.Tensor) -> list:
-        names = [f"{kv}{i}" for i in range(self.num_layers) for kv in ("k", "v")]
         r = self._runner("enroller")
         step = r.profile_shape("refs")[2][0]
         if refs.shape[0] > step:  # references are independent: run them in engine-sized chunks
@@ -289,63 +302,30 @@ class TensorRTBackend:
         r.bind_input("refs", refs)
         r.bind_input("noise", noise)
         outs = r.run()
-        return [outs[n] for n in names]
+        return [outs[n] for n in output_names("enroller", self.num_layers)]
 
     @torch.inference_mode()
     def restore(self, images: torch.Tensor, noise: torch.Tensor, layer_inputs: list) -> torch.Tensor:
         r = self._runners["restorer"]
-        if len(layer_inputs) != 2 * self.num_layers:
-            raise ValueError(f"expected {2 * self.num_layers} K/V tensors, got {len(layer_inputs)}")
         step = self.max_batch
         if images.shape[0] > step:  # frames are independent: run larger batches in engine-sized chunks
             return torch.cat([self.restore(images[i:i + step], noise[i:i + step], layer_inputs)
                               for i in range(0, images.shape[0], step)])
-        ptrs = [t.data_ptr() for t in layer_inputs]
-        if layer_inputs is not self._bound_src or ptrs != self._bound_ptrs:
+        if self._references.changed(layer_inputs):
             # A new profile: bind its K/V once; later frames only rebind images and noise.
-            for i, t in enumerate(layer_inputs):
-                r.bind_input(f"{'kv'[i % 2]}{i // 2}", t)
-            self._bound_src, self._bound_ptrs = layer_inputs, ptrs
+            for name, t in zip(input_names("restorer", self.num_layers)[2:], layer_inputs):
+                r.bind_input(name, t)
         r.bind_input("images", images)
         r.bind_input("noise", noise)
         return r.run()["restored"]
 
 
-def tensorrt_ready(bundle, dtype=torch.float16, device=None, profile=None) -> tuple:
-    """(True, '') when TensorRT, a GPU and valid engines for `bundle` exist; else (False, why)."""
+def tensorrt_ready(bundle, dtype=torch.float16, device=None, profile=None, engines=None) -> tuple:
+    """(True, '') when TensorRT, a GPU and valid engines for `bundle` in `engines` exist; else (False, why)."""
     try:
-        keys = current_engine_keys(bundle.bundle_id, artifacts.precision_name(dtype), profile, device)
+        keys = current_engine_keys(bundle.bundle_id, precision_name(dtype), profile, device)
         for key in keys.values():
-            find_engine(key)
-    except (TensorRTError, artifacts.ArtifactError) as exc:
+            find_engine(key, engines)
+    except (TensorRTError, engine_cache.ArtifactError) as exc:
         return False, str(exc)
     return True, ""
-
-
-def choose_auto_backend(bundle) -> tuple:
-    """(backend name, device, dtype, reason) for --backend auto.
-
-    Order: TensorRT (cached engines) > onnxruntime on CUDA > torch on CUDA > onnxruntime on CPU.
-    """
-    reasons = []
-    ok, why = tensorrt_ready(bundle)
-    if ok:
-        return "tensorrt", "cuda", torch.float16, "TensorRT engines found"
-    reasons.append(f"tensorrt: {why}")
-    from . import backend_onnxruntime as bo  # noqa: PLC0415 - avoid importing onnxruntime eagerly
-
-    if "CUDAExecutionProvider" in bo.available_providers():
-        ok, why = bo.onnx_ready(bundle, torch.float16)
-        if ok:
-            return "onnxruntime", "cuda", torch.float16, "; ".join(reasons)
-        reasons.append(f"onnxruntime-cuda: {why}")
-    else:
-        reasons.append("onnxruntime-cuda: CUDAExecutionProvider not available")
-    if torch.cuda.is_available():
-        return "torch", "cuda", torch.float16, "; ".join(reasons)
-    reasons.append("torch-cuda: no CUDA GPU")
-    ok, why = bo.onnx_ready(bundle, torch.float32)
-    if ok:
-        return "onnxruntime", "cpu", torch.float32, "; ".join(reasons)
-    reasons.append(f"onnxruntime-cpu: {why}")
-    return "torch", "cpu", torch.float32, "; ".join(reasons)

@@ -1,9 +1,8 @@
 """onnxruntime backend: the exported ONNX graphs on CUDA, DirectML, CoreML or the CPU.
 
 The graphs are made by `instantrestore export --onnx` (export/onnx_export.py) and found in the
-engine cache by bundle hash and precision. Same interface as TorchBackend: torch tensors in, torch
-tensors out. On CUDA, inputs and outputs are bound as torch device pointers (IO binding), so no
-host copies; the reference K/V of a profile are bound once while the same list object is passed.
+engine cache by bundle hash and precision. A Backend: torch tensors in, torch tensors out. On CUDA,
+inputs and outputs are bound as torch device pointers (IO binding), so no host copies; the reference K/V of a profile are bound once while the same list object is passed.
 """
 
 from __future__ import annotations
@@ -15,8 +14,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import artifacts
-from .artifacts import GRAPHS
+from .. import engine_cache
+from ..graphs import GRAPHS, input_names, kv_names, output_names, precision_dtype, precision_name
+from . import BoundReferences
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,10 @@ def choose_providers(device) -> list:
         raise OnnxRuntimeError(f"onnxruntime cannot run on device {device!r}; use cpu, cuda, dml, coreml or auto")
     provider = DEVICE_PROVIDERS[kind]
     if provider not in available:
-        hint = " (install onnxruntime-gpu)" if kind == "cuda" else " (install onnxruntime-directml)" if provider.startswith("Dml") else ""
-        raise OnnxRuntimeError(f"onnxruntime's {provider} is not available here{hint}; available: {', '.join(available)}")
+        hint = (" (install onnxruntime-gpu)" if kind == "cuda"
+                else " (install onnxruntime-directml)" if provider.startswith("Dml") else "")
+        raise OnnxRuntimeError(f"onnxruntime's {provider} is not available here{hint}; "
+                               f"available: {', '.join(available)}")
     options = {}
     if provider in ("CUDAExecutionProvider", "DmlExecutionProvider"):
         options["device_id"] = int(index or 0)
@@ -84,26 +86,39 @@ def choose_providers(device) -> list:
     return out
 
 
-def onnx_ready(bundle, dtype=torch.float32, folder=None) -> tuple:
-    """(True, '') when both graphs of `bundle` are exported in `dtype`'s precision; else (False, why)."""
+def graph_folder(bundle, engines=None, onnx_dir=None) -> Path:
+    """Where the graphs of `bundle` are: `onnx_dir` (an export's own folder), else the engine cache `engines`."""
+    if onnx_dir is not None:
+        return Path(onnx_dir)
+    if engines is None:
+        raise OnnxGraphNotFoundError("no engines folder given to look for ONNX graphs in")
+    return engine_cache.bundle_cache_dir(engines, bundle.bundle_id)
+
+
+def onnx_ready(bundle, dtype=torch.float32, engines=None) -> tuple:
+    """(True, '') when both graphs of `bundle` are exported in `dtype`'s precision in the engine cache
+    `engines`; else (False, why)."""
     if not available_providers():
         return False, "onnxruntime is not installed"
-    precision = artifacts.precision_name(dtype)
-    if artifacts.find_onnx_graphs(bundle.bundle_id, precision, folder) is None:
-        return False, f"no {precision} ONNX graphs for bundle {bundle.bundle_id[:12]} (run `instantrestore export --onnx`)"
+    if engines is None:
+        return False, "no engines folder given"
+    precision = precision_name(dtype)
+    if engine_cache.find_onnx_graphs(bundle.bundle_id, precision, graph_folder(bundle, engines)) is None:
+        return False, (f"no {precision} ONNX graphs for bundle {bundle.bundle_id[:12]} "
+                       "(run `instantrestore export --onnx`)")
     return True, ""
 
 
-def find_graphs(bundle, precision: str, folder=None) -> dict:
-    graphs = artifacts.find_onnx_graphs(bundle.bundle_id, precision, folder)
+def find_graphs(bundle, precision: str, folder) -> dict:
+    graphs = engine_cache.find_onnx_graphs(bundle.bundle_id, precision, folder)
     if graphs is None:
-        where = folder or artifacts.bundle_cache_dir(bundle.bundle_id)
         stale = []
         for g in GRAPHS:
-            key = artifacts.onnx_key(g, bundle.bundle_id, precision)
-            stale += [f"{p.name}: {status} ({reason})" for p, status, reason in artifacts.inspect_slot(key, "onnx", folder)
-                      if status != artifacts.VALID]
-        msg = f"no {precision} ONNX graphs for bundle {bundle.bundle_id[:12]} in {where}"
+            key = engine_cache.onnx_key(g, bundle.bundle_id, precision)
+            stale += [f"{p.name}: {status} ({reason})"
+                      for p, status, reason in engine_cache.inspect_slot(key, "onnx", folder)
+                      if status != engine_cache.VALID]
+        msg = f"no {precision} ONNX graphs for bundle {bundle.bundle_id[:12]} in {folder}"
         if stale:
             msg += "; not loading " + "; ".join(stale)
         dtype = "float16" if precision == "fp16" else "float32"
@@ -130,16 +145,16 @@ class _Session:
 
 
 class OnnxRuntimeBackend:
-    """Same interface as TorchBackend: enroll(refs, noise) -> [k0, v0, ...]; restore(images, noise, kv)."""
+    """A Backend running the exported graphs of `bundle` from the engine cache `engines` (or `onnx_dir`)."""
 
     name = "onnxruntime"
 
-    def __init__(self, bundle, device="cpu", dtype=torch.float32, onnx_dir=None, threads: Optional[int] = None,
-                 io_binding: Optional[bool] = None):
+    def __init__(self, bundle, engines=None, device="cpu", dtype=torch.float32, onnx_dir=None,
+                 threads: Optional[int] = None, io_binding: Optional[bool] = None):
         """io_binding: bind torch tensors' memory directly (default: on CUDA, where it saves host copies)."""
         self.bundle = bundle
-        self.precision = artifacts.precision_name(dtype)
-        self.dtype = artifacts.precision_dtype(dtype)
+        self.precision = precision_name(dtype)
+        self.dtype = precision_dtype(dtype)
         self.providers = choose_providers(device)
         main = self.providers[0][0]
         # Torch tensors live on the CUDA device with the CUDA provider, else on the CPU (DirectML and
@@ -149,21 +164,20 @@ class OnnxRuntimeBackend:
         else:
             self.device = torch.device("cpu")
         self.num_layers = len(bundle.layer_shapes)
-        paths = find_graphs(bundle, self.precision, onnx_dir)
+        paths = find_graphs(bundle, self.precision, graph_folder(bundle, engines, onnx_dir))
         self.paths = paths
         self.io_binding = self.device.type == "cuda" if io_binding is None else bool(io_binding)
         self._threads = threads
         # The enroller's session is opened on first use: a live session with a stored profile never needs it.
         self._sessions = {"restorer": _Session(paths["restorer"], self.providers, threads, self.io_binding)}
-        expect_in = ["images", "noise"] + [f"{c}{i}" for i in range(self.num_layers) for c in ("k", "v")]
+        expect_in = input_names("restorer", self.num_layers)
         got = self._sessions["restorer"].inputs
         if got != expect_in:
             raise OnnxRuntimeError(f"restorer graph {paths['restorer'].name} has inputs {got[:4]}..., expected "
                                    f"{expect_in[:4]}... for {self.num_layers} shared layers; export it again")
         self.provider = self._sessions["restorer"].provider
         log.info("onnxruntime: %s on %s (%s)", self.precision, self.provider, paths["restorer"].parent)
-        self._bound_src = None
-        self._bound_ptrs = None
+        self._references = BoundReferences(2 * self.num_layers)
         self._bound_feed: dict = {}
 
     # -- conversion helpers
@@ -176,14 +190,16 @@ class OnnxRuntimeBackend:
 
     def _bind_torch(self, sess: _Session, name: str, t: torch.Tensor) -> None:
         t = self._prep(t)
-        sess.binding.bind_input(name, self.device.type, self.device.index or 0, NUMPY_TYPES[self.dtype], tuple(t.shape), t.data_ptr())
+        sess.binding.bind_input(name, self.device.type, self.device.index or 0, NUMPY_TYPES[self.dtype],
+                                tuple(t.shape), t.data_ptr())
         sess._keep[name] = t  # the binding holds a raw pointer: keep the tensor alive
 
     def _run_bound(self, sess: _Session, out_shapes: dict) -> list:
         outs = []
         for name in sess.outputs:
             t = torch.empty(out_shapes[name], dtype=self.dtype, device=self.device)
-            sess.binding.bind_output(name, self.device.type, self.device.index or 0, NUMPY_TYPES[self.dtype], tuple(t.shape), t.data_ptr())
+            sess.binding.bind_output(name, self.device.type, self.device.index or 0, NUMPY_TYPES[self.dtype],
+                                     tuple(t.shape), t.data_ptr())
             outs.append(t)
         if self.device.type == "cuda":
             # onnxruntime runs on its own stream: let torch's pending work finish first.
@@ -191,37 +207,31 @@ class OnnxRuntimeBackend:
         sess.session.run_with_iobinding(sess.binding)
         return outs
 
-    def _bind_references(self, layer_inputs: list) -> bool:
-        """True when `layer_inputs` differ from what is bound (a new profile)."""
-        if len(layer_inputs) != 2 * self.num_layers:
-            raise ValueError(f"expected {2 * self.num_layers} K/V tensors, got {len(layer_inputs)}")
-        ptrs = [t.data_ptr() for t in layer_inputs]
-        if layer_inputs is self._bound_src and ptrs == self._bound_ptrs:
-            return False
-        names = self._sessions["restorer"].inputs[2:]
+    def _bind_references(self, layer_inputs: list) -> None:
+        """Bind a profile's K/V once, while the same list is passed."""
+        if not self._references.changed(layer_inputs):
+            return
+        names = kv_names(self.num_layers)
         if self.io_binding:
             for name, t in zip(names, layer_inputs):
                 self._bind_torch(self._sessions["restorer"], name, t)
             self._bound_feed = {}
         else:
             self._bound_feed = {name: self._numpy(t) for name, t in zip(names, layer_inputs)}
-        self._bound_src, self._bound_ptrs = layer_inputs, ptrs
-        return True
 
     # -- the interface
 
     @torch.inference_mode()
     def enroll(self, refs: torch.Tensor, noise: torch.Tensor) -> list:
         if "enroller" not in self._sessions:
-            self._sessions["enroller"] = _Session(self.paths["enroller"], self.providers, self._threads, self.io_binding)
+            self._sessions["enroller"] = _Session(self.paths["enroller"], self.providers, self._threads,
+                                                  self.io_binding)
         sess = self._sessions["enroller"]
         if self.io_binding:
             self._bind_torch(sess, "refs", refs)
             self._bind_torch(sess, "noise", noise)
             n = refs.shape[0]
-            shapes = {}
-            for i, (t, c) in enumerate(self.bundle.layer_shapes):
-                shapes[f"k{i}"] = shapes[f"v{i}"] = (n, t, c)
+            shapes = {name: (n, *self.bundle.layer_shapes[i // 2]) for i, name in enumerate(kv_names(self.num_layers))}
             return self._run_bound(sess, shapes)
         outs = sess.session.run(sess.outputs, {"refs": self._numpy(refs), "noise": self._numpy(noise)})
         return [torch.from_numpy(o) for o in outs]
@@ -237,4 +247,4 @@ class OnnxRuntimeBackend:
         feed = dict(self._bound_feed)
         feed["images"] = self._numpy(images)
         feed["noise"] = self._numpy(noise)
-        return torch.from_numpy(sess.session.run(["restored"], feed)[0])
+        return torch.from_numpy(sess.session.run(output_names("restorer", self.num_layers), feed)[0])

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .network import build_nets
+from ..network import build_nets
+from . import BoundReferences
 
 
 @dataclass
@@ -18,10 +19,12 @@ class _CapturedStep:
     noise: torch.Tensor
     layer_inputs: list[torch.Tensor]
     output: torch.Tensor
-    bound: list | None = None  # the caller's layer_inputs list whose values the static inputs hold
+    bound: BoundReferences  # which profile's K/V the static inputs hold
 
 
 class TorchBackend:
+    """A Backend running the network with PyTorch."""
+
     name = "torch"
 
     def __init__(self, bundle, device="cpu", dtype=torch.float32, cuda_graph=None, compile=False):
@@ -57,10 +60,9 @@ class TorchBackend:
             step = self._captured.get(key) or self._capture(key, images, noise, layer_inputs)
             step.images.copy_(images)
             step.noise.copy_(noise)
-            if step.bound is not layer_inputs:  # a new profile: copy its K/V in once
+            if step.bound.changed(layer_inputs):  # a new profile: copy its K/V in once
                 for static, value in zip(step.layer_inputs, layer_inputs):
                     static.copy_(value)
-                step.bound = layer_inputs
             step.graph.replay()
             return step.output.clone()
 
@@ -76,6 +78,8 @@ class TorchBackend:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool, stream=side):
             output = self._step(static_images, static_noise, *static_inputs)
-        step = _CapturedStep(graph, static_images, static_noise, static_inputs, output, bound=layer_inputs)
+        bound = BoundReferences(len(layer_inputs))
+        bound.changed(layer_inputs)  # captured with these values in the static inputs
+        step = _CapturedStep(graph, static_images, static_noise, static_inputs, output, bound)
         self._captured[key] = step
         return step
