@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from instantrestore.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, CONFIG_NAME, DTYPES, WEIGHTS_NAME, content_id
+from instantrestore.runtime.errors import InstantRestoreError
 from instantrestore.runtime.files import new_temp, sha256_file
-from instantrestore.runtime.bundle import (BUNDLE_FORMAT, BUNDLE_VERSION, CONFIG_NAME, DTYPES, WEIGHTS_NAME,
-                                          content_id)
 from instantrestore.runtime.network import ModelConfig, shared_layer_names, up_block_resolution
 
 # adapter name of each LoRA-wrapped net in the release
@@ -36,7 +36,7 @@ KNOWN_MODEL_CFG = {"lora_rank_unet", "lora_rank_vae", "use_shortcuts", *AUTHORS_
 TEXT_MODEL_LEVEL = "text_model."
 
 
-class CheckpointError(Exception):
+class CheckpointError(InstantRestoreError):
     """The checkpoint, base or VAE given to the importer is not what the importer expects."""
 
 

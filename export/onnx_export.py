@@ -25,6 +25,8 @@ import onnx
 import torch
 
 from ..runtime import engine_cache
+from ..runtime.bundle import load_bundle
+from ..runtime.errors import InstantRestoreError
 from ..runtime.files import new_temp
 from ..runtime.graphs import (
     GRAPHS,
@@ -35,7 +37,6 @@ from ..runtime.graphs import (
     precision_dtype,
     precision_name,
 )
-from ..runtime.bundle import load_bundle
 from ..runtime.network import build_net
 from .checkpoint import report
 from .opcheck import OpCheckError, assert_no_spectral_ops, check_ops
@@ -50,7 +51,7 @@ EXPORTERS = ("dynamo", "legacy")
 __all__ = ["export_onnx", "find_onnx", "OnnxExportError"]
 
 
-class OnnxExportError(RuntimeError):
+class OnnxExportError(InstantRestoreError, RuntimeError):
     """The ONNX export or one of its checks failed."""
 
 

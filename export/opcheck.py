@@ -14,6 +14,8 @@ from typing import Iterable, Optional, Union
 
 import onnx
 
+from instantrestore.runtime.errors import InstantRestoreError
+
 OPS_FILE = Path(__file__).with_name("trt_onnx_ops.txt")
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -22,7 +24,7 @@ FORBIDDEN_OPS = frozenset({"DFT", "STFT", "MelWeightMatrix", "BlackmanWindow", "
 COMPLEX_TYPES = frozenset({onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128})
 
 
-class OpCheckError(ValueError):
+class OpCheckError(InstantRestoreError, ValueError):
     """The graph uses operators TensorRT cannot parse, or forbidden spectral/complex ops."""
 
 

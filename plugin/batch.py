@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
 
+from instantrestore.runtime.errors import InstantRestoreError
 from instantrestore.runtime.files import atomic_write_json, remove_temp, sha256_file, temp_files
 
 from . import home
@@ -43,7 +44,7 @@ RAY_RETRIES = 2  # a video whose worker died is tried this many more times
 CLUSTER_EXTRA = 'pip install "instantrestore[cluster]"'
 
 
-class BatchError(ValueError):
+class BatchError(InstantRestoreError, ValueError):
     """A batch the user has to fix before anything runs (no inputs, clashing outputs, no Ray)."""
 
 
@@ -172,7 +173,6 @@ def restore_file(restorers: dict, profiles: dict, crop_size: int, in_path, out_p
     """Restore one recording with a loaded model's crop restorers (name -> `Restorer.crop_restorer(profile)`),
     each recognised person with their own: frames, faces restored. No partial output on failure."""
     from instantrestore.runtime.media import FileSink, FileSource
-
     from instantrestore.runtime.pipeline import restore_recording
 
     source = FileSource(in_path)

@@ -28,6 +28,7 @@ from instantrestore.runtime.backends import CHOICES
 from instantrestore.runtime.network import restore_noise
 
 from . import home
+from .errors import PluginError
 from .progress import say
 
 
@@ -124,7 +125,7 @@ def bench_face() -> np.ndarray:
     try:
         from skimage.data import astronaut
     except ImportError:
-        raise ValueError("the pipeline benchmarks need scikit-image for their test face: pip install scikit-image") from None
+        raise PluginError("the pipeline benchmarks need scikit-image for their test face: pip install scikit-image") from None
     return astronaut()
 
 
@@ -320,22 +321,22 @@ def register(commands) -> None:
 
 def run(args) -> int:
     if args.soak and args.pipeline:
-        raise ValueError("--soak and --pipeline are two benchmarks; give one")
+        raise PluginError("--soak and --pipeline are two benchmarks; give one")
     soak_frames = args.frames if args.frames != FRAMES_DEFAULT else SOAK_FRAMES_DEFAULT
     if args.stand_in_ms is not None:
         if not (args.pipeline or args.soak) or args.bundle or args.random:
-            raise ValueError("--stand-in-ms replaces the model in --pipeline or --soak mode; drop --bundle/--random")
+            raise PluginError("--stand-in-ms replaces the model in --pipeline or --soak mode; drop --bundle/--random")
         if not 0 <= args.stand_in_ms <= 10_000 or args.batch < 1 or args.frames < 1:
-            raise ValueError("--stand-in-ms must be within 0..10000, --batch and --frames at least 1")
+            raise PluginError("--stand-in-ms must be within 0..10000, --batch and --frames at least 1")
         if args.soak:
             return _report(bench_soak(None, frames=soak_frames, stand_in_ms=args.stand_in_ms, progress=say), args.json)
         result = bench_pipeline(None, frames=args.frames, batch=args.batch, stand_in_ms=args.stand_in_ms)
         return _report(result, args.json)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is visible to PyTorch")
+        raise PluginError("--device cuda: no CUDA GPU is visible to PyTorch")
     if args.refs < 1 or args.batch < 1 or args.frames < 1:
-        raise ValueError("--refs, --batch and --frames must be at least 1")
+        raise PluginError("--refs, --batch and --frames must be at least 1")
     dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
     if args.random:
         bundle = load_bundle(random_bundle(args.random, dtype, device, say))

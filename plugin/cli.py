@@ -18,10 +18,10 @@ import textwrap
 import threading
 from pathlib import Path
 
-from instantrestore.export import CheckpointError
-from instantrestore.runtime import BundleError, ProfileError
 from instantrestore.runtime.backends import CHOICES
+from instantrestore.runtime.errors import InstantRestoreError
 
+from .errors import PluginError
 from .progress import quiet_when_the_reader_leaves, say
 from .quiet import filtered_native_stderr
 
@@ -30,36 +30,16 @@ COMMAND_MODULES = ("bundles", "batch", "doctor", "bench", "ui")
 DEBUG_ENV = "INSTANTRESTORE_DEBUG"  # set to 1 to see the traceback of an unexpected error
 
 
-def user_errors() -> tuple:
-    """Errors a user can cause or fix: reported as one line, exit code 2, no traceback."""
-    from instantrestore.runtime.backends.onnxruntime_backend import OnnxRuntimeError
-    from instantrestore.runtime.backends.tensorrt_backend import TensorRTError
-    from instantrestore.runtime.engine_cache import ArtifactError
-    from instantrestore.runtime.media import MediaError
-    from instantrestore.runtime.pipeline import PipelineError
-    from instantrestore.runtime.tracking import TrackingError
-
-    errors = [CheckpointError, BundleError, ProfileError, ValueError, OSError, MediaError, TrackingError, PipelineError,
-              ArtifactError, OnnxRuntimeError, TensorRTError]
-    try:
-        from instantrestore.export.onnx_export import OnnxExportError
-
-        errors.append(OnnxExportError)
-    except Exception:  # noqa: BLE001 - the ONNX exporter's dependencies are optional at run time
-        pass
-    return tuple(errors)
-
-
 def error_reason(error: BaseException) -> str:
     """What went wrong, on one line: a user error's own words, or "internal error (Type): ..." for a bug
     (`batch` puts this in its table for each failed video)."""
     message = " ".join(str(error).split()) or type(error).__name__
-    return message if isinstance(error, user_errors()) else f"internal error ({type(error).__name__}): {message}"
+    return message if isinstance(error, InstantRestoreError) else f"internal error ({type(error).__name__}): {message}"
 
 
 def error_line(error: BaseException) -> str:
     """The one line the CLI prints for a failed command, also shown by the panel."""
-    if isinstance(error, user_errors()):
+    if isinstance(error, InstantRestoreError):
         return f"instantrestore: error: {error_reason(error)}"
     return f"instantrestore: {error_reason(error)} (set {DEBUG_ENV}=1 to see where; please report it)"
 
@@ -160,12 +140,12 @@ def cmd_profiles(args) -> int:
 
     if args.action == "remove":
         if not args.name:
-            raise ValueError("say which profile: instantrestore profiles remove NAME")
+            raise PluginError("say which profile: instantrestore profiles remove NAME")
         path = home.remove_profile(args.name)
         say(f"removed profile {args.name!r} ({path})")
         return 0
     if args.name:
-        raise ValueError("`profiles list` takes no name")
+        raise PluginError("`profiles list` takes no name")
     profiles = home.list_profiles()
     if not profiles:
         say(f"no profiles in {home.profiles_dir()}; create one with `instantrestore enroll IMG... --name NAME`")
@@ -399,7 +379,7 @@ def _run(args) -> int:
             print(f"instantrestore: stopped by {signal.Signals(stop.signum).name}", file=sys.stderr)
         return 128 + stop.signum  # what a shell reports for a process the signal killed: 143 for SIGTERM
     except Exception as error:  # noqa: BLE001 - sorted below: the user's mistakes vs our bugs
-        if isinstance(error, user_errors()):
+        if isinstance(error, InstantRestoreError):  # the user's to fix; anything else is our bug
             print(error_line(error), file=sys.stderr)
             return 2
         if os.environ.get(DEBUG_ENV):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from instantrestore.runtime import Bundle, Profile, ProfileError, load_bundle
+from instantrestore.runtime.errors import InstantRestoreError
 from instantrestore.runtime.files import atomic_write_json
 
 APP_NAME = "instantrestore"
@@ -29,7 +30,7 @@ PROFILE_SUFFIX = ".safetensors"
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class StateError(ValueError):
+class StateError(InstantRestoreError, ValueError):
     """Bad or missing state a user can fix (no bundle yet, unknown profile, bad profile name)."""
 
 

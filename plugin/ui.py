@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from instantrestore.runtime.backends import CHOICES
+from instantrestore.runtime.errors import InstantRestoreError
 
 from . import engine, home, vcam
 from .camera import CameraOptions, LiveControl, run_camera
@@ -146,9 +147,7 @@ class Job:
             self.error = "cancelled; nothing was written"
         except Exception as error:  # noqa: BLE001 - shown in the page as the CLI's one line; the server goes on
             self.error = error_line(error)
-            from .cli import user_errors
-
-            if not isinstance(error, user_errors()):  # a bug: where it happened goes to the terminal, to report
+            if not isinstance(error, InstantRestoreError):  # a bug: where it happened goes to the terminal, to report
                 traceback.print_exc()
 
     def say(self, line: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from .errors import InstantRestoreError
 from .files import remembered_sha256, sha256_remembered
 from .network import ModelConfig, ModelConfigError
 from .schema import instance_of, schema_problem, whole
@@ -26,7 +27,7 @@ CROP_SIZES = (64, 2048)  # the release uses 512; outside this a config value is 
 NETS = ("restorer.unet.", "restorer.vae.", "enroller.unet.", "enroller.vae.")
 
 
-class BundleError(Exception):
+class BundleError(InstantRestoreError):
     """A model bundle is missing, incomplete, damaged or of another format."""
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import files
+from .errors import InstantRestoreError
 from .graphs import GRAPHS, ShapeProfile, precision_name
 
 # Bump when the meaning of an artifact changes (graph signature, plan inputs, ...): older files
@@ -32,7 +33,7 @@ ARTIFACT_FORMAT = 1
 VALID, MISSING, STALE, FOREIGN, CORRUPT = "valid", "missing", "stale", "foreign", "corrupt"
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(InstantRestoreError, RuntimeError):
     """A cached artifact is missing, stale, foreign or damaged."""
 
 

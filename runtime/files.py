@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
+from .errors import InstantRestoreError
+
 # Temp names: ".<name>.<pid>-<8 random>[suffix]" beside the target. The name is cut to TEMP_STEM_BYTES so a
 # target name at the file system's 255-byte limit still has a temp name; the pid says whose it is.
 TEMP_STEM_BYTES = 160
@@ -98,6 +100,10 @@ def _pid_running(pid: int) -> bool:
     return True
 
 
+class NotAFileError(InstantRestoreError, FileExistsError):
+    """An output path names something a file cannot replace (a folder, a device, a FIFO)."""
+
+
 def output_target(path) -> Path:
     """The file a write to `path` replaces. A symlink is followed: its target gets the new file and the link
     stays. An existing path that is not a regular file (a device such as /dev/null, a FIFO, a socket, a
@@ -109,7 +115,7 @@ def output_target(path) -> Path:
         return target
     if not stat.S_ISREG(mode):
         kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
-        raise FileExistsError(f"{path} exists and is {kind}; it cannot be replaced, choose a file name")
+        raise NotAFileError(f"{path} exists and is {kind}; it cannot be replaced, choose a file name")
     return target
 
 

@@ -23,6 +23,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from .errors import InstantRestoreError
+
 # Descriptor distance below which two faces are taken for one person, from distances measured on degraded
 # crops (downscale, blur, noise, JPEG) of real photos (README "Whose face"): the nearest impostor was 0.613,
 # the farthest genuine pair 0.648. Restoring someone with another's profile is far worse than leaving a face
@@ -40,7 +42,7 @@ JUMP = 0.5  # a raw keypoint move of this many face sizes in one frame counts as
 STRANGER, UNSURE = "not enrolled", "identity unsure"
 
 
-class RecognizerError(RuntimeError):
+class RecognizerError(InstantRestoreError, RuntimeError):
     """The face recogniser cannot run (its packages or weights are missing)."""
 
 

@@ -18,10 +18,11 @@ from typing import Iterator, NamedTuple, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
+from .errors import InstantRestoreError
 from .files import commit_temp_file, new_temp, output_target
 
 
-class MediaError(Exception):
+class MediaError(InstantRestoreError):
     """A video file, camera or virtual camera cannot be read or written."""
 
 

@@ -20,13 +20,14 @@ import numpy as np
 
 from .align import alignment_matrix, warp_to_crop
 from .composite import Compositor
+from .errors import InstantRestoreError
 from .media import Sink, Source
 from .tracking import Tracker
 
 STAGES = ("decode", "track", "align", "restore", "composite", "encode")
 
 
-class PipelineError(RuntimeError):
+class PipelineError(InstantRestoreError, RuntimeError):
     """The pipeline was given bad input or the restorer returned something unusable."""
 
 

@@ -13,12 +13,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .errors import InstantRestoreError
 from .files import atomic_path
 
 PROFILE_FORMAT = "instantrestore-profile"
 
 
-class ProfileError(Exception):
+class ProfileError(InstantRestoreError):
     """A profile file is unreadable, of another format, or made for another model bundle."""
 
 

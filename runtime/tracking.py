@@ -19,6 +19,7 @@ from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 import cv2
 import numpy as np
 
+from .errors import InstantRestoreError
 from .files import sha256_file
 
 KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear", "left_ear")
@@ -43,7 +44,7 @@ _MESH_POINTS = (
 )
 
 
-class TrackingError(Exception):
+class TrackingError(InstantRestoreError):
     """Face detection or tracking cannot run (bad input, broken model, MediaPipe failure)."""
 
 

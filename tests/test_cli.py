@@ -864,6 +864,43 @@ def test_unexpected_errors_are_one_line_too(in_state, monkeypatch, capsys):
         "please report it)"]
 
 
+@pytest.mark.parametrize("bug", [ValueError("bad index 7"), OSError("Bad file descriptor")])
+def test_a_bare_value_or_os_error_is_a_bug_not_the_users_mistake(in_state, monkeypatch, capsys, bug):
+    """Only InstantRestoreError (and its subclasses) is the user's to fix: exit 2 and its own words. Anything
+    else, a builtin ValueError or OSError included, is our bug: exit 1, said to be one."""
+    def explode(*args, **kwargs):
+        raise bug
+
+    monkeypatch.setattr(video, "restore_video", explode)
+    code, _, err = run(capsys, "video", "a.mp4", "-o", "b.mp4", "--profile", "me")
+    assert code == 1 and "Traceback" not in err
+    assert err.strip() == (f"instantrestore: internal error ({type(bug).__name__}): {bug} (set INSTANTRESTORE_DEBUG=1 "
+                           "to see where; please report it)")
+
+
+def test_every_user_error_shares_one_root_and_exits_2(in_state, monkeypatch, capsys):
+    from instantrestore.runtime.errors import InstantRestoreError
+    from instantrestore.runtime.media import MediaError
+
+    def refuse(*args, **kwargs):
+        raise MediaError("talk.mp4: the video has no frames")
+
+    monkeypatch.setattr(video, "restore_video", refuse)
+    code, _, err = run(capsys, "video", "a.mp4", "-o", "b.mp4", "--profile", "me")
+    assert code == 2 and err.strip() == "instantrestore: error: talk.mp4: the video has no frames"
+    assert issubclass(PluginError, InstantRestoreError) and issubclass(MediaError, InstantRestoreError)
+
+
+def test_debug_shows_the_traceback_of_a_bug(in_state, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("something broke")
+
+    monkeypatch.setattr(video, "restore_video", explode)
+    monkeypatch.setenv("INSTANTRESTORE_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="something broke"):
+        main(["video", "a.mp4", "-o", "b.mp4", "--profile", "me"])
+
+
 class StopExport(ValueError):
     pass
 

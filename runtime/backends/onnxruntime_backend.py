@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .. import engine_cache
+from ..errors import InstantRestoreError
 from ..graphs import GRAPHS, input_names, kv_names, output_names, precision_dtype, precision_name
 from . import BoundReferences
 
@@ -33,7 +34,7 @@ DEVICE_PROVIDERS = {
 NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16}
 
 
-class OnnxRuntimeError(RuntimeError):
+class OnnxRuntimeError(InstantRestoreError, RuntimeError):
     """onnxruntime is missing, or its graphs or execution provider are unavailable."""
 
 

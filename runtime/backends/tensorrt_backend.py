@@ -22,6 +22,7 @@ import torch
 
 from .. import engine_cache
 from ..engine_cache import ArtifactKey
+from ..errors import InstantRestoreError
 from ..graphs import DEFAULT_PROFILE, GRAPHS, ShapeProfile, input_names, output_names, precision_dtype, precision_name
 from . import BoundReferences
 
@@ -31,7 +32,7 @@ PLAN_EXT = "plan"
 MIN_TRT_MAJOR = 10
 
 
-class TensorRTError(RuntimeError):
+class TensorRTError(InstantRestoreError, RuntimeError):
     """A TensorRT engine could not be loaded or run."""
 
 
