@@ -522,7 +522,7 @@ class Batch:
 
     frames: list  # SourceFrame
     images: list  # each frame's checked image, which the restored faces are pasted into
-    located: list  # [LocatedFace, ...] per frame
+    located: list  # [LocatedFace, ...] per frame, every crop a slot of one buffer (the restorer's batch)
     restored: Optional[RestoredCrops] = None
     captured_at: float = 0.0  # live: when the capture stage had it (for the latency)
 
