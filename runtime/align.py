@@ -110,12 +110,16 @@ def invert_matrix(matrix) -> np.ndarray:
     return cv2.invertAffineTransform(np.asarray(matrix, np.float64))
 
 
-def warp_to_crop(frame, matrix, crop_size: int) -> np.ndarray:
-    """Sample the S x S crop from the frame. Outside the frame, edge pixels are mirrored."""
+def warp_to_crop(frame, matrix, crop_size: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Sample the S x S crop from the frame. Outside the frame, edge pixels are mirrored.
+
+    out: a C-contiguous (S, S, 3) uint8 array to sample into (a slot of the pipeline's batch buffer) instead
+    of a new one."""
     return cv2.warpAffine(
         frame,
         np.asarray(matrix, np.float64),
         (int(crop_size), int(crop_size)),
+        dst=out,
         flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_REFLECT_101,
     )

@@ -142,13 +142,30 @@ RestoreFn = Callable[[np.ndarray], "np.ndarray | RestoredCrops"]
 
 
 class LocatedFace(NamedTuple):
-    """A face of one frame, aligned: the frame->crop matrix, the crop, and whose profile restores it (None: the
-    pipeline's only restorer, when it runs without recognition)."""
+    """A face of one frame, aligned: the frame->crop matrix, where its crop is (slot `slot` of `crops`, the buffer
+    every face of its batch was warped into) and whose profile restores it (None: the pipeline's only restorer,
+    when it runs without recognition)."""
 
     matrix: np.ndarray
-    crop: np.ndarray
+    crops: np.ndarray  # (N, S, S, 3) uint8, each profile's faces in consecutive slots
+    slot: int
     name: Optional[str] = None
     strength: float = 1.0  # below 1 while a face the detector missed is held: the paste fades out
+
+    @property
+    def crop(self) -> np.ndarray:
+        """The (S, S, 3) crop, a view into the batch's buffer."""
+        return self.crops[self.slot]
+
+
+def _restorer_batch(faces: list) -> np.ndarray:
+    """The crops of faces as one (B, S, S, 3) batch: a slice of their buffer when they fill consecutive slots of
+    one (faces aligned together, as every batch of the runners and locate_batch is), else a stacked copy (faces
+    gathered from separately aligned frames)."""
+    first = faces[0]
+    if all(face.crops is first.crops and face.slot == first.slot + k for k, face in enumerate(faces)):
+        return first.crops[first.slot: first.slot + len(faces)]
+    return np.stack([face.crop for face in faces])
 
 
 # Faces smaller than this (the larger side of the detector's box, in frame pixels) are left as they are: too few
@@ -181,11 +198,14 @@ def _local_linear(points: dict, index: int, half_window: int) -> Optional[np.nda
 
 class LookAhead:
     """File mode's tracking with look-ahead: push() frames in order, get back (item, frame, located) for the frames
-    whose faces are now placed (LOOK_AHEAD frames later); flush() at the end."""
+    whose faces are now placed (LOOK_AHEAD frames later); flush() at the end. Placed frames are aligned
+    batch_size at a time, so the crops of each run_file batch are warped into one buffer: push() returns whole
+    batches, flush() the rest (the last batch may be short)."""
 
-    def __init__(self, pipeline: "FramePipeline", half_window: int = LOOK_AHEAD):
-        self.pipeline, self.half_window = pipeline, int(half_window)
+    def __init__(self, pipeline: "FramePipeline", half_window: int = LOOK_AHEAD, batch_size: int = 1):
+        self.pipeline, self.half_window, self.batch_size = pipeline, int(half_window), int(batch_size)
         self._pending: collections.deque = collections.deque()
+        self._placed: list = []  # (item, frame, [(keypoints, name, strength), ...]) waiting for a whole batch
         self._detections: dict[int, dict[int, np.ndarray]] = {}  # track id -> {frame index: raw keypoints}
         self._index = 0
 
@@ -197,15 +217,24 @@ class LookAhead:
                 self._detections.setdefault(track.track_id, {})[self._index] = track.raw_keypoints
         self._pending.append((self._index, item, frame, observed))
         self._index += 1
-        done = []
         while len(self._pending) > self.half_window:
-            done.append(self._place(*self._pending.popleft()))
-        return done
+            self._placed.append(self._place(*self._pending.popleft()))
+        return self._aligned(len(self._placed) - len(self._placed) % self.batch_size)
 
     def flush(self) -> list:
-        done = [self._place(*entry) for entry in self._pending]
+        self._placed.extend(self._place(*entry) for entry in self._pending)
         self._pending.clear()
-        return done
+        return self._aligned(len(self._placed))
+
+    def _aligned(self, count: int) -> list:
+        """The first `count` placed frames as (item, frame, located), aligned batch_size frames at a time."""
+        done, self._placed = self._placed[:count], self._placed[count:]
+        aligned = []
+        for start in range(0, count, self.batch_size):
+            batch = done[start: start + self.batch_size]
+            located = self.pipeline._align([frame for _, frame, _ in batch], [faces for _, _, faces in batch])
+            aligned.extend((item, frame, faces) for (item, frame, _), faces in zip(batch, located))
+        return aligned
 
     def _place(self, index, item, frame, observed):
         faces = []
@@ -217,7 +246,7 @@ class LookAhead:
             for j in [j for j in points if j < index - self.half_window]:
                 del points[j]
         self._detections = {tid: points for tid, points in self._detections.items() if points}
-        return item, frame, self.pipeline._align(frame, faces)
+        return item, frame, faces
 
 
 class FramePipeline:
@@ -225,7 +254,8 @@ class FramePipeline:
 
     restore: a callable taking a (B, S, S, 3) uint8 RGB batch of aligned crops and returning the restored
         batch, same shape and dtype, or RestoredCrops (e.g. restorer.crop_restorer(profile)); with
-        `identities`, a mapping from each enrolled name to such a callable.
+        `identities`, a mapping from each enrolled name to such a callable. It must not write into the batch it
+        is given: that is the faces' crops (slices of their batch's buffer), which compositing reads again.
     identities: an identity.Identities. With it, every face recognised as an enrolled person is restored with
         that person's profile and every other face passes through untouched. Without it, the tracker's main
         face is restored (no recognition: for callers that have no enrolled photos).
@@ -303,29 +333,35 @@ class FramePipeline:
                     chosen.append((track, verdict.name))
             return chosen
 
-    def _align(self, frame, faces) -> list:
-        """A LocatedFace for each (keypoints, name, strength) of a frame."""
-        if not faces:
-            self.stats.count("no_face")
-            self.last_matrix = None
-            return []
-        located = []
-        with self.stats.time("align"):
-            for keypoints, name, strength in faces:
-                matrix = alignment_matrix(keypoints, self.crop_size)
-                located.append(LocatedFace(matrix, warp_to_crop(frame, matrix, self.crop_size), name, strength))
-        self.last_matrix = located[0].matrix
+    def _align(self, frames, faces) -> list:
+        """[[LocatedFace, ...] per frame] for each frame's [(keypoints, name, strength), ...].
+
+        Every crop is warped straight into its slot of one new (N, S, S, 3) buffer, each profile's faces in
+        consecutive slots, so the restorer is handed slices of it instead of a stacked copy. A new buffer for each
+        call, never a reused one: a run keeps several batches in flight (one in each stage and more waiting between
+        them) and compositing reads each face's crop again (colour match) after the restore."""
+        for frame_faces in faces:
+            if not frame_faces:
+                self.stats.count("no_face")
+        listed = [(index, *face) for index, frame_faces in enumerate(faces) for face in frame_faces]
+        located = [[] for _ in frames]
+        if listed:
+            names = list(dict.fromkeys(name for _, _, name, _ in listed))
+            by_name = sorted(range(len(listed)), key=lambda i: names.index(listed[i][2]))  # stable: frame order
+            slots = np.argsort(by_name)  # listed[i]'s slot
+            crops = np.empty((len(listed), self.crop_size, self.crop_size, 3), np.uint8)
+            with self.stats.time("align", frames=sum(1 for frame_faces in faces if frame_faces)):
+                for (index, keypoints, name, strength), slot in zip(listed, slots.tolist()):
+                    matrix = alignment_matrix(keypoints, self.crop_size)
+                    warp_to_crop(frames[index], matrix, self.crop_size, out=crops[slot])
+                    located[index].append(LocatedFace(matrix, crops, slot, name, strength))
+        self.last_matrix = located[-1][0].matrix if located and located[-1] else None
         return located
 
-    def _locate(self, frame, timestamp) -> list:
-        """Live: track, recognise and align one frame; a held face fades out over the frames it is held."""
-        fade = 1.0 / (self.tracker.max_missed + 1)
-        observed = self.observe(frame, timestamp)
-        return self._align(frame, [(track.keypoints, name, 1.0 - track.missed * fade) for track, name in observed])
-
-    def look_ahead(self) -> LookAhead:
-        """File mode's tracking, which places each frame's faces knowing the frames after it."""
-        return LookAhead(self)
+    def look_ahead(self, batch_size: int = 1) -> LookAhead:
+        """File mode's tracking, which places each frame's faces knowing the frames after it, and aligns them
+        batch_size frames at a time."""
+        return LookAhead(self, batch_size=batch_size)
 
     def process(self, frame, timestamp: Optional[float] = None) -> np.ndarray:
         """Restore the faces in one RGB uint8 frame; timestamp (s) drives the keypoint smoothing."""
@@ -345,7 +381,10 @@ class FramePipeline:
             timestamps = [None] * len(frames)
         if len(timestamps) != len(frames):
             raise PipelineError(f"{len(frames)} frames but {len(timestamps)} timestamps")
-        return frames, [self._locate(frame, stamp) for frame, stamp in zip(frames, timestamps)]
+        fade = 1.0 / (self.tracker.max_missed + 1)  # a held face fades out over the frames it is held
+        faces = [[(track.keypoints, name, 1.0 - track.missed * fade) for track, name in self.observe(frame, stamp)]
+                 for frame, stamp in zip(frames, timestamps)]
+        return frames, self._align(frames, faces)
 
     def restore_located(self, located) -> Optional[RestoredCrops]:
         """The restored crops of every located face, in order (one restorer call per profile); None when no frame
@@ -356,9 +395,9 @@ class FramePipeline:
         size = self.crop_size
         crops, finite = np.empty((len(faces), size, size, 3), np.uint8), np.ones(len(faces), bool)
         for name in dict.fromkeys(face.name for face in faces):
-            slots = [i for i, face in enumerate(faces) if face.name == name]
-            restored = self._restore_batch(name, np.stack([faces[i].crop for i in slots]))
-            crops[slots], finite[slots] = restored.crops, restored.finite
+            positions = [i for i, face in enumerate(faces) if face.name == name]
+            restored = self._restore_batch(name, _restorer_batch([faces[i] for i in positions]))
+            crops[positions], finite[positions] = restored.crops, restored.finite
         return RestoredCrops(crops, finite)
 
     def composite_batch(self, frames, located, restored: Optional[RestoredCrops], in_place: bool = False) -> list:
@@ -484,7 +523,7 @@ class Batch:
 
     frames: list  # SourceFrame
     images: list  # each frame's checked image, which the restored faces are pasted into
-    located: list  # [LocatedFace, ...] per frame
+    located: list  # [LocatedFace, ...] per frame, every crop a slot of one buffer (the restorer's batch)
     restored: Optional[RestoredCrops] = None
     captured_at: float = 0.0  # live: when the capture stage had it (for the latency)
 
@@ -535,19 +574,15 @@ def run_file(pipeline: FramePipeline, source: Source, sink: Sink, progress=None,
     to_restore, to_write = _Handoff(stages.stop), _Handoff(stages.stop)
 
     def prepare():
-        ahead, placed = pipeline.look_ahead(), []
+        ahead = pipeline.look_ahead(batch_size)
 
-        def add(done):
-            placed.extend(done)
-            while len(placed) >= batch_size:
-                to_restore.put(Batch(*map(list, zip(*placed[:batch_size]))))
-                del placed[:batch_size]
+        def send(aligned):  # in the batches the look-ahead aligned together, each batch's crops in one buffer
+            for start in range(0, len(aligned), batch_size):
+                to_restore.put(Batch(*map(list, zip(*aligned[start: start + batch_size]))))
 
         for item in _timed_frames(source, stats):
-            add(ahead.push(item, item.image, item.time))
-        add(ahead.flush())
-        if placed:
-            to_restore.put(Batch(*map(list, zip(*placed))))
+            send(ahead.push(item, item.image, item.time))
+        send(ahead.flush())
         to_restore.put(_END)
 
     def restore():

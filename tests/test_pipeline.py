@@ -141,6 +141,53 @@ def test_batched_processing_matches_frame_by_frame():
         close_all(batched)
 
 
+def test_the_restorer_is_handed_the_buffer_the_crops_were_warped_into(tmp_path):
+    from instantrestore.runtime.media import MemorySource
+
+    frames = face_frames(7)
+    originals = [frame.copy() for frame in frames]  # run_file pastes into the frames it is given
+    handed, located_batches = [], []
+    pipeline = make_pipeline(restore=lambda batch: handed.append(batch) or 255 - batch)
+    restore_located = pipeline.restore_located
+
+    def noting(located):
+        located_batches.append(located)
+        return restore_located(located)
+
+    pipeline.restore_located = noting
+    try:
+        run_file(pipeline, MemorySource(frames, 25), RecordingSink(), batch_size=3)
+    finally:
+        close_all(pipeline)
+    assert [len(batch) for batch in handed] == [3, 3, 1]
+    for batch, located in zip(handed, located_batches):
+        faces = [face for frame_faces in located for face in frame_faces]
+        assert batch.base is faces[0].crops and batch.shape == faces[0].crops.shape  # the buffer, not a copy
+        assert [face.slot for face in faces] == list(range(len(faces)))
+    placed = [faces for located in located_batches for faces in located]
+    for original, (face,) in zip(originals, placed):
+        np.testing.assert_array_equal(face.crop, align.warp_to_crop(original, face.matrix, CROP))
+
+
+def test_each_profile_gets_consecutive_slots_of_the_batch_buffer():
+    frames = face_frames(3)
+    keypoints = align.template_points(CROP) / CROP * 120.0 + 60.0  # a face in the middle of each frame
+    handed = []
+    pipeline = make_pipeline(restore=lambda batch: handed.append(batch) or 255 - batch)
+    try:
+        located = pipeline._align(frames, [[(keypoints, "eileen", 1.0), (keypoints + 5.0, "grace", 1.0)]] * 3)
+        restored = pipeline.restore_located(located)
+    finally:
+        close_all(pipeline)
+    faces = [face for frame_faces in located for face in frame_faces]
+    assert [face.slot for face in faces] == [0, 3, 1, 4, 2, 5]
+    assert [(batch.base is faces[0].crops, len(batch)) for batch in handed] == [(True, 3), (True, 3)]
+    for frame, frame_faces in zip(frames, located):
+        for face in frame_faces:
+            np.testing.assert_array_equal(face.crop, align.warp_to_crop(frame, face.matrix, CROP))
+    np.testing.assert_array_equal(restored.crops, 255 - np.stack([face.crop for face in faces]))
+
+
 def test_restorer_returning_the_wrong_shape_is_a_clear_error():
     pipeline = make_pipeline(restore=lambda batch: batch[:, ::2])
     try:
