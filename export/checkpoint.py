@@ -347,7 +347,10 @@ def write_bundle(out, unet, vae, scheduler_config: dict, model: ModelConfig, net
         "source": {**source, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     }
     report(progress, f"writing {len(tensors)} tensors ({dtype}) to {out}")
-    _write_bundle(out, config, tensors)
+    try:
+        _write_bundle(out, config, tensors)
+    except OSError as error:  # the file system's refusal (no space, read-only, a file where a folder must be)
+        raise CheckpointError(f"cannot write the bundle to {out}: {error.strerror or error}") from None
     report(progress, f"bundle {config['bundle_id'][:12]} written to {out}")
     return out
 

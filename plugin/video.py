@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from instantrestore.runtime.errors import InstantRestoreError
+
 from . import home
 from .engine import load_engine
 from .errors import PluginError
@@ -40,12 +42,32 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _check_output(in_path: Path, out_path: Path, overwrite: bool) -> None:
+    """PluginError unless `out_path` is a new file (or, with `overwrite`, one to replace) in an existing folder.
+    The OS refusing even to look at the name (too long, a folder we may not search) is the user's to fix too."""
+    from instantrestore.runtime.files import output_target
+
+    try:
+        if _same_file(in_path, out_path):
+            raise PluginError(f"the output {out_path} is the input video; choose another output file")
+        if out_path.is_dir():
+            raise PluginError(f"the output {out_path} is a folder; give a file name such as {out_path / in_path.name}")
+        folder = out_path.parent if str(out_path.parent) else Path(".")
+        if not folder.is_dir():
+            raise PluginError(f"the output folder {folder} does not exist")
+        if output_target(out_path).exists() and not overwrite:
+            raise PluginError(f"the output {out_path} exists; pass --overwrite to replace it")
+    except OSError as error:
+        if isinstance(error, InstantRestoreError):
+            raise
+        raise PluginError(f"cannot write {out_path}: {error.strerror or error}") from None
+
+
 def restore_video(options: VideoOptions, progress=say, frame_progress=None, on_frame=None) -> dict:
     """Restore every frame of the input into the output (audio copied), each enrolled person's face with their
     profile; an existing output is replaced only with `overwrite`. Returns a summary dict. frame_progress(done,
     total) replaces the terminal's progress bar and on_frame(raw, restored) sees each frame (the panel); an
     exception either raises cancels the run, leaving no output."""
-    from instantrestore.runtime.files import output_target
     from instantrestore.runtime.media import FileSink, FileSource
     from instantrestore.runtime.pipeline import restore_recording
 
@@ -55,15 +77,7 @@ def restore_video(options: VideoOptions, progress=say, frame_progress=None, on_f
         raise PluginError(f"{in_path}: file not found")
     if in_path.is_dir():
         raise PluginError(f"{in_path}: is a folder, not a video")
-    if _same_file(in_path, out_path):
-        raise PluginError(f"the output {out_path} is the input video; choose another output file")
-    if out_path.is_dir():
-        raise PluginError(f"the output {out_path} is a folder; give a file name such as {out_path / in_path.name}")
-    folder = out_path.parent if str(out_path.parent) else Path(".")
-    if not folder.is_dir():
-        raise PluginError(f"the output folder {folder} does not exist")
-    if output_target(out_path).exists() and not options.overwrite:
-        raise PluginError(f"the output {out_path} exists; pass --overwrite to replace it")
+    _check_output(in_path, out_path, options.overwrite)
     if not (0.0 <= blend <= 1.0):
         raise PluginError(f"--blend must be between 0 and 1, got {blend}")
     if batch_size < 1:

@@ -201,6 +201,20 @@ def test_help_names_the_default_hub_ids(capsys):
 # ------------------------------------------------------------------------------------ what --out may be
 
 
+def test_out_the_file_system_refuses_is_the_users_to_fix(tiny_release, tmp_path, capsys):
+    """A bundle folder under a file (or on a full or read-only disk) cannot be written: one line naming it, exit 2,
+    not an internal error."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    out = notes / "bundle"
+    args = ["export", "--checkpoint", str(tiny_release["checkpoint"]), "--base", str(tiny_release["base"]),
+            "--vae", str(tiny_release["vae"]), "--out", str(out), "--dtype", "float32"]
+    assert main(args) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"instantrestore: error: cannot write the bundle to {out}: "), line  # then the OS's words
+    assert notes.read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
 def test_out_that_is_a_diffusers_folder_is_refused_and_kept(tiny_release, tmp_path, capsys):
     """A model folder with a config.json (the VAE folder, say) is not a bundle: nothing in it is touched."""
     vae = tmp_path / "sd-vae-ft-mse"

@@ -36,6 +36,7 @@ from instantrestore.plugin import camera as camera_command  # noqa: E402
 from instantrestore.plugin import engine, enroll, home, vcam, video  # noqa: E402
 from instantrestore.runtime import align  # noqa: E402
 from instantrestore.plugin.errors import PluginError  # noqa: E402
+from instantrestore.runtime.errors import InstantRestoreError  # noqa: E402
 from instantrestore.plugin.cli import main  # noqa: E402
 from instantrestore.runtime import Profile  # noqa: E402
 from instantrestore.runtime.backends import Choice  # noqa: E402
@@ -879,7 +880,6 @@ def test_a_bare_value_or_os_error_is_a_bug_not_the_users_mistake(in_state, monke
 
 
 def test_every_user_error_shares_one_root_and_exits_2(in_state, monkeypatch, capsys):
-    from instantrestore.runtime.errors import InstantRestoreError
     from instantrestore.runtime.media import MediaError
 
     def refuse(*args, **kwargs):
@@ -901,7 +901,7 @@ def test_debug_shows_the_traceback_of_a_bug(in_state, monkeypatch):
         main(["video", "a.mp4", "-o", "b.mp4", "--profile", "me"])
 
 
-class StopExport(ValueError):
+class StopExport(InstantRestoreError):
     pass
 
 
