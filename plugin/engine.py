@@ -1,10 +1,12 @@
-"""Which backend a command runs on, and what it needs built first (ONNX graphs, TensorRT engines)."""
+"""Which backend a command runs on: backends.select with the state folder's engine cache, building what the
+choice needs first (export.build_for), and how a CPU run shares the cores."""
 
 from __future__ import annotations
 
 import os
 from typing import Optional
 
+from instantrestore.export.build import build_for
 from instantrestore.runtime.backends import Choice, select
 from instantrestore.runtime.graphs import precision_name
 
@@ -16,25 +18,6 @@ def choose_engine(bundle, backend: str = "auto", device: Optional[str] = None, d
     """backends.select with the plugin's engine cache, where TensorRT's engines are built when missing
     (nothing is built or loaded here)."""
     return select(bundle, backend, device, dtype, engines=engines_dir(), can_build=True)
-
-
-def ensure_artifacts(bundle, choice: Choice, progress=say) -> None:
-    """Export the ONNX graphs or build the TensorRT engines `choice` needs first."""
-    if not choice.build:
-        return
-    if choice.backend == "onnxruntime":
-        from instantrestore.export.onnx_export import export_onnx
-
-        progress(f"no {precision_name(choice.dtype)} ONNX graphs for this bundle yet; exporting them once")
-        export_device = choice.device if str(choice.device).startswith("cuda") else "cpu"  # cuda:1 stays cuda:1
-        export_onnx(bundle.path, engines=engines_dir(), dtype=precision_name(choice.dtype), device=export_device,
-                    progress=progress)
-    elif choice.backend == "tensorrt":
-        from instantrestore.export.tensorrt_build import build_engines
-
-        progress("no TensorRT engines for this bundle and GPU yet; building them once (this takes minutes)")
-        build_engines(bundle.path, engines=engines_dir(), precision=precision_name(choice.dtype), progress=progress,
-                      device=choice.device)
 
 
 def usable_cores() -> int:
@@ -69,12 +52,12 @@ def load_engine(bundle, backend: str = "auto", device: Optional[str] = None, dty
     choice = choose_engine(bundle, backend, device, dtype)
     if backend == "auto" and choice.build:
         try:
-            ensure_artifacts(bundle, choice, progress)
+            build_for(bundle, choice, engines_dir(), progress)
         except Exception as error:  # noqa: BLE001 - auto falls back instead of failing the job
             progress(f"TensorRT engine build failed ({' '.join(str(error).split())[:200]}); using another backend")
             choice = select(bundle, backend, device, dtype, engines=engines_dir())  # the next one that is ready
     else:
-        ensure_artifacts(bundle, choice, progress)
+        build_for(bundle, choice, engines_dir(), progress)
     note = ""
     if backend == "auto" and not str(choice.device).startswith("cuda") and choice.backend != "tensorrt":
         note = "; no GPU backend is usable here (`instantrestore doctor` says why)"
