@@ -55,18 +55,10 @@ class OnnxExportError(InstantRestoreError, RuntimeError):
     """The ONNX export or one of its checks failed."""
 
 
-def graph_folder(bundle, engines=None, out_dir=None) -> Path:
-    """Where the graphs of `bundle` go: `out_dir` if given, else its folder in the engine cache `engines`."""
-    if out_dir is not None:
-        return Path(out_dir)
-    if engines is None:
-        raise OnnxExportError("give the engine cache folder (engines) or an out_dir to export the graphs to")
-    return engine_cache.bundle_cache_dir(engines, bundle.bundle_id)
-
-
 def find_onnx(bundle, precision, engines=None, out_dir=None) -> Optional[dict]:
     """{graph: path} of valid exported graphs for `bundle` (a Bundle) in `out_dir` or the cache, else None."""
-    return engine_cache.find_onnx_graphs(bundle.bundle_id, precision, graph_folder(bundle, engines, out_dir))
+    folder = engine_cache.graph_folder(engines, bundle.bundle_id, out_dir)
+    return engine_cache.find_onnx_graphs(bundle.bundle_id, precision, folder)
 
 
 def _sample_inputs(bundle, graph: str, restorer_kv, dtype, device):
@@ -211,7 +203,7 @@ def export_onnx(
         report(progress, "onnx: tracing fp16 on the CPU (slow for the full model; pass device='cuda' where there is a GPU)")
 
     bundle = load_bundle(bundle_dir)
-    folder = graph_folder(bundle, engines, out_dir)
+    folder = engine_cache.graph_folder(engines, bundle.bundle_id, out_dir)
     num_layers = len(bundle.layer_shapes)
     keys = {g: engine_cache.onnx_key(g, bundle.bundle_id, precision) for g in graphs}
 

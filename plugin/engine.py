@@ -33,7 +33,8 @@ def use_cpu_threads(choice: Choice) -> dict:
     own threads (decode, track, composite, encode), and OpenCV works single-threaded inside those.
     Oversubscribed, torch's OpenMP workers wait for each other whenever a core is taken: a 48-frame
     video on the test miniature, 2-core machine, one core busy elsewhere, took 13 to 34 s with torch's
-    default of 2 threads and 4 to 6 s like this (README, Performance). Returns the backend's own options (onnxruntime's thread count); a GPU run changes nothing."""
+    default of 2 threads and 4 to 6 s like this (README, Performance). Returns the backend's own options
+    (onnxruntime's thread count); a GPU run changes nothing."""
     if not str(choice.device).startswith("cpu"):
         return {}
     import cv2

@@ -43,6 +43,15 @@ def bundle_cache_dir(engines, bundle_id: str) -> Path:
     return Path(engines) / bundle_id[:16]
 
 
+def graph_folder(engines, bundle_id: str, folder=None) -> Path:
+    """Where a bundle's ONNX graphs are: `folder` (an export's own) if given, else its folder in `engines`."""
+    if folder is not None:
+        return Path(folder)
+    if engines is None:
+        raise ArtifactError("no engine cache folder (engines) given, nor a folder of ONNX graphs")
+    return bundle_cache_dir(engines, bundle_id)
+
+
 def timing_cache_dir(engines) -> Path:
     return Path(engines) / "timing"
 

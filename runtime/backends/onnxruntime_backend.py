@@ -87,15 +87,6 @@ def choose_providers(device) -> list:
     return out
 
 
-def graph_folder(bundle, engines=None, onnx_dir=None) -> Path:
-    """Where the graphs of `bundle` are: `onnx_dir` (an export's own folder), else the engine cache `engines`."""
-    if onnx_dir is not None:
-        return Path(onnx_dir)
-    if engines is None:
-        raise OnnxGraphNotFoundError("no engines folder given to look for ONNX graphs in")
-    return engine_cache.bundle_cache_dir(engines, bundle.bundle_id)
-
-
 def onnx_ready(bundle, dtype=torch.float32, engines=None) -> tuple:
     """(True, '') when both graphs of `bundle` are exported in `dtype`'s precision in the engine cache
     `engines`; else (False, why)."""
@@ -104,7 +95,8 @@ def onnx_ready(bundle, dtype=torch.float32, engines=None) -> tuple:
     if engines is None:
         return False, "no engines folder given"
     precision = precision_name(dtype)
-    if engine_cache.find_onnx_graphs(bundle.bundle_id, precision, graph_folder(bundle, engines)) is None:
+    folder = engine_cache.bundle_cache_dir(engines, bundle.bundle_id)
+    if engine_cache.find_onnx_graphs(bundle.bundle_id, precision, folder) is None:
         return False, (f"no {precision} ONNX graphs for bundle {bundle.bundle_id[:12]} "
                        "(run `instantrestore export --onnx`)")
     return True, ""
@@ -165,7 +157,8 @@ class OnnxRuntimeBackend:
         else:
             self.device = torch.device("cpu")
         self.num_layers = len(bundle.layer_shapes)
-        paths = find_graphs(bundle, self.precision, graph_folder(bundle, engines, onnx_dir))
+        folder = engine_cache.graph_folder(engines, bundle.bundle_id, onnx_dir)
+        paths = find_graphs(bundle, self.precision, folder)
         self.paths = paths
         self.io_binding = self.device.type == "cuda" if io_binding is None else bool(io_binding)
         self._threads = threads
