@@ -71,9 +71,9 @@ def cmd_export(args) -> int:
     else:
         bundle_dir = home.resolve_bundle(args.bundle).path
     if args.onnx:
-        from instantrestore.export.onnx_export import export_onnx
-
         import torch
+
+        from instantrestore.export.onnx_export import export_onnx
 
         on_gpu = torch.cuda.is_available()
         # fp16 graphs for GPUs, fp32 for onnxruntime on the CPU, unless --dtype says otherwise

@@ -28,9 +28,9 @@ from instantrestore.runtime.errors import InstantRestoreError
 from . import engine, home, vcam
 from .camera import CameraOptions, LiveControl, run_camera
 from .enroll import EnrollOptions, check_selfies, enroll
-from .video import VideoOptions, restore_video
 from .errors import PluginError
 from .progress import clock, say
+from .video import VideoOptions, restore_video
 
 LOCALHOST = "127.0.0.1"
 DEFAULT_PORT = 7860

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graphs import MAX_REFERENCES
 from .errors import InstantRestoreError
+from .graphs import MAX_REFERENCES
 from .schema import instance_of, real, schema_problem, whole
 
 PROMPT = "A high-quality photo of a person; professional, 8k"
