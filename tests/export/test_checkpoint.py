@@ -1,7 +1,7 @@
-"""Getting the authors' release into a bundle (export/checkpoint.py, `instantrestore export`, `bundles`): the
-release's real key names on the installed transformers, the authors' cfg defaults, hub paths, the download
-from the hub and its failure offline, what an existing --out may be, and several bundles side by side."""
+"""Importing the authors' checkpoint: the miniature release, LoRA merge, refused files, the bundle's config,
+fetching from the hub and its failure offline, and what an existing --out may be."""
 
+import dataclasses
 import hashlib
 import http.server
 import json
@@ -13,15 +13,44 @@ import time
 
 import pytest
 import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from safetensors import safe_open
 
-from instantrestore.export import CheckpointError, import_checkpoint
-from instantrestore.export.checkpoint import hub_file
-from instantrestore.plugin import home
-from instantrestore.plugin.cli import main
-from instantrestore.runtime import load_bundle
-from miniature import write_release
-from reference import ReferenceInstantRestore
+from instantrestore.export import CheckpointError, import_checkpoint, merge_lora
+from instantrestore.export.checkpoint import hub_file, write_bundle
+from instantrestore.export.random_bundle import SD_TURBO_SCHEDULER, TINY_UNET, TINY_VAE
+from instantrestore.runtime import load_bundle, load_restorer
+from instantrestore.runtime.bundle import CONFIG_NAME
+from instantrestore.runtime.network import FreeUFactors, ModelConfig
+
+from tests.support.inputs import crops
+from tests.support.miniature import CROP_SIZE, VAE_CONFIG, VAE_LORA_TARGETS, write_release
+from tests.support.reference import ReferenceInstantRestore
+
+
+def test_an_imported_release_reads_back_its_config(release_factory):
+    """The flags of the checkpoint's cfg, the paper's values and the base's schedule (the miniature has
+    SD-Turbo's) come back from the bundle as one typed config."""
+    for use_adain, train_input in ((True, False), (False, True)):
+        bundle = load_bundle(release_factory(use_adain, train_input)["bundle"])
+        assert bundle.model == ModelConfig(use_adain=use_adain, train_input=train_input)
+
+
+def test_export_writes_the_config_it_is_given_and_the_base_schedule(tmp_path):
+    model = ModelConfig(prompt="a face", restore_timestep=500, reference_timestep=10,
+                        freeu=FreeUFactors(b1=1.1, b2=1.2, s1=0.5, s2=0.6), use_adain=False, train_input=True,
+                        reference_slots=3)
+    scheduler_config = {**SD_TURBO_SCHEDULER, "prediction_type": "v_prediction", "clip_sample": True,
+                        "clip_sample_range": 2.0}
+    with torch.device("meta"):
+        unet, vae = UNet2DConditionModel(**TINY_UNET), AutoencoderKL(**TINY_VAE)
+    out = write_bundle(tmp_path / "b", unet, vae, scheduler_config, model, {"restorer.unet.": {"w": torch.zeros(1)}},
+                       torch.zeros(1, 77, 32), "float32", {})
+    alphas = DDPMScheduler.from_config(scheduler_config).alphas_cumprod
+    expected = dataclasses.replace(model, restore_alpha_cumprod=float(alphas[500]),
+                                   reference_alpha_cumprod=float(alphas[10]), prediction_type="v_prediction",
+                                   clip_sample=True, clip_sample_range=2.0)
+    assert ModelConfig.from_dict(json.loads((out / CONFIG_NAME).read_text())) == expected
 
 
 def run_cli(args, env):
@@ -190,37 +219,6 @@ def test_offline_export_says_what_could_not_be_fetched_and_the_way_round(tiny_re
     assert "--base DIR" in base.stderr.strip().splitlines()[-1]
 
 
-def test_help_names_the_default_hub_ids(capsys):
-    with pytest.raises(SystemExit):
-        main(["export", "--help"])
-    text = " ".join(capsys.readouterr().out.split())
-    for hub_id in ("hwdz15508/InstantRestore/final_model_ckpt.pt", "stabilityai/sd-turbo", "stabilityai/sd-vae-ft-mse"):
-        assert hub_id in text
-
-
-# ------------------------------------------------------------------------------------ what --out may be
-
-
-def test_out_that_is_a_diffusers_folder_is_refused_and_kept(tiny_release, tmp_path, capsys):
-    """A model folder with a config.json (the VAE folder, say) is not a bundle: nothing in it is touched."""
-    vae = tmp_path / "sd-vae-ft-mse"
-    vae.mkdir()
-    (vae / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
-    (vae / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
-    args = ["export", "--checkpoint", str(tiny_release["checkpoint"]), "--base", str(tiny_release["base"]),
-            "--vae", str(tiny_release["vae"]), "--out", str(vae)]
-    assert main(args) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"instantrestore: error: {vae} exists and is not a model bundle (export replaces only a bundle it wrote); "
-        "choose another --out")
-    assert sorted(p.name for p in vae.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
-    assert (vae / "diffusion_pytorch_model.safetensors").read_bytes() == b"weights"
-    assert [p.name for p in tmp_path.iterdir()] == ["sd-vae-ft-mse"]  # no temp folder left beside it
-    some_file = tmp_path / "notes.txt"
-    some_file.write_text("mine")
-    assert main(args[:-1] + [str(some_file)]) == 2 and some_file.read_text() == "mine"
-
-
 def test_out_that_is_a_bundle_is_replaced(tiny_release, tmp_path):
     out = tmp_path / "bundle"
     import_checkpoint(tiny_release["checkpoint"], base=tiny_release["base"], vae=tiny_release["vae"], out=out,
@@ -263,38 +261,77 @@ def test_a_missing_checkpoint_is_one_line(tiny_release, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-# ------------------------------------------------------------------------------------- several bundles
+def test_merged_lora_equals_unmerged():
+    from diffusers import AutoencoderKL
+    from peft import LoraConfig, inject_adapter_in_model
+
+    torch.manual_seed(0)
+    wrapped = inject_adapter_in_model(
+        LoraConfig(r=8, lora_alpha=4, target_modules=VAE_LORA_TARGETS), AutoencoderKL(**VAE_CONFIG), adapter_name="vae_skip"
+    ).eval()
+    for name, p in wrapped.named_parameters():
+        if "lora_" in name:
+            p.data = torch.randn_like(p) * 0.05
+    merged_weights, count = merge_lora(wrapped.state_dict(), "vae_skip")
+    assert count > 20 and not any("lora" in k or "base_layer" in k for k in merged_weights)
+    plain = AutoencoderKL(**VAE_CONFIG).eval()
+    plain.load_state_dict(merged_weights, strict=True)
+    x = crops(1, 5)
+    with torch.no_grad():
+        a = wrapped.decode(wrapped.encode(x).latent_dist.mean).sample
+        b = plain.decode(plain.encode(x).latent_dist.mean).sample
+    assert (a - b).abs().max().item() < 1e-4
 
 
-def test_a_second_export_says_how_to_switch_back_and_bundles_lists_both(tiny_release, tiny_restorer, tmp_path,
-                                                                       monkeypatch, capsys):
-    monkeypatch.setenv("INSTANTRESTORE_HOME", str(tmp_path / "state"))
-    common = ["--checkpoint", str(tiny_release["checkpoint"]), "--base", str(tiny_release["base"]),
-              "--vae", str(tiny_release["vae"])]
-    assert main(["export", *common, "--dtype", "float32"]) == 0
-    first = home.bundles_dir() / "final_model_ckpt-float32"
-    assert home.last_bundle_dir() == first.resolve()
-    # a profile enrolled with the first bundle
-    profile = tiny_restorer.enroll(torch.zeros(1, 3, 128, 128))
-    profile.bundle_id = load_bundle(first).bundle_id
-    profile.save(home.profile_path("me"))
-    capsys.readouterr()
+def test_bundle_holds_merged_weights_only(tiny_release, tmp_path):
+    out = import_checkpoint(tiny_release["checkpoint"], base=tiny_release["base"], vae=tiny_release["vae"],
+                            out=tmp_path / "fp16")
+    config = json.loads((out / "config.json").read_text())
+    assert config["dtype"] == "float16" and config["crop_size"] == CROP_SIZE
+    assert config["use_adain"] is True and config["train_input"] is False
+    assert len(config["shared_layers"]) == 9
+    with safe_open(str(out / "weights.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+        assert {f.get_tensor(k).dtype for k in keys} == {torch.float16}
+    assert not any("lora" in k or "base_layer" in k or "text_encoder" in k for k in keys)
+    assert not any(k.startswith("enroller.vae.decoder") for k in keys)
+    assert sorted(os.listdir(out)) == ["config.json", "weights.safetensors"]
+    # the fp16 bundle restores like the fp32 one, to fp16 precision
+    images, refs = crops(1, 41), crops(2, 42)
+    half = load_restorer(out)
+    full = load_restorer(tiny_release["bundle"])
+    diff = (half.restore(images, half.enroll(refs)) - full.restore(images, full.enroll(refs))).abs().max().item()
+    assert diff < 5e-2
 
-    assert main(["export", *common]) == 0  # float16: a second bundle beside the first
-    second = home.bundles_dir() / "final_model_ckpt-float16"
-    err = capsys.readouterr().err
-    assert f"{second} is now the default bundle (it was {first.resolve()}); switch back with " \
-           "`instantrestore bundles use final_model_ckpt-float32`" in err
-    assert "profiles enrolled with another bundle, not usable with this one: me" in err
 
-    assert main(["bundles"]) == 0
-    rows = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
-    assert rows == [["final_model_ckpt-float16", "float16", "final_model_ckpt.pt", "0 profiles", "default"],
-                    ["final_model_ckpt-float32", "float32", "final_model_ckpt.pt", "1 profile"]]
+def test_module_prefixed_checkpoint_gives_the_same_bundle(tiny_release, tmp_path):
+    release = write_release(tmp_path, module_prefix=True)
+    out = import_checkpoint(release["checkpoint"], base=release["base"], vae=release["vae"], out=tmp_path / "b",
+                            dtype="float32")
+    ours = json.loads((out / "config.json").read_text())["bundle_id"]
+    assert ours == json.loads((tiny_release["bundle"] / "config.json").read_text())["bundle_id"]
 
-    assert main(["bundles", "use", "final_model_ckpt-float32"]) == 0
-    assert home.last_bundle_dir() == first.resolve()
-    assert "1 profile fit it: me" in capsys.readouterr().err
-    assert main(["bundles", "use", "nothing-here"]) == 2
-    assert "no bundle named 'nothing-here'" in capsys.readouterr().err
-    assert home.last_bundle_dir() == first.resolve()
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_that_runs_code_is_refused(tiny_release, tmp_path):
+    evil = _RunsCode()
+    evil.marker = tmp_path / "pwned"
+    torch.save({"state_dict": {}, "cfg": evil}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="refused"):
+        import_checkpoint(tmp_path / "evil.pt", base=tiny_release["base"], vae=tiny_release["vae"], out=tmp_path / "out")
+    assert not evil.marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_files_that_are_not_checkpoints_are_refused(tiny_release, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(1000))
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        import_checkpoint(junk, base=tiny_release["base"], vae=tiny_release["vae"], out=tmp_path / "out")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not an InstantRestore checkpoint"):
+        import_checkpoint(tmp_path / "other.pt", base=tiny_release["base"], vae=tiny_release["vae"], out=tmp_path / "o")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()

@@ -19,9 +19,27 @@ from instantrestore.plugin import batch, home
 from instantrestore.plugin.batch import BatchError, BatchOptions, collect_inputs, run_batch
 from instantrestore.plugin.cli import main
 from instantrestore.runtime.files import temp_files
-from media_helpers import astronaut, placed_face, read_frames, write_clip
 
-pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("one_torch_thread")]
+from tests.support.media_helpers import astronaut, placed_face, read_frames, write_clip
+from tests.support.recognition import change, face_boxes, two_people
+
+
+@pytest.mark.timeout(300)
+def test_batch_takes_several_profiles(two_person_home, tmp_path, monkeypatch, capsys):
+    folder, _ = two_person_home
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(folder))
+    (tmp_path / "talks").mkdir()
+    clip = write_clip(tmp_path / "talks" / "two.mp4", [two_people() for _ in range(6)], fps=25)
+    decoded = read_frames(clip)
+    astronaut_box, hopper_box = face_boxes(decoded[0])
+    code = main(["batch", str(tmp_path / "talks"), "-o", str(tmp_path / "out"), "--profile", "eileen",
+                 "--profile", "grace", "--backend", "torch"])
+    assert code == 0, capsys.readouterr().err
+    restored = read_frames(tmp_path / "out" / "two.mp4")
+    for index in range(2, len(decoded)):
+        assert change(restored[index], decoded[index], astronaut_box) > 15
+        assert change(restored[index], decoded[index], hopper_box) > 15
+
 
 SIZE, FRAMES = (320, 240), 10
 
@@ -86,6 +104,8 @@ def video_outputs(batch_home, talks, tmp_path_factory):
 MANIFEST = batch.MANIFEST_NAME
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.usefixtures("one_torch_thread")
 def test_inputs_keep_their_relative_paths_in_a_stable_order(talks, tmp_path):
     listed = tmp_path / "list.txt"
     listed.write_text(f"# talks to restore\n{talks / 'a.mp4'}\n\n{talks / '2024'}\n")
@@ -104,6 +124,8 @@ def test_inputs_keep_their_relative_paths_in_a_stable_order(talks, tmp_path):
         collect_inputs([tmp_path / "missing.mp4"], tmp_path / "out")
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.usefixtures("one_torch_thread")
 def test_batch_in_one_process_restores_reports_and_resumes(in_home, talks, video_outputs, tmp_path, capsys):
     out = tmp_path / "restored"
     args = ["batch", str(talks), "-o", str(out), "--profile", "me", "--backend", "torch"]
@@ -136,6 +158,8 @@ def test_batch_in_one_process_restores_reports_and_resumes(in_home, talks, video
     assert rows["a.mp4"].split()[1] == "done" and rows["2024/b.mp4"].split()[1] == "done"
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.usefixtures("one_torch_thread")
 def test_an_interrupted_batch_leaves_no_partial_file_and_resumes(in_home, talks, tmp_path):
     out = tmp_path / "restored"
     command = [sys.executable, "-m", "instantrestore.plugin.cli", "batch", str(talks), "-o", str(out),
@@ -157,6 +181,8 @@ def test_an_interrupted_batch_leaves_no_partial_file_and_resumes(in_home, talks,
     assert files_under(out) == {"a.mp4", "2024/b.mp4", MANIFEST}
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.usefixtures("one_torch_thread")
 def test_batch_on_ray_survives_a_killed_worker(in_home, talks, video_outputs, tmp_path):
     pytest.importorskip("ray")
     out = tmp_path / "restored"
@@ -194,6 +220,8 @@ def test_batch_on_ray_survives_a_killed_worker(in_home, talks, video_outputs, tm
     assert again == {"2024/b.mp4": "skipped", "2024/broken.mp4": "failed", "a.mp4": "skipped"}
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.usefixtures("one_torch_thread")
 def test_no_ray_cluster_to_join_is_one_line(in_home, talks, tmp_path, monkeypatch, capsys):
     pytest.importorskip("ray")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -204,6 +232,8 @@ def test_no_ray_cluster_to_join_is_one_line(in_home, talks, tmp_path, monkeypatc
     assert not list((tmp_path / "o").rglob("*.mp4"))
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.usefixtures("one_torch_thread")
 def test_ray_missing_says_how_to_install_it(in_home, talks, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
     assert main(["batch", str(talks), "-o", str(tmp_path / "o"), "--profile", "me", "--ray"]) == 2

@@ -3,12 +3,14 @@ exists."""
 
 import json
 
+import numpy as np
 import pytest
-import torch
 
+from instantrestore.plugin import bench
 from instantrestore.plugin.cli import main
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+from tests.support.inputs import crops
+from tests.support.searches import noting_searches
 
 
 def last_json(capsys) -> dict:
@@ -70,21 +72,22 @@ def test_bench_refuses_bad_numbers(capsys):
     assert capsys.readouterr().err.strip().endswith("--refs, --batch and --frames must be at least 1")
 
 
-@cuda
-def test_cuda_graph_matches_eager_and_rebinds_profiles(tmp_path):
-    from instantrestore.export.random_bundle import write_random_bundle
-    from instantrestore.runtime import load_restorer
+def test_bench_enrolls_its_test_face_with_the_same_search(monkeypatch):
+    searched = noting_searches(monkeypatch)
 
-    bundle = write_random_bundle("tiny", tmp_path / "b", dtype="float16")
-    fast = load_restorer(bundle, device="cuda", dtype="float16")
-    assert fast.backend.cuda_graph
-    g = torch.Generator().manual_seed(0)
-    images = (torch.rand(2, 3, 128, 128, generator=g) * 2 - 1).cuda().half()
-    profiles = [fast.enroll((torch.rand(n, 3, 128, 128, generator=g) * 2 - 1).cuda().half()) for n in (4, 2)]
-    for profile in profiles + profiles[:1]:  # switching profiles rebinds the graph's K/V
-        graph_out = fast.restore(images, profile)
-        fast.backend.cuda_graph = False
-        eager_out = fast.restore(images, profile)
-        fast.backend.cuda_graph = True
-        assert (graph_out.float() - eager_out.float()).abs().max().item() < 2e-2
-    assert (fast.restore(images, profiles[0]) - fast.restore(images, profiles[1])).abs().max().item() > 1e-3
+    class Restorer:  # what bench_restorer uses of a loaded model
+        crop_size, device = 64, "cpu"
+        backend = type("Backend", (), {"name": "stand-in"})()
+
+        def enroll_crops(self, crops):
+            self.enrolled = crops
+            return "profile"
+
+        def crop_restorer(self, profile):
+            return lambda crops: crops
+
+    restorer = Restorer()
+    monkeypatch.setattr(bench, "device_name", lambda device: "cpu")
+    restore, crop_size, _ = bench.bench_restorer(restorer, 10.0, 512)
+    assert searched == [(512, 512, 3)] and crop_size == 64
+    assert restorer.enrolled.shape == (1, 64, 64, 3) and restore(np.zeros((1, 64, 64, 3), np.uint8)).shape[0] == 1

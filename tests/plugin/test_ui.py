@@ -16,8 +16,10 @@ import pytest
 import pyvirtualcam
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(__file__))
-from media_helpers import (  # noqa: E402
+from instantrestore.plugin import home
+from instantrestore.plugin.cli import main
+
+from tests.support.media_helpers import (
     RecordingVirtualCamera,
     astronaut,
     no_face_image,
@@ -26,17 +28,22 @@ from media_helpers import (  # noqa: E402
     write_clip,
 )
 
-from instantrestore.plugin import home  # noqa: E402
-from instantrestore.plugin.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
 CHROMEDRIVER = shutil.which("chromedriver")
+
+
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
                   # a synthetic webcam (a test pattern, no face) for the in-page photo
                   "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+
+
 CLIP_FRAMES, CLIP_FPS, CLIP_SIZE = 12, 24, (320, 240)
 
 

@@ -1,18 +1,15 @@
 """Pasting restored crops back: feathered mask, colour matching, blend strength, untouched background."""
 
-import os
-import sys
-
 import cv2
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-from media_helpers import MEDIAPIPE_TIMEOUT_S, astronaut, placed_face  # noqa: E402
+from instantrestore.runtime import align, composite
+from instantrestore.runtime.composite import CompositeError, face_mask, match_color, paste_back
+from instantrestore.runtime.tracking import FaceDetector
 
-from instantrestore.runtime import align, composite  # noqa: E402
-from instantrestore.runtime.composite import CompositeError, face_mask, match_color, paste_back  # noqa: E402
-from instantrestore.runtime.tracking import FaceDetector  # noqa: E402
+from tests.support.media_helpers import MEDIAPIPE_TIMEOUT_S, astronaut, placed_face
+
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,6 +7,7 @@ from instantrestore.runtime import load_bundle
 from instantrestore.runtime.graphs import (
     DEFAULT_PROFILE,
     GRAPHS,
+    ShapeProfile,
     input_names,
     kv_names,
     output_names,
@@ -40,3 +41,16 @@ def test_precision_names():
         assert precision_name(dtype) == "fp32" and precision_dtype(dtype) == torch.float32
     with pytest.raises(ValueError, match="unsupported precision"):
         precision_name(torch.bfloat16)
+
+
+# ------------------------------------------------------------------------------------------ profiles
+
+
+def test_shape_profile_validation():
+    p = ShapeProfile(batch=(1, 1, 2), refs=(1, 4, 8))
+    assert p.tag == "b1-1-2_r1-4-8"
+    assert p.covers(2, 8) and not p.covers(3, 1) and not p.covers(1, 9)
+    assert ShapeProfile.from_dict(p.to_dict()) == p
+    for bad in (dict(batch=(2, 1, 4)), dict(refs=(0, 1, 2)), dict(refs=(1, 4, 9)), dict(batch=(1, 2))):
+        with pytest.raises(ValueError):
+            ShapeProfile(**bad)

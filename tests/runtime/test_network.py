@@ -11,12 +11,60 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from instantrestore.export.random_bundle import SD_TURBO_SCHEDULER
 from instantrestore.runtime.errors import InstantRestoreError
-from instantrestore.runtime.network import (FreeUFactors, ModelConfig, ModelConfigError, RecordAttnProcessor,
-                                            SharedAttnProcessor, enroll_noise, normalise_references, reference_inputs,
-                                            reference_order, reference_statistics, renormalise_to_input, restore_noise,
-                                            seeded_noise)
+from instantrestore.runtime.network import (
+    FreeU,
+    FreeUFactors,
+    ModelConfig,
+    ModelConfigError,
+    RecordAttnProcessor,
+    SharedAttnProcessor,
+    enroll_noise,
+    fourier_filter_matrix,
+    normalise_references,
+    reference_inputs,
+    reference_order,
+    reference_statistics,
+    renormalise_to_input,
+    restore_noise,
+    seeded_noise,
+)
+
+from tests.support.miniature import UNET_CONFIG
+from tests.support.recognition import change
+
+
+@pytest.mark.parametrize("height,width", [(2, 2), (4, 4), (8, 8), (16, 16), (6, 10), (5, 7)])
+def test_freeu_filter_matrix_equals_fft(height, width):
+    from diffusers.utils.torch_utils import fourier_filter
+
+    x = torch.randn(2, 3, height, width)
+    matrix = fourier_filter_matrix(height, width, 0.2).float()
+    ours = (x.reshape(2, 3, -1) @ matrix.T).reshape_as(x)
+    assert (ours - fourier_filter(x, threshold=1, scale=0.2)).abs().max().item() < 1e-5
+
+
+def test_freeu_hooks_equal_diffusers_freeu():
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    theirs = UNet2DConditionModel(**UNET_CONFIG).eval()
+    ours = UNet2DConditionModel(**UNET_CONFIG).eval()
+    ours.load_state_dict(theirs.state_dict())
+    theirs.enable_freeu(s1=0.9, s2=0.2, b1=1.4, b2=1.6)
+    FreeU(ours, UNET_CONFIG["sample_size"], b1=1.4, b2=1.6, s1=0.9, s2=0.2)
+    x, text = torch.randn(2, *LATENT), torch.randn(2, 77, 32)
+    with torch.no_grad():
+        a = theirs(x, 249, encoder_hidden_states=text).sample
+        b = ours(x, 249, encoder_hidden_states=text).sample
+    assert (a - b).abs().max().item() < 1e-4
+    theirs.disable_freeu()
+    with torch.no_grad():
+        without = theirs(x, 249, encoder_hidden_states=text).sample
+    assert (without - b).abs().max().item() > 1e-3  # FreeU changes the output: the hooks are live
+
 
 LATENT = (4, 16, 16)
+
 
 # ------------------------------------------------------------------------------------------ the config
 

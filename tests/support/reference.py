@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from miniature import UNET_LORA_TARGETS, VAE_LORA_TARGETS
+from tests.support.miniature import UNET_LORA_TARGETS, VAE_LORA_TARGETS
 
 PROMPT = "A high-quality photo of a person; professional, 8k"
 
