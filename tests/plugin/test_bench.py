@@ -9,7 +9,6 @@ import pytest
 from instantrestore.plugin import bench
 from instantrestore.plugin.cli import main
 
-from tests.support.inputs import crops
 from tests.support.searches import noting_searches
 
 

@@ -15,7 +15,7 @@ from instantrestore.plugin.errors import PluginError
 
 from tests.support.commands import CLIP_FPS, CLIP_SIZE, assert_clear_error, face_regions, listing, run
 from tests.support.media_helpers import FakeCamera, FakeVideoCapture, FaultyCamera, read_frames, write_clip
-from tests.support.recognition import change, face_boxes, inner, two_people
+from tests.support.recognition import change, face_boxes, two_people
 
 REPOSITORY = Path(__file__).parents[2]  # the child process imports tests.support from here
 

@@ -16,7 +16,7 @@ from instantrestore.runtime import Profile
 
 from tests.support.commands import CLIP_FPS, CLIP_FRAMES, CLIP_SIZE, assert_clear_error, face_regions, listing, run
 from tests.support.media_helpers import audio_packets, placed_face, read_frames, stream_info, write_clip
-from tests.support.recognition import change, face_boxes, inner, two_people
+from tests.support.recognition import change, face_boxes, two_people
 
 
 @pytest.mark.timeout(300)

@@ -6,7 +6,6 @@ import pytest
 
 from instantrestore.runtime import align
 
-from tests.support.inputs import crops
 from tests.support.media_helpers import apply_affine, astronaut, no_face_image, placed_face
 
 

@@ -19,7 +19,6 @@ from instantrestore.runtime.files import sha256_file
 from instantrestore.runtime.network import ModelConfig
 
 from tests.support.damage import data_offset, patch_bytes
-from tests.support.recognition import change
 
 
 # config.json of write_random_bundle("tiny", dtype="float32", seed=0) as the exporter wrote it before the model

@@ -8,7 +8,6 @@ from instantrestore.runtime.identity import MATCH_DISTANCE, Identities, shared_r
 from instantrestore.runtime.pipeline import FramePipeline
 from instantrestore.runtime.tracking import FaceDetector, Tracker
 
-from tests.support.inputs import crops
 from tests.support.media_helpers import MEDIAPIPE_TIMEOUT_S
 from tests.support.people import DEGRADATIONS, PEOPLE, VIEWS, astronaut, degrade, hopper
 from tests.support.recognition import change, descriptor, face_boxes, inner, largest_face, two_people

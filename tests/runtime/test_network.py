@@ -30,7 +30,6 @@ from instantrestore.runtime.network import (
 )
 
 from tests.support.miniature import UNET_CONFIG
-from tests.support.recognition import change
 
 
 @pytest.mark.parametrize("height,width", [(2, 2), (4, 4), (8, 8), (16, 16), (6, 10), (5, 7)])

@@ -20,8 +20,6 @@ from instantrestore.runtime.media import FileSink, FileSource, MediaError, Memor
 from instantrestore.runtime.pipeline import FramePipeline, PipelineError, PipelineStats, run_file, run_live
 from instantrestore.runtime.tracking import FaceDetection, FaceDetector, Tracker
 
-from tests.support.commands import run
-from tests.support.inputs import crops
 from tests.support.media_helpers import (
     MEDIAPIPE_TIMEOUT_S,
     FailingRestore,
@@ -913,7 +911,8 @@ def test_overlapping_faces_blend_without_seams():
     pastes, weights = [], []
     for face, colour in zip(faces, [(255, 0, 0), (0, 0, 255)]):
         matrix = alignment_matrix(face.keypoints, SCENE_CROP)
-        pastes.append((np.full((SCENE_CROP, SCENE_CROP, 3), colour, np.uint8), matrix, warp_to_crop(frame, matrix, SCENE_CROP), 1.0))
+        pastes.append((np.full((SCENE_CROP, SCENE_CROP, 3), colour, np.uint8), matrix,
+                       warp_to_crop(frame, matrix, SCENE_CROP), 1.0))
         white = np.full((SCENE_CROP, SCENE_CROP, 3), 255, np.uint8)
         weights.append(paste_back(np.zeros_like(frame), white, matrix, color_match=False)[:, :, 0] / 255.0)
     both = (weights[0] > 0.05) & (weights[1] > 0.05)

@@ -6,8 +6,6 @@ import numpy as np
 
 from instantrestore.plugin.cli import main
 
-from tests.support.recognition import inner
-
 
 CLIP_FRAMES, CLIP_FPS, CLIP_SIZE = 12, 24, (320, 240)
 
