@@ -1,5 +1,4 @@
-"""`instantrestore bench` on the CPU (tiny random model), and the CUDA fast path against eager where a GPU
-exists."""
+"""`instantrestore bench` on the CPU (tiny random model), and the face search its test face is enrolled with."""
 
 import json
 

@@ -187,7 +187,7 @@ def test_debug_shows_the_traceback_of_a_bug(in_state, monkeypatch):
 @pytest.mark.timeout(240)
 @pytest.mark.usefixtures("one_torch_thread")
 def test_export_lists_what_it_built(in_state, monkeypatch, capsys):
-    """The glue again (real exports: test_onnx.py, test_tensorrt.py): each built graph and engine is named."""
+    """The glue again (real exports: tests/export/): each built graph and engine is named."""
     import instantrestore.export.onnx_export as onnx_export
     import instantrestore.export.tensorrt_build as tensorrt_build
 

@@ -79,7 +79,7 @@ class StopExport(ValueError):
 @pytest.mark.timeout(240)
 @pytest.mark.usefixtures("one_torch_thread")
 def test_onnx_backend_exports_missing_graphs_first(in_state, clip, tmp_path, monkeypatch, capsys):
-    """The glue only: the real export (minutes on this CPU) is covered by test_onnx.py."""
+    """The glue only: the real export (minutes on this CPU) is covered by export/test_onnx_export.py."""
     import instantrestore.export.onnx_export as onnx_export
 
     calls = []

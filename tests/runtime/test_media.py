@@ -1,5 +1,6 @@
 """The Source, Sink and Detector Protocols: every source, sink and detector provides what its Protocol declares
-(the runners use them without probing), and the sinks that fit and fan out a camera run's frames."""
+(the runners use them without probing), the sinks that fit and fan out a camera run's frames, files in and
+out (rotation, containers, codecs, damaged inputs, failed writes), the camera source and the virtual camera sink."""
 
 import os
 from fractions import Fraction

@@ -1,5 +1,5 @@
 """The method's parts in runtime/network.py on their own: the model config, the two attention processors,
-both halves of AdaIN, the reference padding and the noise rule."""
+both halves of AdaIN, FreeU, the reference padding and the noise rule."""
 
 import dataclasses
 import json

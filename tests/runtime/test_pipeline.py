@@ -1,5 +1,5 @@
-"""The frame pipeline end to end: file mode with audio, failures, live mode under a slow restorer,
-the virtual camera sink through a recording pyvirtualcam backend."""
+"""The frame pipeline end to end: file mode with audio, failures, live mode under a slow restorer; and when
+and where a face is pasted in real scenes (cuts, a detector blink, motion, a far face, overlapping faces)."""
 
 import hashlib
 import os

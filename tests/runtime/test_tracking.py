@@ -1,4 +1,4 @@
-"""Face detection (vendored BlazeFace through MediaPipe), One Euro smoothing, tracking and alignment."""
+"""Face detection (vendored BlazeFace through MediaPipe), One Euro smoothing and tracking."""
 
 import threading
 
