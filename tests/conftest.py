@@ -1,11 +1,12 @@
-import sys
-from pathlib import Path
+"""Fixtures shared across tests/runtime, tests/export and tests/plugin: the state folder, the miniature release
+and its bundle, one torch thread, the exported ONNX graphs and an engine cache folder."""
 
 import pytest
+import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # the test helpers (miniature, reference) import by name
-
-from miniature import write_release  # noqa: E402
+from instantrestore.export.onnx_export import export_onnx
+from instantrestore.runtime import load_restorer
+from tests.support.miniature import write_release
 
 _releases: dict = {}
 
@@ -72,3 +73,28 @@ def tiny_restorer(tiny_bundle):
     from instantrestore.runtime import load_restorer
 
     return load_restorer(tiny_bundle)
+
+
+@pytest.fixture(scope="module")
+def onnx_home(tmp_path_factory):
+    """A private engine cache folder for this module."""
+    return tmp_path_factory.mktemp("ir-home") / "engines"
+
+
+@pytest.fixture(scope="module")
+def fp32_graphs(onnx_home, tiny_bundle):
+    """fp32 graphs exported once into the cache with the default (dynamo) exporter."""
+    messages = []
+    paths = export_onnx(tiny_bundle, engines=onnx_home, dtype="float32", progress=messages.append)
+    return paths, messages
+
+
+@pytest.fixture(scope="module")
+def ort_restorer(fp32_graphs, onnx_home, tiny_bundle):
+    return load_restorer(tiny_bundle, backend="onnxruntime", device="cpu", dtype=torch.float32, engines=onnx_home)
+
+
+@pytest.fixture
+def engines(tmp_path):
+    """An engine cache folder, as the plugin passes its `<state>/engines`."""
+    return tmp_path / "home" / "engines"

@@ -12,7 +12,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 INSTANTRESTORE_HOME=/tmp/irhome
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 # CUDA parity of the fast path (CUDA graph vs eager)
-python3 -m pytest -q -p no:cacheprovider tests/test_bench.py -k cuda 2>&1 | tail -5 | tee "$out/pytest.txt"
+python3 -m pytest -q -p no:cacheprovider tests/runtime/test_backends.py -k cuda 2>&1 | tail -5 | tee "$out/pytest.txt"
 # SD-Turbo-shaped random weights: eager, CUDA graph, and the authors' per-image structure in one run
 python3 -m instantrestore.plugin.cli bench --random sd-turbo --device cuda --frames 50 --json | tee "$out/bench-graph.txt"
 timeout 400 python3 -m instantrestore.plugin.cli bench --random sd-turbo --device cuda --frames 50 --compile --json \

@@ -1,0 +1,217 @@
+"""The command line as a whole: help and version, error lines and exit codes, and `export`."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from instantrestore.plugin import camera as camera_command
+from instantrestore.plugin import enroll, home, video
+from instantrestore.plugin.cli import main
+from instantrestore.plugin.errors import PluginError
+
+from tests.support.commands import assert_clear_error, listing, run
+from tests.support.media_helpers import write_frameless_clip
+
+
+def test_help_names_the_default_hub_ids(capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for hub_id in ("hwdz15508/InstantRestore/final_model_ckpt.pt", "stabilityai/sd-turbo", "stabilityai/sd-vae-ft-mse"):
+        assert hub_id in text
+
+
+# ------------------------------------------------------------------------------------ what --out may be
+
+
+def test_out_the_file_system_refuses_is_the_users_to_fix(tiny_release, tmp_path, capsys):
+    """A bundle folder under a file (or on a full or read-only disk) cannot be written: one line naming it, exit 2,
+    not an internal error."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    out = notes / "bundle"
+    args = ["export", "--checkpoint", str(tiny_release["checkpoint"]), "--base", str(tiny_release["base"]),
+            "--vae", str(tiny_release["vae"]), "--out", str(out), "--dtype", "float32"]
+    assert main(args) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"instantrestore: error: cannot write the bundle to {out}: "), line  # then the OS's words
+    assert notes.read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_out_that_is_a_diffusers_folder_is_refused_and_kept(tiny_release, tmp_path, capsys):
+    """A model folder with a config.json (the VAE folder, say) is not a bundle: nothing in it is touched."""
+    vae = tmp_path / "sd-vae-ft-mse"
+    vae.mkdir()
+    (vae / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
+    (vae / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
+    args = ["export", "--checkpoint", str(tiny_release["checkpoint"]), "--base", str(tiny_release["base"]),
+            "--vae", str(tiny_release["vae"]), "--out", str(vae)]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"instantrestore: error: {vae} exists and is not a model bundle (export replaces only a bundle it wrote); "
+        "choose another --out")
+    assert sorted(p.name for p in vae.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert (vae / "diffusion_pytorch_model.safetensors").read_bytes() == b"weights"
+    assert [p.name for p in tmp_path.iterdir()] == ["sd-vae-ft-mse"]  # no temp folder left beside it
+    some_file = tmp_path / "notes.txt"
+    some_file.write_text("mine")
+    assert main(args[:-1] + [str(some_file)]) == 2 and some_file.read_text() == "mine"
+
+
+def test_export_command(tiny_release, tmp_path, capsys):
+    args = ["export", "--checkpoint", str(tiny_release["checkpoint"]), "--base", str(tiny_release["base"]),
+            "--vae", str(tiny_release["vae"]), "--out", str(tmp_path / "bundle")]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "merging LoRA" in err and "written to" in err
+    assert (tmp_path / "bundle" / "config.json").is_file()
+    bad = args[:1] + ["--checkpoint", str(tmp_path / "missing.pt")] + args[3:]
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"instantrestore: error: checkpoint {tmp_path / 'missing.pt'} does not exist"
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_what_can_fail_is_reported_before_the_model_loads(in_state, tiny_release, selfies, recording_backend,
+                                                            tmp_path, monkeypatch, capsys):
+    loads = []
+    for command in (enroll, video, camera_command):
+        monkeypatch.setattr(command, "load_engine", lambda *args, **kwargs: loads.append(args))
+    frameless = write_frameless_clip(tmp_path / "frameless.mkv")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, _, err = run(capsys, "video", frameless, "-o", out_dir / "x.mp4", "--profile", "me")
+    assert_clear_error(code, err, "frameless.mkv: the video has no frames")
+    code, _, err = run(capsys, "camera", "--profile", "me", "--input", frameless, "--vcam-backend", "recording")
+    assert_clear_error(code, err, "frameless.mkv: the video has no frames")
+    assert listing(out_dir) == set() and not recording_backend.instances
+
+    # a state folder that cannot be created: said before the photos are searched and the model loads
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(tmp_path / "a-file" / "state"))
+    code, _, err = run(capsys, "enroll", selfies[0], "--name", "me", "--bundle", tiny_release["bundle"])
+    assert_clear_error(code, err, "cannot be created", "a-file is a file")
+    assert "face of" not in err and not loads
+
+    # a corrupt settings file: said before the checkpoint is imported
+    monkeypatch.setenv("INSTANTRESTORE_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "settings.json").write_text('{"bundle": ')
+    code, _, err = run(capsys, "export", "--checkpoint", tiny_release["checkpoint"], "--base", tiny_release["base"],
+                       "--vae", tiny_release["vae"], "--out", tmp_path / "bundle", "--dtype", "float32")
+    assert_clear_error(code, err, "settings.json is unreadable")
+    assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_version_and_a_description_and_examples_on_every_help_screen(capsys):
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"instantrestore {importlib.metadata.version('instantrestore')}"
+    from instantrestore.plugin.cli import build_parser
+
+    (commands,) = [action for action in build_parser()._actions if action.dest == "command"]
+    assert {"export", "bundles", "enroll", "profiles", "camera", "video", "batch", "doctor", "bench"} <= set(commands.choices)
+    for command in commands.choices:
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
+        usage, description = out.split("\n\n")[:2]
+        assert usage.startswith(f"usage: instantrestore {command}")
+        assert not description.startswith(("positional arguments", "options")) and len(description) > 40, command
+        assert f"examples:\n  instantrestore {command}" in out, command
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_export_records_the_default_bundle(fresh_home, tiny_release, tmp_path, capsys):
+    out_dir = tmp_path / "bundle"
+    code, out, err = run(capsys, "export", "--checkpoint", tiny_release["checkpoint"], "--base", tiny_release["base"],
+                         "--vae", tiny_release["vae"], "--out", out_dir, "--dtype", "float32")
+    assert code == 0, err
+    assert out.strip() == str(out_dir)
+    assert home.last_bundle_dir() == out_dir.resolve()
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_unexpected_errors_are_one_line_too(in_state, monkeypatch, capsys):
+    def explode(*args, **kwargs):
+        raise RuntimeError("something\nbroke")
+
+    monkeypatch.setattr(video, "restore_video", explode)
+    code, _, err = run(capsys, "video", "a.mp4", "-o", "b.mp4", "--profile", "me")
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        "instantrestore: internal error (RuntimeError): something broke (set INSTANTRESTORE_DEBUG=1 to see where; "
+        "please report it)"]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("bug", [ValueError("bad index 7"), OSError("Bad file descriptor")])
+def test_a_bare_value_or_os_error_is_a_bug_not_the_users_mistake(in_state, monkeypatch, capsys, bug):
+    """Only InstantRestoreError (and its subclasses) is the user's to fix: exit 2 and its own words. Anything
+    else, a builtin ValueError or OSError included, is our bug: exit 1, said to be one."""
+    def explode(*args, **kwargs):
+        raise bug
+
+    monkeypatch.setattr(video, "restore_video", explode)
+    code, _, err = run(capsys, "video", "a.mp4", "-o", "b.mp4", "--profile", "me")
+    assert code == 1 and "Traceback" not in err
+    assert err.strip() == (f"instantrestore: internal error ({type(bug).__name__}): {bug} (set INSTANTRESTORE_DEBUG=1 "
+                           "to see where; please report it)")
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_every_user_error_shares_one_root_and_exits_2(in_state, monkeypatch, capsys):
+    from instantrestore.runtime.errors import InstantRestoreError
+    from instantrestore.runtime.media import MediaError
+
+    def refuse(*args, **kwargs):
+        raise MediaError("talk.mp4: the video has no frames")
+
+    monkeypatch.setattr(video, "restore_video", refuse)
+    code, _, err = run(capsys, "video", "a.mp4", "-o", "b.mp4", "--profile", "me")
+    assert code == 2 and err.strip() == "instantrestore: error: talk.mp4: the video has no frames"
+    assert issubclass(PluginError, InstantRestoreError) and issubclass(MediaError, InstantRestoreError)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_debug_shows_the_traceback_of_a_bug(in_state, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("something broke")
+
+    monkeypatch.setattr(video, "restore_video", explode)
+    monkeypatch.setenv("INSTANTRESTORE_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="something broke"):
+        main(["video", "a.mp4", "-o", "b.mp4", "--profile", "me"])
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_export_lists_what_it_built(in_state, monkeypatch, capsys):
+    """The glue again (real exports: tests/export/): each built graph and engine is named."""
+    import instantrestore.export.onnx_export as onnx_export
+    import instantrestore.export.tensorrt_build as tensorrt_build
+
+    bundle_dir = home.resolve_bundle().path
+    monkeypatch.setattr(onnx_export, "export_onnx",
+                        lambda bundle, **options: {g: Path(bundle) / f"{g}.onnx" for g in ("restorer", "enroller")})
+    monkeypatch.setattr(tensorrt_build, "build_engines",
+                        lambda bundle, **options: {g: Path(bundle) / f"{g}.plan" for g in ("restorer", "enroller")})
+    code, out, err = run(capsys, "export", "--onnx", "--tensorrt", "--dtype", "float32")
+    assert code == 0, err
+    assert out.strip() == str(bundle_dir)
+    for line in (f"onnx restorer: {bundle_dir / 'restorer.onnx'}", f"tensorrt enroller: {bundle_dir / 'enroller.plan'}"):
+        assert line in err
