@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from instantrestore.plugin import camera as camera_command
-from instantrestore.plugin import engine, vcam
+from instantrestore.plugin import vcam
 from instantrestore.plugin.cli import main
 from instantrestore.plugin.errors import PluginError
 
