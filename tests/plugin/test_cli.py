@@ -141,13 +141,18 @@ def test_export_records_the_default_bundle(fresh_home, tiny_release, tmp_path, c
     assert home.last_bundle_dir() == out_dir.resolve()
 
 
+def video_fails_with(monkeypatch, error: BaseException) -> None:
+    """`instantrestore video` whose job raises `error`, to see how the command line reports it."""
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(video, "restore_video", fail)
+
+
 @pytest.mark.timeout(240)
 @pytest.mark.usefixtures("one_torch_thread")
 def test_unexpected_errors_are_one_line_too(in_state, monkeypatch, capsys):
-    def explode(*args, **kwargs):
-        raise RuntimeError("something\nbroke")
-
-    monkeypatch.setattr(video, "restore_video", explode)
+    video_fails_with(monkeypatch, RuntimeError("something\nbroke"))
     code, _, err = run(capsys, "video", "a.mp4", "-o", "b.mp4", "--profile", "me")
     assert code == 1 and "Traceback" not in err
     assert err.strip().splitlines() == [
@@ -161,10 +166,7 @@ def test_unexpected_errors_are_one_line_too(in_state, monkeypatch, capsys):
 def test_a_bare_value_or_os_error_is_a_bug_not_the_users_mistake(in_state, monkeypatch, capsys, bug):
     """Only InstantRestoreError (and its subclasses) is the user's to fix: exit 2 and its own words. Anything
     else, a builtin ValueError or OSError included, is our bug: exit 1, said to be one."""
-    def explode(*args, **kwargs):
-        raise bug
-
-    monkeypatch.setattr(video, "restore_video", explode)
+    video_fails_with(monkeypatch, bug)
     code, _, err = run(capsys, "video", "a.mp4", "-o", "b.mp4", "--profile", "me")
     assert code == 1 and "Traceback" not in err
     assert err.strip() == (f"instantrestore: internal error ({type(bug).__name__}): {bug} (set INSTANTRESTORE_DEBUG=1 "
@@ -177,10 +179,7 @@ def test_every_user_error_shares_one_root_and_exits_2(in_state, monkeypatch, cap
     from instantrestore.runtime.errors import InstantRestoreError
     from instantrestore.runtime.media import MediaError
 
-    def refuse(*args, **kwargs):
-        raise MediaError("talk.mp4: the video has no frames")
-
-    monkeypatch.setattr(video, "restore_video", refuse)
+    video_fails_with(monkeypatch, MediaError("talk.mp4: the video has no frames"))
     code, _, err = run(capsys, "video", "a.mp4", "-o", "b.mp4", "--profile", "me")
     assert code == 2 and err.strip() == "instantrestore: error: talk.mp4: the video has no frames"
     assert issubclass(PluginError, InstantRestoreError) and issubclass(MediaError, InstantRestoreError)
@@ -189,10 +188,7 @@ def test_every_user_error_shares_one_root_and_exits_2(in_state, monkeypatch, cap
 @pytest.mark.timeout(240)
 @pytest.mark.usefixtures("one_torch_thread")
 def test_debug_shows_the_traceback_of_a_bug(in_state, monkeypatch):
-    def explode(*args, **kwargs):
-        raise RuntimeError("something broke")
-
-    monkeypatch.setattr(video, "restore_video", explode)
+    video_fails_with(monkeypatch, RuntimeError("something broke"))
     monkeypatch.setenv("INSTANTRESTORE_DEBUG", "1")
     with pytest.raises(RuntimeError, match="something broke"):
         main(["video", "a.mp4", "-o", "b.mp4", "--profile", "me"])
