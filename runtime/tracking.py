@@ -136,8 +136,6 @@ def _close_open_detectors():
             pass
 
 
-# threading's exit hooks run last-registered first, so this runs before concurrent.futures stops
-# the dispatch threads MediaPipe needs to close a task; plain atexit would be too late.
 @runtime_checkable
 class Detector(Protocol):
     """Finds faces in one RGB uint8 frame. timestamp_s: the frame's time, for detectors in video mode (they need it
@@ -148,6 +146,8 @@ class Detector(Protocol):
     def close(self) -> None: ...
 
 
+# threading's exit hooks run last-registered first, so this runs before concurrent.futures stops
+# the dispatch threads MediaPipe needs to close a task; plain atexit would be too late.
 if hasattr(threading, "_register_atexit"):
     threading._register_atexit(_close_open_detectors)
 else:  # pragma: no cover
