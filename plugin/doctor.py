@@ -189,13 +189,14 @@ def check_bundle() -> list:
                  f"{bundle.crop_size})")]
     from instantrestore.runtime.backends.onnxruntime_backend import onnx_ready
 
-    graphs = [p for p, dt in (("fp16", "float16"), ("fp32", "float32")) if onnx_ready(bundle, dt, home.engines_dir())[0]]
+    engines = home.engines_dir()
+    graphs = [p for p, dt in (("fp16", "float16"), ("fp32", "float32")) if onnx_ready(bundle, dt, engines)[0]]
     out.append(Check("onnx graphs", OK if graphs else WARN, ", ".join(graphs) if graphs else "none exported",
                      "" if graphs else "`instantrestore export --onnx` (the camera also builds them on first use)"))
     try:
         from instantrestore.runtime.backends.tensorrt_backend import tensorrt_ready
 
-        ready, why = tensorrt_ready(bundle, engines=home.engines_dir())
+        ready, why = tensorrt_ready(bundle, engines=engines)
     except Exception as error:  # noqa: BLE001
         ready, why = False, str(error)
     out.append(Check("tensorrt engines", OK if ready else WARN, "built for this GPU" if ready else why.split(";")[0],
