@@ -9,20 +9,29 @@ from instantrestore.runtime.graphs import precision_name
 from .checkpoint import report
 
 
-def build_for(bundle, choice: Choice, engines, progress=None) -> None:
-    """Export the ONNX graphs or build the TensorRT engines `choice` needs into `engines`, when it says it
-    needs them (choice.build); nothing otherwise."""
-    if not choice.build:
-        return
+def make_for(bundle, choice: Choice, engines, progress=None) -> dict:
+    """Export the ONNX graphs or build the TensorRT engines `choice` runs on into `engines`, reusing valid ones;
+    returns {graph: path} ({} for a backend that needs nothing made)."""
     precision = precision_name(choice.dtype)
     if choice.backend == "onnxruntime":
         from .onnx_export import export_onnx
 
-        report(progress, f"no {precision} ONNX graphs for this bundle yet; exporting them once")
         export_device = choice.device if str(choice.device).startswith("cuda") else "cpu"  # cuda:1 stays cuda:1
-        export_onnx(bundle.path, engines=engines, dtype=precision, device=export_device, progress=progress)
-    elif choice.backend == "tensorrt":
+        return export_onnx(bundle.path, engines=engines, dtype=precision, device=export_device, progress=progress)
+    if choice.backend == "tensorrt":
         from .tensorrt_build import build_engines
 
+        return build_engines(bundle.path, engines=engines, precision=precision, progress=progress,
+                             device=choice.device)
+    return {}
+
+
+def build_for(bundle, choice: Choice, engines, progress=None) -> None:
+    """make_for, when `choice` says what it needs is missing (choice.build); nothing otherwise."""
+    if not choice.build:
+        return
+    if choice.backend == "onnxruntime":
+        report(progress, f"no {precision_name(choice.dtype)} ONNX graphs for this bundle yet; exporting them once")
+    elif choice.backend == "tensorrt":
         report(progress, "no TensorRT engines for this bundle and GPU yet; building them once (this takes minutes)")
-        build_engines(bundle.path, engines=engines, precision=precision, progress=progress, device=choice.device)
+    make_for(bundle, choice, engines, progress)

@@ -54,6 +54,10 @@ def cmd_export(args) -> int:
     from . import bundles, home
 
     home.read_settings()  # a corrupt settings file is reported now, not after minutes of export
+    if args.tensorrt:  # no TensorRT or no GPU is said before minutes of import
+        from instantrestore.runtime.backends.tensorrt_backend import import_tensorrt, require_cuda
+
+        import_tensorrt(), require_cuda()
     checkpoint = args.checkpoint
     if checkpoint is None and not (args.onnx or args.tensorrt):
         from instantrestore.export.checkpoint import DEFAULT_CHECKPOINT
@@ -68,26 +72,21 @@ def cmd_export(args) -> int:
         bundle_dir = import_checkpoint(checkpoint=checkpoint, base=args.base, vae=args.vae, out=out, dtype=dtype,
                                        progress=say)
         bundles.make_default(bundle_dir, previous)
-    else:
-        bundle_dir = home.resolve_bundle(args.bundle).path
-    if args.onnx:
-        import torch
+    bundle = home.resolve_bundle(bundle_dir if checkpoint is not None else args.bundle)
+    # What `--backend onnxruntime` / `--backend tensorrt` will run on here, made into the state folder's engine
+    # cache, where every command looks: graphs in --dtype (default: fp16 with a GPU, fp32 without), fp16 engines.
+    stages = [("onnx", "onnxruntime", args.dtype)] if args.onnx else []
+    stages += [("tensorrt", "tensorrt", None)] if args.tensorrt else []
+    if stages:
+        from instantrestore.export import make_for
 
-        from instantrestore.export.onnx_export import export_onnx
+        from .engine import choose_engine
 
-        on_gpu = torch.cuda.is_available()
-        # fp16 graphs for GPUs, fp32 for onnxruntime on the CPU, unless --dtype says otherwise
-        dtype = args.dtype or ("float16" if on_gpu else "float32")
-        graphs = export_onnx(bundle_dir, dtype=dtype, device="cuda" if on_gpu else "cpu", progress=say)
-        for graph, path in graphs.items():
-            say(f"onnx {graph}: {path}")
-    if args.tensorrt:
-        from instantrestore.export.tensorrt_build import build_engines
-
-        engines = build_engines(bundle_dir, precision="fp16", progress=say)
-        for graph, path in engines.items():
-            say(f"tensorrt {graph}: {path}")
-    print(bundle_dir)
+        for label, backend, dtype in stages:
+            made = make_for(bundle, choose_engine(bundle, backend, dtype=dtype), home.engines_dir(), progress=say)
+            for graph, path in made.items():
+                say(f"{label} {graph}: {path}")
+    print(bundle.path)
     return 0
 
 

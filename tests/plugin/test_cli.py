@@ -4,14 +4,16 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from instantrestore.plugin import camera as camera_command
 from instantrestore.plugin import enroll, home, video
 from instantrestore.plugin.cli import main
 from instantrestore.plugin.errors import PluginError
+from instantrestore.runtime import load_restorer
 
-from tests.support.commands import assert_clear_error, listing, run
-from tests.support.media_helpers import write_frameless_clip
+from tests.support.commands import CLIP_FRAMES, assert_clear_error, listing, run
+from tests.support.media_helpers import read_frames, write_frameless_clip
 
 
 def test_help_names_the_default_hub_ids(capsys):
@@ -194,20 +196,47 @@ def test_debug_shows_the_traceback_of_a_bug(in_state, monkeypatch):
         main(["video", "a.mp4", "-o", "b.mp4", "--profile", "me"])
 
 
-@pytest.mark.timeout(240)
-@pytest.mark.usefixtures("one_torch_thread")
-def test_export_lists_what_it_built(in_state, monkeypatch, capsys):
-    """The glue again (real exports: tests/export/): each built graph and engine is named."""
-    import instantrestore.export.onnx_export as onnx_export
-    import instantrestore.export.tensorrt_build as tensorrt_build
+def graph_files() -> dict:
+    """The state folder's exported graphs and sidecars, with their modification times."""
+    return {p: p.stat().st_mtime_ns for p in home.engines_dir().rglob("onnx-*")}
 
-    bundle_dir = home.resolve_bundle().path
-    monkeypatch.setattr(onnx_export, "export_onnx",
-                        lambda bundle, **options: {g: Path(bundle) / f"{g}.onnx" for g in ("restorer", "enroller")})
-    monkeypatch.setattr(tensorrt_build, "build_engines",
-                        lambda bundle, **options: {g: Path(bundle) / f"{g}.plan" for g in ("restorer", "enroller")})
-    code, out, err = run(capsys, "export", "--onnx", "--tensorrt", "--dtype", "float32")
+
+@pytest.mark.timeout(900)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_export_onnx_from_the_command_line_then_video_runs_on_those_graphs(fresh_home, tiny_release, selfies, clip,
+                                                                           tmp_path, capsys):
+    """The export stage as a user runs it, nothing doubled: `export --checkpoint ... --onnx` writes graphs into the
+    state folder's engine cache that onnxruntime runs like the torch path, and `video --backend onnxruntime` then
+    runs on them without exporting again."""
+    code, out, err = run(capsys, "export", "--checkpoint", tiny_release["checkpoint"], "--base", tiny_release["base"],
+                         "--vae", tiny_release["vae"], "--onnx", "--dtype", "float32")
     assert code == 0, err
-    assert out.strip() == str(bundle_dir)
-    for line in (f"onnx restorer: {bundle_dir / 'restorer.onnx'}", f"tensorrt enroller: {bundle_dir / 'enroller.plan'}"):
-        assert line in err
+    bundle = home.resolve_bundle()
+    assert out.strip() == str(bundle.path)
+    said = dict(line.split("] onnx ", 1)[1].split(": ", 1) for line in err.splitlines() if "] onnx " in line)
+    graphs = {graph: Path(path) for graph, path in said.items()}
+    assert set(graphs) == {"restorer", "enroller"}
+    for path in graphs.values():
+        assert path.is_file() and path.parent.parent == home.engines_dir()
+    written = graph_files()
+
+    # the graphs compute what the torch path computes
+    engines = dict(engines=home.engines_dir(), device="cpu", dtype=torch.float32)
+    on_ort = load_restorer(bundle.path, backend="onnxruntime", **engines)
+    on_torch = load_restorer(bundle.path, backend="torch", device="cpu", dtype=torch.float32)
+    g = torch.Generator().manual_seed(5)
+    S = bundle.crop_size
+    profile = on_torch.enroll(torch.rand(2, 3, S, S, generator=g) * 2 - 1)
+    x = torch.rand(1, 3, S, S, generator=g) * 2 - 1
+    assert (on_ort.restore(x, profile) - on_torch.restore(x, profile)).abs().max().item() < 2e-4
+
+    # the short form on the default bundle finds them up to date
+    code, out, err = run(capsys, "export", "--onnx", "--dtype", "float32")
+    assert code == 0 and "up to date" in err and f"onnx restorer: {graphs['restorer']}" in err, err
+
+    assert run(capsys, "enroll", *selfies, "--name", "me")[0] == 0
+    code, _, err = run(capsys, "video", clip, "-o", tmp_path / "out.mp4", "--profile", "me", "--backend", "onnxruntime")
+    assert code == 0, err
+    assert "backend: onnxruntime on cpu (fp32)" in err and "exporting" not in err, err
+    assert graph_files() == written  # nothing exported again
+    assert len(read_frames(tmp_path / "out.mp4")) == CLIP_FRAMES
