@@ -4,6 +4,9 @@ Restorer graph: images (B,3,S,S), noise (B,4,s,s), k0, v0, ..., k{L-1}, v{L-1} (
 restored (B,3,S,S). Enroller graph: refs (N,3,S,S), noise (N,4,s,s) -> k0, v0, ... (N,T_l,C_l).
 B (batch) and N (reference count) are dynamic, 1..8, so one graph serves every profile.
 
+fp16 graphs keep fp32 where fp16 would overflow or lose accuracy (normalisations, softmax, reductions:
+fp16_graph.py), so the graph itself says every op's precision, as TensorRT's strongly typed networks require.
+
 Opset 18 or newer (the exporter's opset 17 writes a Split this model's graph cannot use). Graphs
 near or over protobuf's 2 GB limit keep their weights in one external-data file beside the .onnx
 (`<name>.onnx.data`; the full model's graphs do, in fp32 and in fp16). Every graph is checked
@@ -13,6 +16,8 @@ atomically into the engine cache (or `out_dir`) with a sidecar that commits it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -39,7 +44,8 @@ from ..runtime.graphs import (
 )
 from ..runtime.network import build_net
 from .checkpoint import report
-from .opcheck import OpCheckError, assert_no_spectral_ops, check_ops
+from .fp16_graph import keep_fp32
+from .opcheck import OpCheckError, assert_no_spectral_ops, check_ops, fp16_unsafe_nodes
 
 Progress = Optional[Callable[[str], None]]
 
@@ -91,11 +97,24 @@ def _save_proto(proto: onnx.ModelProto, path: Path, large: bool) -> None:
         onnx.save_model(proto, str(path))
 
 
+@contextlib.contextmanager
+def _quiet_exporter_log():
+    """Without torch.onnx's warnings for operators this model does not use ("torchvision is not installed.
+    Skipping torchvision::nms", one line each)."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _export_file(net, args, graph: str, num_layers: int, opset: int, exporter: str, path: Path, workdir: Path) -> None:
     """Write the graph to `path`, with weights in `path.name + '.data'` when over 2 GB."""
     names_in, names_out = input_names(graph, num_layers), output_names(graph, num_layers)
     large = _is_large(_weight_bytes(net))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_exporter_log():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes are expected
         if exporter == "dynamo":
             from torch.export import Dim  # noqa: PLC0415
@@ -130,6 +149,15 @@ def _export_file(net, args, graph: str, num_layers: int, opset: int, exporter: s
         )
         # The tracer scatters large weights over one file per tensor: gather them into one.
         _save_proto(onnx.load(str(traced), load_external_data=True), path, large)
+
+
+def _keep_fp32_islands(path: Path) -> int:
+    """fp16_graph.keep_fp32 on the graph file at `path`, in place; its weights (inline or in the .data file beside
+    it) are untouched."""
+    structure = onnx.load(str(path), load_external_data=False)
+    wrapped = keep_fp32(structure)
+    onnx.save_model(structure, str(path))
+    return wrapped
 
 
 def _check_signature(proto: onnx.ModelProto, graph: str, num_layers: int, dtype: torch.dtype) -> None:
@@ -253,6 +281,9 @@ def export_onnx(
                         _export_file(net, args, g, num_layers, opset, "legacy", tmp, workdir)
                     except Exception as exc2:  # noqa: BLE001
                         raise OnnxExportError(f"ONNX export of the {g} failed with both exporters: {type(exc2).__name__}: {exc2}") from exc2
+                if torch_dtype == torch.float16:
+                    wrapped = _keep_fp32_islands(tmp)
+                    report(progress, f"onnx: {wrapped} normalisation, softmax and reduction nodes compute in fp32")
                 tmp_data = tmp.with_name(tmp.name + ".data")
                 if tmp_data.exists():
                     size = tmp_data.stat().st_size / 2**30
@@ -262,6 +293,9 @@ def export_onnx(
                 light = onnx.load(str(tmp), load_external_data=False)  # structure only, for the checks below
                 _check_signature(light, g, num_layers, torch_dtype)
                 assert_no_spectral_ops(light, f"{g} graph")
+                unsafe = fp16_unsafe_nodes(light) if torch_dtype == torch.float16 else []
+                if unsafe:
+                    raise OnnxExportError(f"{g} graph computes in fp16 where it must not: {', '.join(unsafe[:5])}")
                 op_report = check_ops(light)
                 del light
                 if not op_report.ok:

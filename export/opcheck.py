@@ -230,3 +230,35 @@ def assert_no_spectral_ops(model, what: str = "graph") -> None:
     if report.forbidden or report.complex_tensors:
         bad = report.forbidden + report.complex_tensors
         raise OpCheckError(f"{what} contains FFT/complex ops or tensors: {', '.join(bad)}")
+
+
+# ------------------------------------------------------------------------------------------------ fp16 graphs
+# Ops that must compute in fp32 inside an fp16 graph: normalisations and accumulating reductions sum thousands of
+# values (fp16 overflows past 65504 and keeps 11 bits), and softmax sums its exponentials. TensorRT's strongly
+# typed networks (the only kind in TensorRT 11) run each op in its inputs' type, so the graph must say fp32 here.
+FP32_OPS = frozenset({
+    "GroupNormalization", "InstanceNormalization", "LayerNormalization", "BatchNormalization",
+    "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp",
+})
+
+
+def tensor_types(model: onnx.ModelProto) -> dict:
+    """{tensor name: ONNX element type} of the main graph, with the types shape inference derives."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in (*graph.input, *graph.output, *graph.value_info)
+             if vi.type.HasField("tensor_type")}
+    types.update({init.name: init.data_type for init in graph.initializer})
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
+            types[node.output[0]] = node.attribute[0].t.data_type
+    return types
+
+
+def fp16_unsafe_nodes(model, types: Optional[dict] = None) -> list:
+    """Nodes of FP32_OPS that would compute in fp16: "name (Op)" for each; empty for a sound fp16 graph."""
+    model = _load(model)
+    types = tensor_types(model) if types is None else types
+    return [f"{node.name or node.output[0]} ({node.op_type})" for node in model.graph.node
+            if node.domain in DEFAULT_DOMAINS and node.op_type in FP32_OPS
+            and any(types.get(name) == onnx.TensorProto.FLOAT16 for name in node.input if name)]

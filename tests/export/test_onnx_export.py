@@ -8,7 +8,7 @@ from onnx import TensorProto
 
 from instantrestore.export import onnx_export
 from instantrestore.export.onnx_export import OnnxExportError, export_onnx
-from instantrestore.export.opcheck import assert_trt_compatible
+from instantrestore.export.opcheck import assert_trt_compatible, fp16_unsafe_nodes
 from instantrestore.runtime import engine_cache, load_bundle
 from instantrestore.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -80,6 +80,11 @@ def test_fp16_graphs_export_and_pass_checks(fp16_graphs, tiny_bundle, onnx_home)
         assert_trt_compatible(model, graph)
         for vi in (*model.graph.input, *model.graph.output):
             assert vi.type.tensor_type.elem_type == TensorProto.FLOAT16, vi.name
+        # the graph says fp32 wherever fp16 must not compute (TensorRT's strongly typed networks take it from there)
+        assert fp16_unsafe_nodes(model) == []
+        islands = sum(n.op_type == "Cast" and n.name.endswith("_to_fp32") for n in model.graph.node)
+        assert islands >= sum(n.op_type in ("InstanceNormalization", "LayerNormalization", "Softmax")
+                              for n in model.graph.node) > 0
     assert engine_cache.find_onnx_graphs(bundle.bundle_id, "fp16", out) == paths
     cache = engine_cache.bundle_cache_dir(onnx_home, bundle.bundle_id)
     assert engine_cache.find_onnx_graphs(bundle.bundle_id, "fp16", cache) is None  # not in the cache: written to out_dir

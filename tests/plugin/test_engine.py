@@ -1,12 +1,13 @@
 """Which backend a command runs on, what it builds first, and how a CPU run shares the cores."""
 
+import shutil
+
 import cv2
 import pytest
 import torch
 
 from instantrestore.plugin import engine, home
 from instantrestore.runtime.backends import Choice, onnxruntime_backend, tensorrt_backend
-from instantrestore.runtime.errors import InstantRestoreError
 
 from tests.support.commands import CLIP_FPS, CLIP_SIZE, assert_clear_error, listing, run
 from tests.support.media_helpers import placed_face, write_clip
@@ -73,36 +74,24 @@ def test_tensorrt_asked_for_where_it_cannot_run_is_said_first(in_state, clip, re
     assert "building" not in err and listing(tmp_path) == set()
 
 
-class StopExport(InstantRestoreError):
-    pass
-
-
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(900)
 @pytest.mark.usefixtures("one_torch_thread")
-def test_onnx_backend_exports_missing_graphs_first(in_state, clip, tmp_path, monkeypatch, capsys):
-    """The glue only: the real export (minutes on this CPU) is covered by export/test_onnx_export.py."""
-    import instantrestore.export.onnx_export as onnx_export
-
-    calls = []
-
-    def fake_export(bundle_dir, **options):
-        calls.append((str(bundle_dir), options))
-        raise StopExport("export stopped by the test")
-
-    monkeypatch.setattr(onnx_export, "export_onnx", fake_export)
-    code, _, err = run(capsys, "video", clip, "-o", tmp_path / "out.mp4", "--profile", "me", "--backend",
-                       "onnxruntime", "--device", "cpu")
-    assert_clear_error(code, err, "export stopped by the test")
-    assert "exporting them once" in err
-    (bundle_dir, options), = calls
-    assert bundle_dir == str(home.resolve_bundle().path)
-    assert options["dtype"] == "fp32" and options["device"] == "cpu"
-    assert listing(tmp_path) == set()
-    calls.clear()
-    code, _, err = run(capsys, "export", "--onnx", "--dtype", "float32")
-    assert_clear_error(code, err, "export stopped by the test")
-    (bundle_dir, options), = calls
-    assert bundle_dir == str(home.resolve_bundle().path) and options["dtype"] == "float32"
+def test_onnx_backend_exports_missing_graphs_first(in_state, clip, tmp_path, capsys):
+    """`video --backend onnxruntime` with no graphs yet exports them once, for real, into the state folder's
+    engine cache (`export --onnx` itself: tests/plugin/test_cli.py)."""
+    engines = home.engines_dir()
+    assert not list(engines.rglob("onnx-*.onnx"))
+    try:
+        code, _, err = run(capsys, "video", clip, "-o", tmp_path / "out.mp4", "--profile", "me", "--backend",
+                           "onnxruntime", "--device", "cpu")
+        assert code == 0, err
+        assert "no fp32 ONNX graphs for this bundle yet; exporting them once" in err
+        assert err.index("exporting them once") < err.index("backend: onnxruntime on cpu (fp32)")
+        bundle = home.resolve_bundle()
+        assert onnxruntime_backend.onnx_ready(bundle, torch.float32, engines) == (True, "")
+        assert listing(tmp_path) == {"out.mp4"}
+    finally:
+        shutil.rmtree(engines, ignore_errors=True)  # the module's other tests start without graphs
 
 
 @pytest.mark.timeout(240)
