@@ -5,7 +5,7 @@ tests/export/test_tensorrt_surface.py checks the fakes and the package code agai
 
 Without NVIDIA's native libraries (no GPU, no pypi.nvidia.com), the bindings wheels on PyPI still import
 once shared objects with the sonames they link are found; the bindings call nothing from them at import.
-This script builds such stub libraries itself (it needs gcc, readelf and unzip-free Python only):
+This script builds such stub libraries itself (it needs gcc and readelf):
 
     python -m pip download --no-deps -d /tmp/trt tensorrt-cu12-bindings==10.16.1.11
     python -m pip download --no-deps -d /tmp/trt tensorrt-cu12-bindings==11.4.0.106
@@ -17,6 +17,10 @@ that are TensorRT's own (libnvinfer*, libnvonnxparser*), compiles one stub per s
 (`gcc -shared -Wl,-soname,libnvinfer.so.11 ...`) defining the symbols the import reports missing (found by
 retrying the import until it stops naming an undefined symbol), then imports the bindings in a child process
 with LD_LIBRARY_PATH pointing at the stubs and writes tests/support/tensorrt_surface/<major>.json.
+
+The committed recordings: 10.json (10.16.1.11) and 11.json (11.4.0.106), the newest of each major, and
+10.0.json (10.0.1, the oldest this code supports: recorded with `--out /tmp/old`, then renamed). The cu12 and
+cu13 bindings of one version record the same surface.
 
 With a real installation (a GPU machine), `python tests/support/record_tensorrt_surface.py --installed`
 records the installed `tensorrt` the same way, no stubs involved.

@@ -62,7 +62,7 @@ def _enum(qualname: str, members: dict):
     return FakeEnum(qualname.split(".")[-1], members)
 
 
-class _Dims:
+class Dims:
     """trt.Dims: a sequence of ints (len, indexing, iteration), equal to a tuple of the same ints."""
 
     MAX_DIMS = 8
@@ -86,7 +86,7 @@ class _Dims:
         return repr(self._dims)
 
 
-class _HostMemory:
+class IHostMemory:
     """trt.IHostMemory: bytes through the buffer protocol (bytes(x)), with dtype and nbytes."""
 
     def __init__(self, trt, data: bytes):
@@ -118,7 +118,7 @@ class FakeTRT(types.ModuleType):
                 setattr(self, name, enums[name])
             elif isinstance(kind, list):  # a module-level enum member, e.g. trt.float16 = DataType.HALF
                 setattr(self, name, enums[kind[0]](kind[1]))
-        self.Dims = _Dims
+        self.Dims = Dims
         _define_build(self, parse_ok, reject_profiles)
         _define_runtime(self, refuse_addresses)
         # Nested enums (ILogger.Severity) and class-level enum members (ILogger.ERROR), as recorded.
@@ -146,7 +146,7 @@ def _define_build(fake, parse_ok, reject_profiles):
 
     class ITensor:
         def __init__(self, name, shape):
-            self._name, self._shape = name, _Dims(shape)
+            self._name, self._shape = name, Dims(shape)
 
         @property
         def name(self):
@@ -214,7 +214,7 @@ def _define_build(fake, parse_ok, reject_profiles):
             self._data = bytes(data)
 
         def serialize(self):
-            return _HostMemory(fake, self._data + b"+tuned")
+            return IHostMemory(fake, self._data + b"+tuned")
 
     class IOptimizationProfile:
         def __init__(self):
@@ -223,7 +223,7 @@ def _define_build(fake, parse_ok, reject_profiles):
         def set_shape(self, input, min, opt, max):  # noqa: A002 - the real parameter names
             if not len(min) == len(opt) == len(max) or not all(0 <= a <= b <= c for a, b, c in zip(min, opt, max)):
                 raise ValueError("min <= opt <= max does not hold")
-            self._shapes[input] = tuple(_Dims(s) for s in (min, opt, max))
+            self._shapes[input] = tuple(Dims(s) for s in (min, opt, max))
 
         def __bool__(self):
             return bool(self._shapes)
@@ -288,12 +288,12 @@ def _define_build(fake, parse_ok, reject_profiles):
                 m.step_complete("Building engine", 1)
                 m.phase_finish("Building engine")
             spec = {"inputs": {n: [list(d) for d in s] for n, s in shapes[0].items()}, "outputs": {}}
-            return _HostMemory(fake, json.dumps(spec).encode())
+            return IHostMemory(fake, json.dumps(spec).encode())
 
     for cls in (ILogger, IProgressMonitor, ITensor, INetworkDefinition, ParserError, OnnxParser, ITimingCache,
                 IOptimizationProfile, IBuilderConfig, Builder):
         setattr(fake, cls.__name__, cls)
-    fake.IHostMemory = _HostMemory
+    fake.IHostMemory = IHostMemory
 
 
 def _define_runtime(fake, refuse_addresses):
@@ -318,7 +318,7 @@ def _define_runtime(fake, refuse_addresses):
 
         def get_tensor_profile_shape(self, name, profile_index):
             assert profile_index == 0
-            return [_Dims(s) for s in self._spec["inputs"][name]]
+            return [Dims(s) for s in self._spec["inputs"][name]]
 
         def create_execution_context(self):
             context = IExecutionContext(self)
@@ -340,9 +340,9 @@ def _define_runtime(fake, refuse_addresses):
 
         def get_tensor_shape(self, name):
             if name == "restored":
-                return _Dims(self._shapes.get("images", (-1, 3, 8, 8)))
+                return Dims(self._shapes.get("images", (-1, 3, 8, 8)))
             n = self._shapes.get("refs", (-1,))[0]
-            return _Dims((n, *self._engine._spec["outputs"][name]))
+            return Dims((n, *self._engine._spec["outputs"][name]))
 
         def set_tensor_address(self, name, memory):
             if name in refuse_addresses or name not in self._engine._names:
