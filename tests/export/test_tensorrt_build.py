@@ -99,7 +99,8 @@ def test_build_engine_errors(fake_trt, tmp_path, monkeypatch):
         tensorrt_build.build_engine(tmp_path / "missing.onnx", {})
     # TensorRT's own checks of the profile: set_shape raises, add_optimization_profile returns -1
     with pytest.raises(tensorrt_build.TensorRTBuildError,
-                       match=r"rejected the profile shapes of r.onnx input k0 \(min \(1, 2\), opt \(9, 2\), max \(8, 2\)\)"):
+                       match=r"rejected the profile shapes of r.onnx input k0 "
+                             r"\(min \(1, 2\), opt \(9, 2\), max \(8, 2\)\)"):
         tensorrt_build.build_engine(graph, {**shapes, "k0": ((1, 2), (9, 2), (8, 2))})
     version = fake_trt.__version__.split(".")[0]
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT(int(version), reject_profiles=True))
@@ -109,7 +110,8 @@ def test_build_engine_errors(fake_trt, tmp_path, monkeypatch):
     # the parser's error object, as one line: node, operator, description, code
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT(int(version), parse_ok=False))
     with pytest.raises(tensorrt_build.TensorRTBuildError,
-                       match=r"ONNX parser rejected r.onnx: node 0 \(Identity\): Unsupported operator \[UNSUPPORTED_NODE\]"):
+                       match=r"ONNX parser rejected r.onnx: node 0 \(Identity\): "
+                             r"Unsupported operator \[UNSUPPORTED_NODE\]"):
         tensorrt_build.build_engine(graph, shapes)
     named = _tiny_graph(tmp_path / "n.onnx", ["images"], node_name="/unet/Mystery")
     with pytest.raises(tensorrt_build.TensorRTBuildError,

@@ -272,7 +272,8 @@ def test_an_unguarded_name_missing_from_11_is_reported():
     uses = {("BuilderFlag", "FP16"): ["export/x.py:1"], ("Builder", "platform_has_fast_fp16"): ["export/x.py:2"]}
     assert _unsupported(uses, load_surface(10)) == []
     assert _unsupported(uses, load_surface(11)) == [
-        "trt.Builder.platform_has_fast_fp16 (export/x.py:2): no platform_has_fast_fp16 in trt.Builder in TensorRT 11.4.0.106",
+        "trt.Builder.platform_has_fast_fp16 (export/x.py:2): no platform_has_fast_fp16 in trt.Builder in TensorRT "
+        "11.4.0.106",
         "trt.BuilderFlag.FP16 (export/x.py:1): no FP16 in trt.BuilderFlag in TensorRT 11.4.0.106"]
 
 
