@@ -1,9 +1,11 @@
-"""Build TensorRT engines from the exported ONNX graphs (TensorRT 10 Python API).
+"""Build TensorRT engines from the exported ONNX graphs (TensorRT 10 and 11 Python API).
 
-`build_engine` turns one ONNX file into a serialized plan (parser, optimisation profile, fp16,
-timing cache, progress). `build_engines` does the export stage for a bundle: finds or exports the
-ONNX graphs, builds the restorer and enroller plans for this GPU and TensorRT version unless valid
-ones are cached, removes stale ones, and writes atomically into the engine cache.
+`build_engine` turns one ONNX file into a serialized plan (parser, optimisation profile, timing
+cache, progress). Networks are always strongly typed, as TensorRT 11 requires and 10 recommends:
+precision comes from the graph (the fp16 export keeps fp32 where fp16 would overflow), never from
+builder flags. `build_engines` does the export stage for a bundle: finds or exports the ONNX graphs,
+builds the restorer and enroller plans for this GPU and TensorRT version unless valid ones are
+cached, removes stale ones, and writes atomically into the engine cache.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from ..runtime.backends.tensorrt_backend import (
     PLAN_EXT,
     TensorRTError,
     TensorRTUnavailableError,
-    _TRTLogger,
     engine_key,
     import_tensorrt,
     require_cuda,
+    tensorrt_logger,
 )
 from ..runtime.files import atomic_write_bytes
 from ..runtime.graphs import DEFAULT_PROFILE, GRAPHS, ShapeProfile, precision_name
@@ -91,74 +93,47 @@ def build_engine(
     onnx_path,
     shapes: dict,
     *,
-    fp16: bool = True,
-    strongly_typed: Optional[bool] = None,
     timing_cache_path=None,
     workspace_bytes: Optional[int] = None,
     progress: Progress = None,
 ) -> bytes:
-    """Parse `onnx_path`, build a plan with one optimisation profile and return its bytes.
+    """Parse `onnx_path` into a strongly typed network, build a plan with one optimisation profile and
+    return its bytes. The engine's precision is the graph's own (an fp16 graph gives an fp16 engine).
 
-    shapes: {input name: (min, opt, max)} covering every dynamic input. fp16: allow fp16 kernels.
-    strongly_typed: take precisions from the graph's own types (the right mode for an fp16 graph);
-    default: on when the graph's first input is float16 and this TensorRT supports it. The timing
-    cache at `timing_cache_path` is read if present and written back atomically after the build.
+    shapes: {input name: (min, opt, max)} covering every dynamic input. The timing cache at
+    `timing_cache_path` is read if present and written back atomically after the build.
     """
     trt = import_tensorrt()
     require_cuda()
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise TensorRTBuildError(f"ONNX graph {onnx_path} does not exist; run `instantrestore export --onnx` first")
-    logger = _TRTLogger.get(trt)
+    logger = tensorrt_logger(trt)
     builder = trt.Builder(logger)
-    if strongly_typed is None:
-        strongly_typed = _first_input_is_fp16(onnx_path) and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
-    flags = 0
-    if strongly_typed:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)  # explicit batch is the only mode in TensorRT 10
+    # The flag's bit moved between majors (1 in 10, 0 in 11, where it is the only mode): take it from the enum.
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     report(progress, f"tensorrt: parsing {onnx_path.name}")
     # parse_from_file resolves external data next to the model.
     if not parser.parse_from_file(str(onnx_path)):
-        errors = [_parser_error_text(parser.get_error(i)) for i in range(parser.num_errors)]
+        errors = [parser_error_text(parser.get_error(i)) for i in range(parser.num_errors)]
         raise TensorRTBuildError(f"TensorRT's ONNX parser rejected {onnx_path.name}: " + " | ".join(errors[:5]))
 
     config = builder.create_builder_config()
     if workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
-    if fp16 and not strongly_typed:
-        if not getattr(builder, "platform_has_fast_fp16", True):  # deprecated attribute in later TensorRT 10
-            report(progress, "tensorrt: warning: this GPU has no fast fp16; building anyway")
-        config.set_flag(trt.BuilderFlag.FP16)
-
-    profile = builder.create_optimization_profile()
-    names = [network.get_input(i).name for i in range(network.num_inputs)]
-    missing = [n for n in names if n not in shapes]
-    if missing:
-        raise TensorRTBuildError(f"no profile shapes given for inputs {missing} of {onnx_path.name}")
-    for name in names:
-        lo, opt, hi = (tuple(int(d) for d in s) for s in shapes[name])
-        profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(profile)
-
-    timing_bytes = b""
-    if timing_cache_path is not None and Path(timing_cache_path).is_file():
-        timing_bytes = Path(timing_cache_path).read_bytes()
-    cache = config.create_timing_cache(timing_bytes)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
-        # A cache from another device or version: start from an empty one.
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
+    _add_profile(builder, network, config, shapes, onnx_path.name)
+    _attach_timing_cache(config, timing_cache_path)
 
     monitor = None
-    if progress is not None and hasattr(trt, "IProgressMonitor"):
+    if progress is not None:
         monitor = _make_progress_monitor(trt, progress)
         config.progress_monitor = monitor
 
-    report(progress, f"tensorrt: building {onnx_path.name} ({'strongly typed' if strongly_typed else 'fp16' if fp16 else 'fp32'}); this takes minutes")
+    report(progress, f"tensorrt: building {onnx_path.name} (strongly typed: precision from the graph); "
+                     "this takes minutes")
     t0 = time.monotonic()
-    plan = builder.build_serialized_network(network, config)
+    plan = builder.build_serialized_network(network, config)  # IHostMemory, or None on failure
     if plan is None:
         raise TensorRTBuildError(f"TensorRT failed to build an engine from {onnx_path.name} (see the tensorrt log)")
     report(progress, f"tensorrt: built {onnx_path.name} in {time.monotonic() - t0:.0f} s")
@@ -169,20 +144,42 @@ def build_engine(
     return bytes(plan)
 
 
-def _parser_error_text(err) -> str:
-    # IParserError has desc()/node_name(); fall back to str() for anything else.
-    if hasattr(err, "desc"):
-        node = err.node_name() if hasattr(err, "node_name") else ""
-        return f"{node}: {err.desc()}" if node else str(err.desc())
-    return str(err)
+def _add_profile(builder, network, config, shapes: dict, graph_name: str) -> None:
+    """One optimisation profile covering every network input, added to `config`."""
+    profile = builder.create_optimization_profile()
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    missing = [n for n in names if n not in shapes]
+    if missing:
+        raise TensorRTBuildError(f"no profile shapes given for inputs {missing} of {graph_name}")
+    for name in names:
+        lo, opt, hi = (tuple(int(d) for d in s) for s in shapes[name])
+        try:
+            profile.set_shape(name, lo, opt, hi)
+        except ValueError as exc:  # TensorRT checks min <= opt <= max and equal ranks here
+            raise TensorRTBuildError(f"TensorRT rejected the profile shapes of {graph_name} input {name} "
+                                     f"(min {lo}, opt {opt}, max {hi}): {exc}") from None
+    if config.add_optimization_profile(profile) < 0:  # -1: TensorRT found the profile invalid
+        given = "; ".join(f"{n} {tuple(shapes[n][0])}..{tuple(shapes[n][2])}" for n in names)
+        raise TensorRTBuildError(f"TensorRT rejected the optimisation profile for {graph_name} ({given}); "
+                                 "each input needs min <= opt <= max in every dimension (see the tensorrt log)")
 
 
-def _first_input_is_fp16(onnx_path: Path) -> bool:
-    import onnx  # noqa: PLC0415
+def _attach_timing_cache(config, timing_cache_path) -> None:
+    timing_bytes = b""
+    if timing_cache_path is not None and Path(timing_cache_path).is_file():
+        timing_bytes = Path(timing_cache_path).read_bytes()
+    cache = config.create_timing_cache(timing_bytes)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        # A cache from another device or version: start from an empty one.
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    first = model.graph.input[0].type.tensor_type.elem_type
-    return first == onnx.TensorProto.FLOAT16
+
+def parser_error_text(error) -> str:
+    """One line from the ParserError that OnnxParser.get_error returns."""
+    node = error.node_name() or (f"node {error.node()}" if error.node() >= 0 else "")
+    where = f"{node} ({error.node_operator()}): " if node and error.node_operator() else f"{node}: " if node else ""
+    return f"{where}{error.desc()} [{error.code().name}]"
 
 
 def timing_cache_path(engines, trt_version: str, gpu_name: str, compute_capability: str) -> Path:
@@ -239,8 +236,7 @@ def build_engines(
             continue
         shapes = profile_shapes(bundle, graph, profile)
         with torch_device(dev):
-            plan = build_engine(graphs[graph], shapes, fp16=precision == "fp16", timing_cache_path=tcache,
-                                progress=progress)
+            plan = build_engine(graphs[graph], shapes, timing_cache_path=tcache, progress=progress)
         path = key.path(PLAN_EXT, folder)
         atomic_write_bytes(path, plan)
         engine_cache.write_sidecar(path, key, onnx=str(graphs[graph]), shapes={k: list(map(list, v)) for k, v in shapes.items()})

@@ -89,7 +89,13 @@ def check_tensorrt() -> list:
         return [Check("tensorrt", WARN, f"TensorRT {reason}: the fastest backend is unavailable",
                       "pip install 'instantrestore[tensorrt]' on Linux or Windows with an NVIDIA GPU, then "
                       "`instantrestore export --tensorrt`")]
-    return [Check("tensorrt", OK, f"TensorRT {tensorrt.__version__}")]
+    from instantrestore.runtime.backends.tensorrt_backend import MAX_TRT_MAJOR, MIN_TRT_MAJOR, support_note
+
+    note = support_note(tensorrt.__version__)
+    if note:
+        return [Check("tensorrt", WARN, note, f"pip install 'tensorrt>={MIN_TRT_MAJOR},<{MAX_TRT_MAJOR + 1}'")]
+    supported_range = f"{MIN_TRT_MAJOR}.x to {MAX_TRT_MAJOR}.x"
+    return [Check("tensorrt", OK, f"TensorRT {tensorrt.__version__} (supported: {supported_range})")]
 
 
 def check_onnxruntime() -> list:

@@ -13,6 +13,13 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 INSTANTRESTORE_HOME=/tmp/irhome
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 # CUDA parity of the fast path (CUDA graph vs eager)
 python3 -m pytest -q -p no:cacheprovider tests/runtime/test_backends.py -k cuda 2>&1 | tail -5 | tee "$out/pytest.txt"
+# TensorRT, where this machine has it (the tests skip otherwise): engines built from the fp16 graphs against
+# torch, the engine cache, and the installed Python API against what the code and the fakes use; its surface
+# is recorded too, to compare with tests/support/tensorrt_surface/
+python3 -m pytest -q -p no:cacheprovider -rs tests/export/test_tensorrt_build.py tests/export/test_tensorrt_surface.py \
+  2>&1 | tail -8 | tee "$out/pytest-tensorrt.txt"
+python3 -c "import tensorrt" 2>/dev/null && python3 tests/support/record_tensorrt_surface.py --installed \
+  --out "$out/tensorrt_surface"
 # SD-Turbo-shaped random weights: eager, CUDA graph, and the authors' per-image structure in one run
 python3 -m instantrestore.plugin.cli bench --random sd-turbo --device cuda --frames 50 --json | tee "$out/bench-graph.txt"
 timeout 400 python3 -m instantrestore.plugin.cli bench --random sd-turbo --device cuda --frames 50 --compile --json \

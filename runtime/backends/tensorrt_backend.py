@@ -5,15 +5,16 @@ and found in the engine cache (runtime/engine_cache.py) by a key of bundle hash,
 GPU name, compute capability, precision and shape profile. A stale or foreign plan is never
 deserialised: loading fails with a message that says how to rebuild.
 
-Execution uses the TensorRT 10 tensor API: input shapes via `set_input_shape`, device pointers
-via `set_tensor_address`, and `execute_async_v3` on torch's current CUDA stream, so the call
-orders correctly with the torch ops around it. A profile's reference K/V are bound once and kept
-bound while the same list object is passed frame after frame.
+Execution uses the tensor API of TensorRT 10 and 11 (the same calls in both): input shapes via
+`set_input_shape`, device pointers via `set_tensor_address`, and `execute_async_v3` on torch's current
+CUDA stream, so the call orders correctly with the torch ops around it. A profile's reference K/V are
+bound once and kept bound while the same list object is passed frame after frame.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from pathlib import Path
 from typing import Optional
@@ -29,7 +30,10 @@ from . import BoundReferences
 log = logging.getLogger(__name__)
 
 PLAN_EXT = "plan"
+# The TensorRT majors this code is written and tested for (their recorded Python API surfaces are in
+# tests/support/tensorrt_surface/).
 MIN_TRT_MAJOR = 10
+MAX_TRT_MAJOR = 11
 
 
 class TensorRTError(InstantRestoreError, RuntimeError):
@@ -44,8 +48,28 @@ class EngineNotFoundError(TensorRTError):
     """No valid engine for this bundle, GPU, TensorRT version, precision and profile is cached."""
 
 
+def trt_major(version) -> int:
+    return int(str(version).split(".")[0])
+
+
+def supported(version) -> bool:
+    """Whether this code supports TensorRT `version` (majors MIN_TRT_MAJOR..MAX_TRT_MAJOR)."""
+    return MIN_TRT_MAJOR <= trt_major(version) <= MAX_TRT_MAJOR
+
+
+def support_note(version) -> str:
+    """'' for a supported TensorRT version, else one line saying why not."""
+    if supported(version):
+        return ""
+    if trt_major(version) < MIN_TRT_MAJOR:
+        return f"TensorRT {version} is too old; version {MIN_TRT_MAJOR} or newer is required"
+    return (f"TensorRT {version} is newer than this code supports ({MIN_TRT_MAJOR}.x to {MAX_TRT_MAJOR}.x); "
+            f"if the build fails, install `tensorrt<{MAX_TRT_MAJOR + 1}`")
+
+
 def import_tensorrt():
-    """Import tensorrt (version 10+) or raise TensorRTUnavailableError with what to do."""
+    """Import tensorrt or raise TensorRTUnavailableError with what to do. Too old a version is refused;
+    a newer major than this code knows is tried, with a warning."""
     try:
         import tensorrt as trt  # noqa: PLC0415 - optional dependency
     except Exception as exc:  # ImportError, or a broken install failing to load its libraries
@@ -54,12 +78,17 @@ def import_tensorrt():
             f"{type(exc).__name__}: {exc}); install it with `pip install 'instantrestore[tensorrt]'` "
             "on a machine with an NVIDIA GPU, or use --backend onnxruntime or --backend torch"
         ) from None
-    major = int(str(trt.__version__).split(".")[0])
-    if major < MIN_TRT_MAJOR:
-        raise TensorRTUnavailableError(
-            f"TensorRT {trt.__version__} is too old; version {MIN_TRT_MAJOR} or newer is required"
-        )
+    note = support_note(trt.__version__)
+    if trt_major(trt.__version__) < MIN_TRT_MAJOR:
+        raise TensorRTUnavailableError(note)
+    if note:
+        _warn_once(note)
     return trt
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    log.warning("%s", message)
 
 
 def require_cuda(device=None) -> torch.device:
@@ -129,43 +158,36 @@ def torch_dtype(trt, trt_dtype) -> torch.dtype:
     table = {
         trt.float32: torch.float32,
         trt.float16: torch.float16,
+        trt.bfloat16: torch.bfloat16,
         trt.int32: torch.int32,
         trt.int64: torch.int64,
         trt.bool: torch.bool,
         trt.int8: torch.int8,
         trt.uint8: torch.uint8,
     }
-    if hasattr(trt, "bfloat16"):
-        table[trt.bfloat16] = torch.bfloat16
     if trt_dtype not in table:
         raise TensorRTError(f"engine tensor type {trt_dtype} has no torch equivalent")
     return table[trt_dtype]
 
 
-class _TRTLogger:
-    """Forwards TensorRT's log into Python logging (TensorRT needs an ILogger subclass)."""
+@functools.lru_cache(maxsize=None)
+def tensorrt_logger(trt):
+    """The ILogger (one per tensorrt module) that forwards TensorRT's log into Python logging."""
 
-    _instance = None
+    class Logger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
 
-    @classmethod
-    def get(cls, trt):
-        if cls._instance is None:
+        def log(self, severity, msg):
+            level = {
+                trt.ILogger.INTERNAL_ERROR: logging.ERROR,
+                trt.ILogger.ERROR: logging.ERROR,
+                trt.ILogger.WARNING: logging.WARNING,
+                trt.ILogger.INFO: logging.DEBUG,
+            }.get(severity, logging.DEBUG)
+            logging.getLogger("tensorrt").log(level, "%s", msg)
 
-            class Logger(trt.ILogger):
-                def __init__(self):
-                    trt.ILogger.__init__(self)
-
-                def log(self, severity, msg):
-                    level = {
-                        trt.ILogger.INTERNAL_ERROR: logging.ERROR,
-                        trt.ILogger.ERROR: logging.ERROR,
-                        trt.ILogger.WARNING: logging.WARNING,
-                        trt.ILogger.INFO: logging.DEBUG,
-                    }.get(severity, logging.DEBUG)
-                    logging.getLogger("tensorrt").log(level, "%s", msg)
-
-            cls._instance = Logger()
-        return cls._instance
+    return Logger()
 
 
 class EngineRunner:
@@ -177,7 +199,7 @@ class EngineRunner:
         self.device = device
         self.what = what
         with self._device_scope():
-            self.runtime = trt.Runtime(_TRTLogger.get(trt))
+            self.runtime = trt.Runtime(tensorrt_logger(trt))
             self.engine = self.runtime.deserialize_cuda_engine(plan)
             if self.engine is None:
                 raise TensorRTError(f"TensorRT could not deserialise the {what} plan (built by another version?); "
@@ -220,12 +242,19 @@ class EngineRunner:
                 raise TensorRTError(f"{self.what} input {name} shape {shape} is outside the engine's profile "
                                     f"{tuple(lo)}..{tuple(hi)}; rebuild with a wider profile")
             self._shapes[name] = shape
-        ptr = tensor.data_ptr()
-        if self._addresses.get(name) != ptr:
-            self.context.set_tensor_address(name, ptr)
-            self._addresses[name] = ptr
+        self._set_address(name, tensor.data_ptr())
         self._keep[name] = tensor
         return tensor
+
+    def _set_address(self, name: str, ptr: int) -> None:
+        if self._addresses.get(name) == ptr:
+            return
+        if not self.context.set_tensor_address(name, ptr):
+            self._addresses.pop(name, None)
+            raise TensorRTError(f"TensorRT refused the device address of {self.what} tensor {name} "
+                                "(see the tensorrt log); the engine may not match this bundle, rebuild it with "
+                                "`instantrestore export --tensorrt`")
+        self._addresses[name] = ptr
 
     def run(self) -> dict:
         """Allocate outputs for the bound input shapes and enqueue on torch's current stream."""
@@ -235,8 +264,7 @@ class EngineRunner:
             if any(d < 0 for d in shape):
                 raise TensorRTError(f"{self.what} output {name} shape {shape} is unresolved: an input is unbound")
             out = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
-            self.context.set_tensor_address(name, out.data_ptr())
-            self._addresses[name] = out.data_ptr()
+            self._set_address(name, out.data_ptr())
             outs[name] = out
         # Torch's current stream: ordered after the ops that produced the inputs, before those that read outputs.
         if not self.context.execute_async_v3(self._stream_handle()):

@@ -1,6 +1,7 @@
-"""TensorRT engine builds: profile shapes, precision, the timing cache and the engine cache, on a stand-in
-tensorrt module (and on the real one where it imports)."""
+"""TensorRT engine builds: profile shapes, precision, the timing cache and the engine cache, on stand-in
+tensorrt modules following the recorded surfaces of TensorRT 10 and 11 (and on the real one where it imports)."""
 
+import json
 import sys
 
 import onnx
@@ -13,7 +14,7 @@ from instantrestore.runtime import engine_cache, load_bundle, load_restorer
 from instantrestore.runtime.backends import tensorrt_backend as bt
 from instantrestore.runtime.graphs import DEFAULT_PROFILE, ShapeProfile
 
-from tests.support.tensorrt_fakes import _FakeTRT, _folder
+from tests.support.tensorrt_fakes import MAJORS, FakeTRT, _folder
 
 
 def _have_tensorrt():
@@ -43,61 +44,79 @@ def test_profile_shapes_follow_the_bundle(tiny_bundle):
         tensorrt_build.profile_shapes(bundle, "decoder", p)
 
 
-def _tiny_graph(path, names, elem=TensorProto.FLOAT):
+def _tiny_graph(path, names, elem=TensorProto.FLOAT, node_name=""):
     inputs = [helper.make_tensor_value_info(n, elem, ["n", 2]) for n in names]
     out = helper.make_tensor_value_info("y", elem, ["n", 2])
-    nodes = [helper.make_node("Identity", [names[0]], ["y"])]
+    nodes = [helper.make_node("Identity", [names[0]], ["y"], name=node_name)]
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(helper.make_model(helper.make_graph(nodes, "g", inputs, [out]), opset_imports=[helper.make_opsetid("", 18)]), str(path))
     return path
 
 
-@pytest.fixture
-def fake_trt(monkeypatch):
-    fake = _FakeTRT()
+@pytest.fixture(params=MAJORS, ids=lambda major: f"trt{major}")
+def fake_trt(request, monkeypatch):
+    fake = FakeTRT(request.param)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     monkeypatch.setattr(tensorrt_build, "require_cuda", lambda device=None: torch.device("cpu"))
-    monkeypatch.setattr(bt._TRTLogger, "_instance", None)
     return fake
 
 
-def test_build_engine_sets_profile_precision_and_timing_cache(fake_trt, tmp_path):
-    graph = _tiny_graph(tmp_path / "r.onnx", ["images", "k0"])
+def _calls(fake, kind):
+    return [c for c in fake.calls if c[0] == kind]
+
+
+@pytest.mark.parametrize("elem", [TensorProto.FLOAT, TensorProto.FLOAT16], ids=["fp32-graph", "fp16-graph"])
+def test_build_engine_is_strongly_typed_with_profile_and_timing_cache(fake_trt, tmp_path, elem):
+    graph = _tiny_graph(tmp_path / "r.onnx", ["images", "k0"], elem)
     shapes = {"images": ((1, 2), (1, 2), (2, 2)), "k0": ((1, 2), (4, 2), (8, 2))}
     cache = tmp_path / "timing" / "t.cache"
     messages = []
-    plan = tensorrt_build.build_engine(graph, shapes, fp16=True, timing_cache_path=cache, workspace_bytes=1 << 30,
+    plan = tensorrt_build.build_engine(graph, shapes, timing_cache_path=cache, workspace_bytes=1 << 30,
                                        progress=messages.append)
-    assert plan == b"PLAN:images,k0"
-    network = [c for c in fake_trt.calls if c[0] == "network"][0]
-    assert network[1] == 0  # fp32 graph: weakly typed, fp16 allowed by the builder flag
-    build = [c for c in fake_trt.calls if c[0] == "build"][0]
-    assert build[1] == ["FP16"] and build[2] == [shapes] and build[3] == b""
+    # the stand-in's plan lists the profile it was built with
+    assert json.loads(plan)["inputs"] == {n: [list(d) for d in s] for n, s in shapes.items()}
+    # strongly typed, with the flag's bit as the real enum has it: 1 in TensorRT 10, 0 in 11
+    strongly_typed_bit = {10: 1, 11: 0}[int(fake_trt.__version__.split(".")[0])]
+    assert _calls(fake_trt, "network") == [("network", 1 << strongly_typed_bit)]
+    build = _calls(fake_trt, "build")[0]
+    assert build[1] == set()  # no builder precision flags: precision comes from the graph
+    assert build[2] == [shapes] and build[3] == b""
     assert cache.read_bytes() == b"+tuned"
-    assert ("pool", "WORKSPACE", 1 << 30) in fake_trt.calls
+    assert ("pool", fake_trt.MemoryPoolType.WORKSPACE, 1 << 30) in fake_trt.calls
+    assert any("strongly typed" in m for m in messages)
     assert any("Building engine" in m for m in messages) and any("built r.onnx" in m for m in messages)
     # the second build starts from the saved timing cache
     tensorrt_build.build_engine(graph, shapes, timing_cache_path=cache)
-    assert [c for c in fake_trt.calls if c[0] == "build"][1][3] == b"+tuned"
-
-
-def test_build_engine_fp16_graph_is_strongly_typed(fake_trt, tmp_path):
-    graph = _tiny_graph(tmp_path / "r16.onnx", ["images"], elem=TensorProto.FLOAT16)
-    tensorrt_build.build_engine(graph, {"images": ((1, 2), (1, 2), (2, 2))})
-    assert [c for c in fake_trt.calls if c[0] == "network"][0][1] == 1 << 1
-    assert [c for c in fake_trt.calls if c[0] == "build"][0][1] == []  # precisions come from the graph
+    assert _calls(fake_trt, "build")[1][3] == b"+tuned"
 
 
 def test_build_engine_errors(fake_trt, tmp_path, monkeypatch):
     graph = _tiny_graph(tmp_path / "r.onnx", ["images", "k0"])
+    shapes = {"images": ((1, 2), (1, 2), (2, 2)), "k0": ((1, 2), (4, 2), (8, 2))}
     with pytest.raises(tensorrt_build.TensorRTBuildError, match=r"no profile shapes given for inputs \['k0'\]"):
-        tensorrt_build.build_engine(graph, {"images": ((1, 2), (1, 2), (2, 2))})
+        tensorrt_build.build_engine(graph, {"images": shapes["images"]})
     with pytest.raises(tensorrt_build.TensorRTBuildError, match="does not exist"):
         tensorrt_build.build_engine(tmp_path / "missing.onnx", {})
-    bad = _FakeTRT(parse_ok=False)
-    monkeypatch.setitem(sys.modules, "tensorrt", bad)
-    with pytest.raises(tensorrt_build.TensorRTBuildError, match="UNSUPPORTED_NODE"):
-        tensorrt_build.build_engine(graph, {})
+    # TensorRT's own checks of the profile: set_shape raises, add_optimization_profile returns -1
+    with pytest.raises(tensorrt_build.TensorRTBuildError,
+                       match=r"rejected the profile shapes of r.onnx input k0 "
+                             r"\(min \(1, 2\), opt \(9, 2\), max \(8, 2\)\)"):
+        tensorrt_build.build_engine(graph, {**shapes, "k0": ((1, 2), (9, 2), (8, 2))})
+    version = fake_trt.__version__.split(".")[0]
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT(int(version), reject_profiles=True))
+    with pytest.raises(tensorrt_build.TensorRTBuildError,
+                       match=r"TensorRT rejected the optimisation profile for r.onnx \(images \(1, 2\)..\(2, 2\);"):
+        tensorrt_build.build_engine(graph, shapes)
+    # the parser's error object, as one line: node, operator, description, code
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT(int(version), parse_ok=False))
+    with pytest.raises(tensorrt_build.TensorRTBuildError,
+                       match=r"ONNX parser rejected r.onnx: node 0 \(Identity\): "
+                             r"Unsupported operator \[UNSUPPORTED_NODE\]"):
+        tensorrt_build.build_engine(graph, shapes)
+    named = _tiny_graph(tmp_path / "n.onnx", ["images"], node_name="/unet/Mystery")
+    with pytest.raises(tensorrt_build.TensorRTBuildError,
+                       match=r"/unet/Mystery \(Identity\): Unsupported operator \[UNSUPPORTED_NODE\]"):
+        tensorrt_build.build_engine(named, shapes)
 
 
 def test_build_engines_uses_and_refreshes_the_cache(fake_trt, engines, tiny_bundle, monkeypatch):
@@ -113,20 +132,20 @@ def test_build_engines_uses_and_refreshes_the_cache(fake_trt, engines, tiny_bund
     plans = tensorrt_build.build_engines(tiny_bundle, engines, progress=messages.append)
     assert set(plans) == {"restorer", "enroller"}
     for graph, path in plans.items():
-        key = bt.engine_key(graph, bundle.bundle_id, "fp16", DEFAULT_PROFILE, "10.3.0", "NVIDIA H100", "9.0")
+        key = bt.engine_key(graph, bundle.bundle_id, "fp16", DEFAULT_PROFILE, fake_trt.__version__, "NVIDIA H100", "9.0")
         folder = _folder(engines, key)
         assert path == key.path("plan", folder) and engine_cache.find_artifact(key, "plan", folder, verify_hash=True) == path
-        assert path.read_bytes() == b"PLAN:" + ",".join(names[graph]).encode()
-    restorer_build = [c for c in fake_trt.calls if c[0] == "build"][0]
+        assert list(json.loads(path.read_bytes())["inputs"]) == names[graph]
+    restorer_build = _calls(fake_trt, "build")[0]
     assert restorer_build[2][0]["k0"] == tensorrt_build.profile_shapes(bundle, "restorer", DEFAULT_PROFILE)["k0"]
     assert len(list(engine_cache.timing_cache_dir(engines).glob("*.cache"))) == 1
     # cached: no second build
-    builds = len([c for c in fake_trt.calls if c[0] == "build"])
+    builds = len(_calls(fake_trt, "build"))
     assert tensorrt_build.build_engines(tiny_bundle, engines, progress=messages.append) == plans
-    assert len([c for c in fake_trt.calls if c[0] == "build"]) == builds
+    assert len(_calls(fake_trt, "build")) == builds
     assert any("is cached" in m for m in messages)
     # a TensorRT upgrade: the old plans are stale, removed and rebuilt under new names
-    fake_trt.__version__ = "10.4.0"
+    fake_trt.__version__ = fake_trt.__version__.split(".")[0] + ".99.0"
     fresh = tensorrt_build.build_engines(tiny_bundle, engines, progress=messages.append)
     assert all(not p.exists() for p in plans.values()) and all(p.exists() for p in fresh.values())
     assert any("removed stale engine" in m for m in messages)

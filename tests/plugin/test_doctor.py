@@ -68,3 +68,21 @@ def test_doctor_says_the_state_folder_is_yet_to_be_made_or_cannot_be(fresh_home,
     code, out, _ = run(capsys, "doctor")
     (line,) = [line for line in out.splitlines() if " state folder " in line]
     assert line.startswith("missing") and "cannot be created" in line and code == 1
+
+
+@pytest.mark.parametrize("version, status, words", [
+    ("10.16.1.11", "ok", "TensorRT 10.16.1.11 (supported: 10.x to 11.x)"),
+    ("11.4.0.106", "ok", "TensorRT 11.4.0.106 (supported: 10.x to 11.x)"),
+    ("12.0.1", "warn", "TensorRT 12.0.1 is newer than this code supports (10.x to 11.x)"),
+    ("8.6.1", "warn", "TensorRT 8.6.1 is too old; version 10 or newer is required"),
+])
+def test_doctor_names_the_tensorrt_version_and_whether_it_is_supported(monkeypatch, version, status, words):
+    import sys
+    import types
+
+    from instantrestore.plugin import doctor
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=version))
+    (check,) = doctor.check_tensorrt()
+    assert (check.topic, check.status) == ("tensorrt", status) and words in check.detail
+    assert (check.next_step == "pip install 'tensorrt>=10,<12'") == (status == "warn")

@@ -36,7 +36,7 @@ from instantrestore.runtime.backends.onnxruntime_backend import (
 from instantrestore.runtime.backends.torch_backend import TorchBackend
 from instantrestore.runtime.graphs import DEFAULT_PROFILE
 
-from tests.support.tensorrt_fakes import _FakeTRT, _write_plan
+from tests.support.tensorrt_fakes import MAJORS, FakeTRT, _write_plan
 
 
 def _backend_choices(parser) -> list:
@@ -305,10 +305,16 @@ def test_missing_tensorrt_has_a_clear_error(tiny_bundle, monkeypatch, tmp_path):
     assert not ok and "TensorRT is not available" in why
 
 
-def test_old_tensorrt_is_refused(monkeypatch):
+def test_old_tensorrt_is_refused_and_a_newer_major_is_named(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.6.1"))
     with pytest.raises(bt.TensorRTUnavailableError, match="8.6.1 is too old"):
         bt.import_tensorrt()
+    assert [bt.supported(v) for v in ("9.3.0", "10.0.1", "10.16.1.11", "11.4.0.106", "12.0.0")] == [
+        False, True, True, True, False]
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="12.0.1"))
+    with caplog.at_level("WARNING"):
+        assert bt.import_tensorrt().__version__ == "12.0.1"  # tried, with a warning
+    assert "TensorRT 12.0.1 is newer than this code supports (10.x to 11.x)" in caplog.text
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
@@ -329,98 +335,12 @@ def test_missing_engine_tells_how_to_build(engines, monkeypatch, tiny_bundle):
 # ------------------------------------------------------------- the runtime against a stand-in engine
 
 
-class _FakeEngine:
-    """A plan is JSON: {"inputs": {name: [[min], [opt], [max]]}, "outputs": {...}, "kind": ...}. Executing
-    copies `images` into `restored` through the bound raw addresses (so wrong addresses show) and zeroes
-    the enroller's outputs."""
-
-    def __init__(self, trt, spec):
-        self.trt, self.spec = trt, spec
-        self.names = list(spec["inputs"]) + list(spec["outputs"])
-        self.contexts = []
-
-    @property
-    def num_io_tensors(self):
-        return len(self.names)
-
-    def get_tensor_name(self, i):
-        return self.names[i]
-
-    def get_tensor_mode(self, name):
-        return self.trt.TensorIOMode.INPUT if name in self.spec["inputs"] else self.trt.TensorIOMode.OUTPUT
-
-    def get_tensor_dtype(self, name):
-        return self.trt.float16
-
-    def get_tensor_profile_shape(self, name, index):
-        assert index == 0
-        return self.spec["inputs"][name]
-
-    def create_execution_context(self):
-        ctx = _FakeContext(self)
-        self.contexts.append(ctx)
-        return ctx
-
-
-class _FakeContext:
-    def __init__(self, engine):
-        self.engine, self.shapes, self.addresses, self.log = engine, {}, {}, []
-
-    def set_input_shape(self, name, shape):
-        lo, _, hi = self.engine.spec["inputs"][name]
-        if not all(a <= d <= b for a, d, b in zip(lo, shape, hi)):
-            return False
-        self.shapes[name] = tuple(shape)
-        self.log.append(("shape", name, tuple(shape)))
-        return True
-
-    def get_tensor_shape(self, name):
-        spec = self.engine.spec
-        if name == "restored":
-            return self.shapes.get("images", (-1, 3, 8, 8))
-        n = self.shapes.get("refs", (-1,))[0]
-        return (n, *spec["outputs"][name])
-
-    def set_tensor_address(self, name, ptr):
-        self.addresses[name] = ptr
-        self.log.append(("address", name))
-
-    def execute_async_v3(self, stream):
-        import ctypes
-        import math
-
-        self.log.append(("execute", stream))
-        if "restored" in self.addresses:
-            nbytes = math.prod(self.shapes["images"]) * 2
-            ctypes.memmove(self.addresses["restored"], self.addresses["images"], nbytes)
-        else:
-            n = self.shapes["refs"][0]
-            for name, (t, c) in self.engine.spec["outputs"].items():
-                ctypes.memset(self.addresses[name], 0, n * t * c * 2)
-        return True
-
-
-@pytest.fixture
-def fake_runtime(engines, monkeypatch, tiny_bundle):
-    """TensorRT stand-in with plans in the cache for the tiny bundle, on the CPU."""
+@pytest.fixture(params=MAJORS, ids=lambda major: f"trt{major}")
+def fake_runtime(request, engines, monkeypatch, tiny_bundle):
+    """TensorRT stand-in (10 or 11, as recorded) with plans in the cache for the tiny bundle, on the CPU."""
     bundle = load_bundle(tiny_bundle)
-    fake = _FakeTRT()
-    fake.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
-    fake.float16, fake.float32, fake.int32, fake.int64, fake.bool, fake.int8, fake.uint8 = (
-        "f16", "f32", "i32", "i64", "b", "i8", "u8")
-    loaded = []
-
-    class Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, plan):
-            loaded.append(_FakeEngine(fake, json.loads(plan)))
-            return loaded[-1]
-
-    fake.Runtime = Runtime
+    fake = FakeTRT(request.param)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr(bt._TRTLogger, "_instance", None)
     monkeypatch.setattr(bt, "require_cuda", lambda device=None: torch.device("cpu"))
     monkeypatch.setattr(engine_cache, "cuda_identity", lambda device=None: ("NVIDIA H100", "9.0"))
     monkeypatch.setattr(bt.EngineRunner, "_stream_handle", lambda self: 1234)
@@ -432,7 +352,7 @@ def fake_runtime(engines, monkeypatch, tiny_bundle):
                    else {f"{c}{i}": [t, ch] for i, (t, ch) in enumerate(bundle.layer_shapes) for c in "kv"})
         spec = {"inputs": {n: [list(s) for s in v] for n, v in shapes.items()}, "outputs": outputs}
         _write_plan(engines, keys[graph], json.dumps(spec).encode())
-    return bundle, loaded, engines
+    return bundle, fake.engines, engines
 
 
 def test_runtime_binds_references_once_per_profile(fake_runtime):
@@ -473,7 +393,8 @@ def test_runtime_rejects_shapes_outside_the_profile_and_mismatched_engines(fake_
     backend = bt.TensorRTBackend(bundle, folder)
     runner = backend._runners["restorer"]
     S = bundle.crop_size
-    with pytest.raises(bt.TensorRTError, match="outside the engine's profile"):
+    with pytest.raises(bt.TensorRTError, match=r"restorer input images shape \(1, 3, \d+, \d+\) is outside the "
+                                               r"engine's profile \(1, 3, \d+, \d+\)..\(4, 3, \d+, \d+\)"):
         runner.bind_input("images", torch.zeros(1, 3, S + 8, S + 8))
     with pytest.raises(ValueError, match="K/V tensors"):
         backend.restore(torch.zeros(1, 3, S, S), torch.zeros(1, 4, 1, 1), [])
@@ -481,3 +402,14 @@ def test_runtime_rejects_shapes_outside_the_profile_and_mismatched_engines(fake_
     monkeypatch.setattr(bundle, "config", {**bundle.config, "shared_layers": bundle.config["shared_layers"][:-1]})
     with pytest.raises(bt.TensorRTError, match="do not match"):
         bt.TensorRTBackend(bundle, folder)
+
+
+def test_runtime_reports_a_refused_tensor_address(fake_runtime, monkeypatch):
+    bundle, _, folder = fake_runtime
+    major = int(sys.modules["tensorrt"].__version__.split(".")[0])
+    # set_tensor_address returns False (the real call's failure signal) for the restorer's images
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT(major, refuse_addresses=("images",)))
+    backend = bt.TensorRTBackend(bundle, folder)
+    S = bundle.crop_size
+    with pytest.raises(bt.TensorRTError, match="TensorRT refused the device address of restorer tensor images"):
+        backend._runners["restorer"].bind_input("images", torch.zeros(1, 3, S, S))
