@@ -26,8 +26,9 @@ APP_NAME = "instantrestore"
 HOME_ENV = "INSTANTRESTORE_HOME"
 SETTINGS_NAME = "settings.json"
 PROFILE_SUFFIX = ".safetensors"
-# Profile names become file names: keep them portable across file systems.
-PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Profile names become file names: keep them portable across file systems (matched whole: `$` would let a
+# trailing newline through)
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class StateError(InstantRestoreError, ValueError):
@@ -144,7 +145,7 @@ def resolve_bundle(bundle_arg=None) -> Bundle:
 
 
 def check_profile_name(name: str) -> str:
-    if not isinstance(name, str) or not PROFILE_NAME.match(name):
+    if not isinstance(name, str) or not PROFILE_NAME.fullmatch(name):
         raise StateError(
             f"bad profile name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
         )
