@@ -22,6 +22,8 @@ from instantrestore.runtime import Bundle, Profile, ProfileError, load_bundle
 from instantrestore.runtime.errors import InstantRestoreError
 from instantrestore.runtime.files import atomic_write_json
 
+from .progress import say
+
 APP_NAME = "instantrestore"
 HOME_ENV = "INSTANTRESTORE_HOME"
 SETTINGS_NAME = "settings.json"
@@ -127,21 +129,25 @@ def default_bundle_id() -> Optional[str]:
 
 
 def resolve_bundle(bundle_arg=None) -> Bundle:
-    """The bundle given with --bundle, else the last exported one; clear errors when there is none."""
+    """The bundle given with --bundle, else the last exported one; clear errors when there is none. Every
+    command that restores or enrolls gets its bundle here, so here a random-weight one is announced."""
     if bundle_arg is not None:
         path = Path(bundle_arg).expanduser()
         if not path.exists():
             raise StateError(f"model bundle {path} does not exist")
-        return load_bundle(path)
-    path = last_bundle_dir()
-    if path is None:
-        raise StateError(
-            "no model bundle yet: run `instantrestore export` first (or pass --bundle DIR)"
-        )
-    if not path.exists():
-        raise StateError(f"the default bundle {path} is gone; export again, choose another with "
-                         "`instantrestore bundles use NAME`, or pass --bundle DIR")
-    return load_bundle(path)
+    else:
+        path = last_bundle_dir()
+        if path is None:
+            raise StateError("no model bundle yet: run `instantrestore export` first (or try everything with "
+                             "`instantrestore demo`), or pass --bundle DIR")
+        if not path.exists():
+            raise StateError(f"the default bundle {path} is gone; export again, choose another with "
+                             "`instantrestore bundles use NAME`, or pass --bundle DIR")
+    bundle = load_bundle(path)
+    if bundle.random_weights:
+        say(f"DEMO MODEL: {path} has random weights, not the real model; what it restores is noise, marked "
+            "DEMO MODEL (`instantrestore export` gets the real one)")
+    return bundle
 
 
 def check_profile_name(name: str) -> str:
