@@ -20,7 +20,7 @@ marked DEMO MODEL):
   instantrestore camera --profile {DEMO_PROFILE} --input CLIP.mp4 --preview   # a file played as the camera
   instantrestore camera --profile {DEMO_PROFILE}                              # your webcam, to the virtual camera
   instantrestore ui                                                 # the control panel (needs the [ui] extra)
-  instantrestore bench --pipeline --frames 30                       # the whole frame pipeline, timed
+  instantrestore bench                                              # the restore step, timed on this machine
 The real model: `instantrestore export` (it becomes the default bundle)."""
 
 
