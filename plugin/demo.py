@@ -5,6 +5,9 @@ so on stderr and carries a DEMO MODEL mark on the faces it restores (home.resolv
 
 from __future__ import annotations
 
+import argparse
+import textwrap
+
 from instantrestore.runtime import BundleError, load_bundle
 
 from . import bundles, home
@@ -48,9 +51,13 @@ def cmd_demo(args) -> int:
 
 
 def register(commands) -> None:
+    # its own help screen (plugin/cli.py's HELP_SCREENS has the built-in commands')
     demo = commands.add_parser(
         "demo", help="try every command without the hub: a tiny random-weight model as the default bundle",
-        description="Make a tiny model with random weights (seconds, no download, no GPU) the default bundle, so "
-                    "enroll, video, camera, the panel and bench can be tried on any machine. Its output is noise, "
-                    "marked DEMO MODEL; `instantrestore export` gets the real model.")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill("Make a tiny model with random weights (seconds, no download, no GPU) the default "
+                                  "bundle, so enroll, video, camera, the panel and bench can be tried on any machine. "
+                                  "Its output is noise, marked DEMO MODEL; `instantrestore export` gets the real "
+                                  "model.", 100),
+        epilog="examples:\n  instantrestore demo\n  instantrestore bundles use final_model_ckpt-float16   # back")
     demo.set_defaults(run=cmd_demo)
