@@ -115,6 +115,7 @@ def hub_unreachable() -> str | None:
     """Why the hub cannot be used now (HF_HUB_OFFLINE, or no answer from its address), or None. Any HTTP
     answer counts as reachable; proxies set in the environment are used as the hub would use them."""
     import socket
+    import ssl
     import urllib.error
     import urllib.request
 
@@ -130,6 +131,8 @@ def hub_unreachable() -> str | None:
         return None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
+        if isinstance(reason, ssl.SSLError):  # something answered; the hub's own TLS settings may differ from ours
+            return None
         if isinstance(reason, (socket.timeout, TimeoutError)):
             reason = f"no answer in {HUB_CONNECT_TIMEOUT_S} s"
         elif isinstance(reason, OSError) and reason.strerror:
