@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -62,7 +63,7 @@ def hub_file(spec) -> tuple[str, str] | None:
 
 def fetch_checkpoint(spec=DEFAULT_CHECKPOINT, progress=None) -> Path:
     """A local checkpoint file as it is; a hub path OWNER/REPO/FILE downloaded into the hub cache (the
-    hub's progress bar; an interrupted download resumes; a cached one is not fetched again)."""
+    hub's progress bar; an interrupted download resumes; a cached one is not fetched again, also offline)."""
     hub = hub_file(spec)
     if hub is None:
         path = Path(spec).expanduser()
@@ -70,22 +71,81 @@ def fetch_checkpoint(spec=DEFAULT_CHECKPOINT, progress=None) -> Path:
             raise CheckpointError(f"checkpoint {path} does not exist")
         return path
     repo, filename = hub
-    report(progress, f"fetching {filename} from the hub repository {repo}")
     try:
-        from huggingface_hub import hf_hub_download
+        return Path(from_hub("hf_hub_download", repo, filename=filename, progress=progress,
+                             saying=f"fetching {filename} from the hub repository {repo}"))
+    except HubUnavailable as e:
+        raise CheckpointError(f"could not fetch {filename} from the hub repository {repo} ({e}); {OFFLINE_NEXT_STEP}") \
+            from None
 
-        return Path(hf_hub_download(repo, filename))
+
+class HubUnavailable(Exception):
+    """The hub could not give what was asked and the hub cache does not hold it; the message says why."""
+
+
+# What to do when the hub cannot be reached: the three sources, fetched elsewhere and passed together (the
+# README's "Get the weights" gives the download commands)
+OFFLINE_NEXT_STEP = ("download the checkpoint, the base and the VAE where the hub is reachable and pass all three: "
+                     "--checkpoint FILE --base DIR --vae DIR")
+# How long the reachability check waits for the hub before using only the hub cache
+HUB_CONNECT_TIMEOUT_S = 5
+
+
+def from_hub(function: str, repo: str, progress=None, saying="", **options) -> str:
+    """huggingface_hub's `function` ("hf_hub_download" or "snapshot_download") for `repo`, without the hub's
+    retry messages (minutes of them when offline): a hub that cannot be reached is found in seconds, and
+    only its cache is used then. HubUnavailable says why nothing came back."""
+    import huggingface_hub
+
+    unreachable = hub_unreachable()
+    if unreachable is None and saying:
+        report(progress, saying)
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # its retry warnings; our error says what failed
+    try:
+        return getattr(huggingface_hub, function)(repo, local_files_only=unreachable is not None, **options)
     except Exception as e:  # noqa: BLE001 - offline, proxy, missing file, gated repo: all say the same
-        raise CheckpointError(
-            f"could not fetch {filename} from the hub repository {repo} ({_hub_reason(e)}); download it where the "
-            "hub is reachable and pass the file with --checkpoint FILE"
-        ) from None
+        raise HubUnavailable(unreachable or _hub_reason(e)) from None
+    finally:
+        hub_logger.setLevel(level)
+
+
+def hub_unreachable() -> str | None:
+    """Why the hub cannot be used now (HF_HUB_OFFLINE, or no answer from its address), or None. Any HTTP
+    answer counts as reachable; proxies set in the environment are used as the hub would use them."""
+    import socket
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"),
+                                    timeout=HUB_CONNECT_TIMEOUT_S):
+            return None
+    except urllib.error.HTTPError:  # it answered
+        return None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, ssl.SSLError):  # something answered; the hub's own TLS settings may differ from ours
+            return None
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            reason = f"no answer in {HUB_CONNECT_TIMEOUT_S} s"
+        elif isinstance(reason, OSError) and reason.strerror:
+            reason = reason.strerror.lower()
+        return f"{constants.ENDPOINT} cannot be reached: {reason}"
 
 
 def _hub_reason(error: Exception) -> str:
-    """The first line of a hub error, short enough for a one-line message."""
+    """A hub error in a few words for a one-line message: its first line, or its first sentence when long."""
     line = next((part.strip() for part in str(error).splitlines() if part.strip()), type(error).__name__)
-    return line if len(line) <= 160 else line[:157] + "..."
+    if len(line) > 160:
+        line = line.split(". ")[0].rstrip(".")
+    return line if len(line) <= 160 else line[:160].rsplit(" ", 1)[0] + " ..."
 
 
 def read_checkpoint(path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
@@ -165,14 +225,10 @@ def resolve_source(source, files: list[str], what: str) -> Path:
     if path.exists() or "/" not in str(source) or str(source).count("/") > 1:
         raise CheckpointError(f"{what} {source!r} is neither a folder nor a hub id like 'stabilityai/sd-turbo'")
     try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(str(source), allow_patterns=files))
-    except Exception as e:  # noqa: BLE001 - offline, proxy, gated repo: all say the same
-        raise CheckpointError(
-            f"could not fetch the {what}'s configuration from the hub repository {source} ({_hub_reason(e)}); "
-            f"download it once where the hub is reachable and pass the folder with --{what} DIR"
-        ) from None
+        return Path(from_hub("snapshot_download", str(source), allow_patterns=files))
+    except HubUnavailable as e:
+        raise CheckpointError(f"could not fetch the {what}'s configuration from the hub repository {source} ({e}); "
+                              f"{OFFLINE_NEXT_STEP}") from None
 
 
 def _read_json(path: Path, what: str) -> dict:

@@ -41,7 +41,7 @@ MANIFEST_NAME = ".instantrestore-batch.json"
 MANIFEST_FORMAT = "instantrestore-batch"
 LOCAL_VIDEOS_IN_FLIGHT = 2  # the next video's decode overlaps the last one's encode
 RAY_RETRIES = 2  # a video whose worker died is tried this many more times
-CLUSTER_EXTRA = 'pip install "instantrestore[cluster]"'
+CLUSTER_EXTRA = 'pip install -e ".[cluster]" (from a checkout)'
 
 
 class BatchError(InstantRestoreError, ValueError):

@@ -26,7 +26,7 @@ from .progress import quiet_when_the_reader_leaves, say
 from .quiet import filtered_native_stderr
 
 # Modules of this package with their own `register(commands)` (e.g. "bench" for plugin/bench.py).
-COMMAND_MODULES = ("bundles", "batch", "doctor", "bench", "ui")
+COMMAND_MODULES = ("bundles", "batch", "doctor", "bench", "ui", "demo")
 DEBUG_ENV = "INSTANTRESTORE_DEBUG"  # set to 1 to see the traceback of an unexpected error
 
 

@@ -53,9 +53,10 @@ def check_packages() -> list:
     out = [Check("packages", OK, ", ".join(found))]
     if missing:
         out.append(Check("packages", MISSING, "not installed: " + ", ".join(missing),
-                         "pip install -e . (or pip install instantrestore) to get the dependencies"))
+                         "from a checkout: pip install -e . to get the dependencies"))
     if not (_version("opencv-python") or _version("opencv-contrib-python") or _version("opencv-python-headless")):
-        out.append(Check("packages", MISSING, "OpenCV is not installed", "pip install opencv-python"))
+        out.append(Check("packages", MISSING, "OpenCV is not installed",
+                         "from a checkout: pip install -e . (opencv-contrib-python, MediaPipe's own OpenCV wheel)"))
     if not (_version("onnxruntime") or _version("onnxruntime-gpu") or _version("onnxruntime-directml")):
         out.append(Check("packages", WARN, "onnxruntime is not installed (only the torch and TensorRT backends work)",
                          "pip install onnxruntime-gpu (NVIDIA) or onnxruntime"))
@@ -87,7 +88,7 @@ def check_tensorrt() -> list:
     except Exception as error:  # noqa: BLE001 - any failure means it is unusable
         reason = "not installed" if isinstance(error, ImportError) else f"does not load ({type(error).__name__})"
         return [Check("tensorrt", WARN, f"TensorRT {reason}: the fastest backend is unavailable",
-                      "pip install 'instantrestore[tensorrt]' on Linux or Windows with an NVIDIA GPU, then "
+                      "from a checkout: pip install -e '.[tensorrt]' on Linux or Windows with an NVIDIA GPU, then "
                       "`instantrestore export --tensorrt`")]
     from instantrestore.runtime.backends.tensorrt_backend import MAX_TRT_MAJOR, MIN_TRT_MAJOR, support_note
 

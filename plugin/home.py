@@ -6,6 +6,8 @@ cache. Only the plugin decides where it is (the runtime and export take folders 
     <state>/profiles/<name>.safetensors
     <state>/bundles/<name>/            where `export` writes when no --out is given
     <state>/engines/                   ONNX graphs and TensorRT engines (runtime/engine_cache.py)
+    <state>/restored/                  recordings restored from the panel (plugin/ui.py)
+    <state>/bench/                     the random-weight bundles of `bench --random` (plugin/bench.py)
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from instantrestore.runtime import Bundle, Profile, ProfileError, load_bundle
 from instantrestore.runtime.errors import InstantRestoreError
 from instantrestore.runtime.files import atomic_write_json
 
+from .progress import say
+
 APP_NAME = "instantrestore"
 HOME_ENV = "INSTANTRESTORE_HOME"
 SETTINGS_NAME = "settings.json"
 PROFILE_SUFFIX = ".safetensors"
-# Profile names become file names: keep them portable across file systems.
-PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Profile names become file names: keep them portable across file systems (matched whole: `$` would let a
+# trailing newline through)
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class StateError(InstantRestoreError, ValueError):
@@ -126,25 +131,29 @@ def default_bundle_id() -> Optional[str]:
 
 
 def resolve_bundle(bundle_arg=None) -> Bundle:
-    """The bundle given with --bundle, else the last exported one; clear errors when there is none."""
+    """The bundle given with --bundle, else the last exported one; clear errors when there is none. Every
+    command that restores or enrolls gets its bundle here, so here a random-weight one is announced."""
     if bundle_arg is not None:
         path = Path(bundle_arg).expanduser()
         if not path.exists():
             raise StateError(f"model bundle {path} does not exist")
-        return load_bundle(path)
-    path = last_bundle_dir()
-    if path is None:
-        raise StateError(
-            "no model bundle yet: run `instantrestore export` first (or pass --bundle DIR)"
-        )
-    if not path.exists():
-        raise StateError(f"the default bundle {path} is gone; export again, choose another with "
-                         "`instantrestore bundles use NAME`, or pass --bundle DIR")
-    return load_bundle(path)
+    else:
+        path = last_bundle_dir()
+        if path is None:
+            raise StateError("no model bundle yet: run `instantrestore export` first (or try everything with "
+                             "`instantrestore demo`), or pass --bundle DIR")
+        if not path.exists():
+            raise StateError(f"the default bundle {path} is gone; export again, choose another with "
+                             "`instantrestore bundles use NAME`, or pass --bundle DIR")
+    bundle = load_bundle(path)
+    if bundle.random_weights:
+        say(f"DEMO MODEL: {path} has random weights, not the real model; what it restores is noise, marked "
+            "DEMO MODEL (`instantrestore export` gets the real one)")
+    return bundle
 
 
 def check_profile_name(name: str) -> str:
-    if not isinstance(name, str) or not PROFILE_NAME.match(name):
+    if not isinstance(name, str) or not PROFILE_NAME.fullmatch(name):
         raise StateError(
             f"bad profile name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
         )

@@ -15,9 +15,11 @@ import sys
 import threading
 
 # Line starts of library logs: "INFO: [env.cc:36] ...", "W0000 00:00:... file.cc:12] ...",
-# "WARNING: Logging before InitGoogle() ...", "[ WARN:0@1.2] ...", OpenCV exception dumps.
+# "WARNING: Logging before InitGoogle() ...", LiteRT's "WARNING: [model_load.cc:402] Sparsity tensors ..." (once
+# per frame for the full-range face detector's sparse model), "[ WARN:0@1.2] ...", OpenCV exception dumps.
 NOISE = re.compile(
-    rb"^(INFO: |WARNING: Logging before InitGoogle|[IWE]\d{4} \d\d:\d\d:|\[ ?(WARN|INFO|ERROR):|OpenCV\(|> |\s*$)"
+    rb"^(INFO: |WARNING: (Logging before InitGoogle|\[[\w.]+\.cc:\d+\] )|[IWE]\d{4} \d\d:\d\d:|\[ ?(WARN|INFO|ERROR):"
+    rb"|OpenCV\(|> |\s*$)"
 )
 
 

@@ -34,7 +34,7 @@ from .video import VideoOptions, restore_video
 
 LOCALHOST = "127.0.0.1"
 DEFAULT_PORT = 7860
-INSTALL_HINT = 'the control panel needs Gradio: pip install "instantrestore[ui]"'
+INSTALL_HINT = 'the control panel needs Gradio; from a checkout: pip install -e ".[ui]"'
 PREVIEW_WIDTH = 480  # the page's preview: a few frames a second, small enough to send as PNG
 TICK_S = 0.5
 

@@ -73,6 +73,13 @@ class Bundle:
         return DTYPES[self.config["dtype"]]
 
     @property
+    def random_weights(self) -> bool:
+        """A bundle of random weights (`instantrestore demo`, `bench --random`), not the real model: its
+        export records the architecture under source.random."""
+        source = self.config.get("source")
+        return isinstance(source, dict) and "random" in source
+
+    @property
     def layer_names(self) -> list[str]:
         return [layer["name"] for layer in self.config["shared_layers"]]
 

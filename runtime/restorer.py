@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,8 @@ from .pipeline import RestoredCrops
 from .profile import Profile, ProfileError
 
 THUMBNAIL_SIZE = 128
+# Written across every face a random-weight bundle restores, so no output of it passes for the real model's
+DEMO_MARK = "DEMO MODEL"
 
 
 class Restorer:
@@ -119,12 +122,30 @@ class Restorer:
             finite = torch.isfinite(y).flatten(1).all(1)  # NaN would become a flat grey face in uint8
             y = ((y.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
             if not pinned:
-                return RestoredCrops(y.cpu().numpy(), finite.cpu().numpy())
-            host_out.copy_(y, non_blocking=True)
-            torch.cuda.current_stream(self.device).synchronize()
-            return RestoredCrops(host_out.numpy().copy(), finite.cpu().numpy())
+                out = y.cpu().numpy()
+            else:
+                host_out.copy_(y, non_blocking=True)
+                torch.cuda.current_stream(self.device).synchronize()
+                out = host_out.numpy().copy()
+            if self.bundle.random_weights:
+                out = mark_demo(out)
+            return RestoredCrops(out, finite.cpu().numpy())
 
         return restore_crops
+
+
+def mark_demo(crops: np.ndarray) -> np.ndarray:
+    """The crops (B, S, S, 3) uint8 with DEMO_MARK written across the middle of the face (white on black, sized
+    to the crop), where compositing keeps it."""
+    crops = np.ascontiguousarray(crops)
+    size = crops.shape[1]
+    font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, size / 256, max(1, round(size / 128))
+    (width, _), _ = cv2.getTextSize(DEMO_MARK, font, scale, thickness)
+    origin = ((size - width) // 2, int(size * 0.6))  # across the nose and cheeks
+    for crop in crops:
+        cv2.putText(crop, DEMO_MARK, origin, font, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+        cv2.putText(crop, DEMO_MARK, origin, font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return crops
 
 
 def load_restorer(bundle_dir, backend: str = "torch", device=None, dtype=None, engines=None,

@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -201,22 +202,42 @@ def test_export_without_a_checkpoint_fetches_the_release_from_the_hub(fake_hub, 
                      "--dtype", "float32"], env)
     assert again.returncode == 0, again.stderr
     assert gets == 1 and _FakeHub.requests.count(("GET", FILE_URL)) == 1
+    # and without the hub, from the cache, with no word of retries
+    offline = run_cli(["export", "--base", str(tiny_release["base"]), "--vae", str(tiny_release["vae"]),
+                       "--dtype", "float32"], {**env, "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"})
+    assert offline.returncode == 0, offline.stderr
+    assert "Retry" not in offline.stderr and "fetching" not in offline.stderr
+    assert offline.stdout.strip() == str(bundle)
 
 
-def test_offline_export_says_what_could_not_be_fetched_and_the_way_round(tiny_release, tmp_path):
-    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "INSTANTRESTORE_HOME": str(tmp_path / "state")}
-    done = run_cli(["export", "--base", str(tiny_release["base"]), "--vae", str(tiny_release["vae"])], env)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    line = done.stderr.strip().splitlines()[-1]
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("offline", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:{port}"}],
+                         ids=["HF_HUB_OFFLINE", "no-answer"])
+def test_offline_export_says_what_could_not_be_fetched_and_the_way_round(offline, tiny_release, tmp_path):
+    """Offline, the whole of stderr is one line (not the hub's retry messages) with the next step."""
+    offline = {name: value.format(port=closed_port()) for name, value in offline.items()}
+    env = {**offline, "HF_HOME": str(tmp_path / "hf"), "INSTANTRESTORE_HOME": str(tmp_path / "state")}
+    next_step = "pass all three: --checkpoint FILE --base DIR --vae DIR"
+    done = run_cli(["export"], env)
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
     assert line.startswith("instantrestore: error: could not fetch final_model_ckpt.pt from the hub repository "
                            "hwdz15508/InstantRestore (")
-    assert "--checkpoint FILE" in line
+    assert ("HF_HUB_OFFLINE is set" if "HF_HUB_OFFLINE" in offline else "cannot be reached: connection refused") in line
+    assert line.endswith(next_step)
     assert not (tmp_path / "state" / "bundles").exists()
     base = run_cli(["export", "--checkpoint", str(tiny_release["checkpoint"]), "--vae", str(tiny_release["vae"])], env)
     assert base.returncode == 2
-    assert ("could not fetch the base's configuration from the hub repository stabilityai/sd-turbo"
-            in base.stderr.strip().splitlines()[-1])
-    assert "--base DIR" in base.stderr.strip().splitlines()[-1]
+    (line,) = [line for line in base.stderr.splitlines() if not line.startswith("[instantrestore] ")]
+    assert line.startswith("instantrestore: error: could not fetch the base's configuration from the hub repository "
+                           "stabilityai/sd-turbo (")
+    assert line.endswith(next_step)
 
 
 def test_out_that_is_a_bundle_is_replaced(tiny_release, tmp_path):

@@ -238,5 +238,5 @@ def test_ray_missing_says_how_to_install_it(in_home, talks, tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
     assert main(["batch", str(talks), "-o", str(tmp_path / "o"), "--profile", "me", "--ray"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        'instantrestore: error: --ray needs Ray, which is not installed: pip install "instantrestore[cluster]"')
+        'instantrestore: error: --ray needs Ray, which is not installed: pip install -e ".[cluster]" (from a checkout)')
     assert not (tmp_path / "o").exists()

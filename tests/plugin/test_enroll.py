@@ -137,8 +137,9 @@ def test_enroll_lists_every_bad_photo_in_one_line(in_state, bad_photos, capsys):
 @pytest.mark.timeout(240)
 @pytest.mark.usefixtures("one_torch_thread")
 def test_enroll_refuses_bad_names_and_missing_bundle(fresh_home, selfies, capsys):
-    code, _, err = run(capsys, "enroll", selfies[0], "--name", "../escape")
-    assert_clear_error(code, err, "bad profile name")
+    for name in ("../escape", "nl\n", "me\x00", ".hidden", "a" * 65):
+        code, _, err = run(capsys, "enroll", selfies[0], "--name", name)
+        assert_clear_error(code, err, f"bad profile name {name!r}")
     code, _, err = run(capsys, "enroll", selfies[0], "--name", "me")  # fresh home: no bundle recorded
     assert_clear_error(code, err, "no model bundle yet", "instantrestore export")
     code, _, err = run(capsys, "enroll", selfies[0], "--name", "me", "--bundle", fresh_home / "nowhere")

@@ -71,8 +71,8 @@ def test_ui_help_and_the_install_hint_without_gradio(monkeypatch, capsys):
     assert "127.0.0.1" in out and "instantrestore ui --port 7870 --no-browser" in out
     monkeypatch.setitem(sys.modules, "gradio", None)  # what a missing package looks like to import
     assert main(["ui", "--no-browser"]) == 2
-    assert capsys.readouterr().err.strip() == ('instantrestore: error: the control panel needs Gradio: '
-                                               'pip install "instantrestore[ui]"')
+    assert capsys.readouterr().err.strip() == ('instantrestore: error: the control panel needs Gradio; '
+                                               'from a checkout: pip install -e ".[ui]"')
 
 
 def test_ui_serves_on_localhost_unless_host_is_given_and_then_warns(monkeypatch, capsys):

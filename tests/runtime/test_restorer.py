@@ -71,3 +71,32 @@ def test_auto_backend_says_what_it_picked(tiny_bundle, capsys):
     assert r.backend.name in ("torch", "onnxruntime") and r.device.type == "cpu"  # no GPU here
     assert f"backend auto -> {r.backend.name} on cpu" in capsys.readouterr().err
     assert r.restore(crops(1, 51), crops(1, 52)).shape == (1, 3, CROP_SIZE, CROP_SIZE)
+
+
+def test_faces_restored_by_a_random_weight_bundle_are_marked(tiny_bundle, tiny_restorer, tmp_path):
+    """The same network recorded as random weights (as `demo` and `bench --random` write it): its restored crops
+    carry the DEMO MODEL mark, white text on a black edge, across the middle; elsewhere they are the same."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from instantrestore.runtime.bundle import CONFIG_NAME
+
+    random = tmp_path / "random"
+    shutil.copytree(tiny_bundle, random)
+    config = json.loads((random / CONFIG_NAME).read_text())
+    config["source"] = {"random": "tiny", "seed": 0}
+    (random / CONFIG_NAME).write_text(json.dumps(config))
+    demo = load_restorer(random)
+    assert demo.bundle.random_weights and not tiny_restorer.bundle.random_weights
+    faces = ((crops(2, CROP_SIZE).permute(0, 2, 3, 1) + 1) * 127.5).round().byte().numpy()
+    profile = tiny_restorer.enroll(crops(2, CROP_SIZE))
+    plain, marked = tiny_restorer.crop_restorer(profile)(faces), demo.crop_restorer(profile)(faces)
+    changed = (plain.crops != marked.crops).any(axis=(0, 3))
+    rows, columns = np.nonzero(changed)
+    assert rows.min() > CROP_SIZE * 0.4 and rows.max() < CROP_SIZE * 0.7  # a band across the middle
+    assert columns.min() > CROP_SIZE * 0.05 and columns.max() < CROP_SIZE * 0.95
+    white, black = (marked.crops > 220).all(axis=3), (marked.crops < 35).all(axis=3)
+    assert white.sum(axis=(1, 2)).min() > 100 and black.sum(axis=(1, 2)).min() > 100  # the letters, in each crop
+    assert marked.finite.all()
