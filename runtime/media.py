@@ -132,7 +132,7 @@ class FileSource:
     """Frames of a video file, decoded with PyAV. Iterating again decodes from the start again.
 
     Attributes: path, width, height (as displayed), fps (Fraction), frame_count (as declared by the
-    container, or estimated from the duration), duration (s), time_base, start_pts, audio_stream_count,
+    container, else as counted), duration (s), time_base, start_pts, audio_stream_count,
     rotation (degrees counter-clockwise, from the display matrix phones write), hdr (PQ or HLG transfer),
     color_tags (the first frame's colour matrix, primaries and transfer, for an output of the same meaning).
     Frames come out upright, as a player shows them, so an output written from them plays upright with no
@@ -187,6 +187,8 @@ class FileSource:
                 self.pixel_format = first.format.name
                 self.full_range = first.color_range == AVCOL_RANGE_JPEG or first.format.name.startswith("yuvj")
             self.tracks = scan_tracks(self.path, 1 / float(self.fps))
+            # Matroska declares no frame count: the scan counted the frames (a packet each)
+            self.frame_count = self.declared_frames or self.tracks[self.video_index].packets or self.frame_count
         except MediaError:
             raise
         except (av.FFmpegError, OSError, ValueError) as error:
