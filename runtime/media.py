@@ -209,11 +209,13 @@ class FileSource:
                              f"frames it declares ({missing} frames, {missing * frame_s:.2f} s, missing at the end)")
         if self.declared_frames or video.end is None:
             return
+        # Held: from 0, or from the first packet when that is earlier (AAC and Opus start before 0), as the
+        # declared durations count: a track that starts late still declares its end.
         if declared_video_s:
-            declared, held = declared_video_s, video.end - video.start
+            declared, held = declared_video_s, video.end - min(video.start, 0.0)
         elif declared_s:
             spans = [track for track in self.tracks.values() if track.end is not None]
-            declared, held = declared_s, max(t.end for t in spans) - min(t.start for t in spans)
+            declared, held = declared_s, max(t.end for t in spans) - min(min(t.start for t in spans), 0.0)
         else:
             return  # a live recording's Matroska declares nothing: there is nothing to compare with
         if declared - held > frame_s + 0.02:  # more than a frame (the times are rounded to a millisecond)
