@@ -582,7 +582,8 @@ class FileSink:
             for packet in self._video.encode(frame):
                 self._container.mux(packet)
         except av.FFmpegError as error:
-            raise MediaError(f"cannot encode frame {self.frames_written} of {self.out_path.name}: {_one_line(error)}") from error
+            raise MediaError(f"cannot encode frame {self.frames_written} of {self.out_path}: "
+                             f"{_one_line(error)}") from error
         self.frames_written += 1
 
     def close(self):

@@ -127,6 +127,14 @@ class TrackError(InstantRestoreError):
     """A sound track the output container cannot hold."""
 
 
+def can_convert_text() -> bool:
+    """Whether this PyAV encodes subtitles (newer releases do; pyproject allows older ones, which copy only)."""
+    from av.subtitles.codeccontext import SubtitleCodecContext
+    from av.subtitles.subtitle import SubtitleSet
+
+    return hasattr(SubtitleSet, "create") and hasattr(SubtitleCodecContext, "encode_subtitle")
+
+
 def plan_tracks(in_path: Path, tracks: dict, video_index: int, out_name: str, format_name: str,
                 video_codec: str) -> tuple[list, list]:
     """(carries, notes): how each sound and subtitle track of the input reaches an output of FFmpeg format
@@ -146,7 +154,7 @@ def plan_tracks(in_path: Path, tracks: dict, video_index: int, out_name: str, fo
                          "track")
             continue
         options = [Carry(track)]
-        if track.kind == "subtitle" and track.codec in TEXT_SUBTITLES:
+        if track.kind == "subtitle" and track.codec in TEXT_SUBTITLES and can_convert_text():
             options += [Carry(track, target) for target in TEXT_TARGETS if target != track.codec]
         problem = None
         for carry in options:
@@ -182,8 +190,9 @@ def rehearse(in_path: Path, carries: list, format_name: str, video_codec: str) -
             try:
                 video = output.add_stream(video_codec, rate=Fraction(25))
                 video.width, video.height, video.pix_fmt = 16, 16, "yuv420p"
-                streams = [(carry, source.streams[carry.track.index], carry.add_to(output, source.streams[carry.track.index]))
-                           for carry in carries]
+                templates = [source.streams[carry.track.index] for carry in carries]
+                streams = [(carry, template, carry.add_to(output, template))
+                           for carry, template in zip(carries, templates)]
                 for packet in video.encode(av.VideoFrame(16, 16, "yuv420p")):
                     output.mux(packet)
                 for packet in video.encode(None):

@@ -359,8 +359,10 @@ def test_video_keeps_subtitles_and_says_what_it_leaves_out(in_state, tmp_path, c
                           sound="empty", subtitles=cues)
     code, _, err = run(capsys, "video", clip, "-o", tmp_path / "film.mp4", "--profile", "me", "--backend", "torch")
     assert code == 0, err
-    assert "note: film.mkv's audio stream #1 (aac) is empty (no sound in it); the restored copy has no such track" in err
-    assert "note: film.mkv's pixels are yuv420p10le (10-bit 4:2:0); the restored copy's are yuv420p (8-bit 4:2:0)" in err
+    assert ("note: film.mkv's audio stream #1 (aac) is empty (no sound in it); the restored copy has no such "
+            "track") in err
+    assert ("note: film.mkv's pixels are yuv420p10le (10-bit 4:2:0); the restored copy's are yuv420p "
+            "(8-bit 4:2:0)") in err
     assert subtitle_cues(tmp_path / "film.mp4") == ("mov_text", cues)  # as MP4's own text track
     code, _, err = run(capsys, "video", clip, "-o", tmp_path / "film.avi", "--profile", "me", "--backend", "torch")
     assert code == 0, err
@@ -375,7 +377,8 @@ def test_video_names_a_fifo_or_a_device_given_as_its_input(in_state, tmp_path, c
     os.mkfifo(fifo)  # never opened: that would wait for a writer
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    for path, said in ((fifo, "is a FIFO (named pipe), not a video file"), ("/dev/zero", "is a device, not a video file")):
+    for path, said in ((fifo, "is a FIFO (named pipe), not a video file"),
+                       ("/dev/zero", "is a device, not a video file")):
         code, _, err = run(capsys, "video", path, "-o", out_dir / "x.mp4", "--profile", "me", "--backend", "torch")
         assert_clear_error(code, err, f"{path} {said}")
         assert listing(out_dir) == set()
