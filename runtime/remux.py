@@ -164,11 +164,12 @@ def plan_tracks(in_path: Path, tracks: dict, video_index: int, out_name: str, fo
                 break
         if problem is None:
             continue
+        matroska = format_name == "matroska"  # holds nearly everything: the way round, unless it is the output
         if track.kind == "audio":
-            raise TrackError(f"{in_path.name}'s {track.label()} cannot be written into a {suffix} file ({problem}); "
-                             "write a .mkv, which holds it as it is")
-        notes.append(f"{in_path.name}'s {track.label()} cannot go into a {suffix} file; it is left out (a .mkv "
-                     "output keeps it)")
+            raise TrackError(f"{in_path.name}'s {track.label()} cannot be written into a {suffix} file ({problem})"
+                             f"{'' if matroska else '; write a .mkv, which holds it as it is'}")
+        notes.append(f"{in_path.name}'s {track.label()} cannot go into a {suffix} file; it is left out"
+                     f"{'' if matroska else ' (a .mkv output keeps it)'}")
     if others:
         listed = ", ".join(track.label() for track in others)
         notes.append(f"{in_path.name}'s {listed} {'is' if len(others) == 1 else 'are'} not copied (only picture, "
