@@ -68,15 +68,12 @@ def restore_video(options: VideoOptions, progress=say, frame_progress=None, on_f
     profile; an existing output is replaced only with `overwrite`. Returns a summary dict. frame_progress(done,
     total) replaces the terminal's progress bar and on_frame(raw, restored) sees each frame (the panel); an
     exception either raises cancels the run, leaving no output."""
-    from instantrestore.runtime.media import FileSink, FileSource
+    from instantrestore.runtime.media import FileSink, FileSource, check_video_file
     from instantrestore.runtime.pipeline import restore_recording
 
     in_path, out_path = Path(options.input), Path(options.output)
     blend, batch_size = options.blend, options.batch_size
-    if not in_path.exists():
-        raise PluginError(f"{in_path}: file not found")
-    if in_path.is_dir():
-        raise PluginError(f"{in_path}: is a folder, not a video")
+    check_video_file(in_path)  # a FIFO or a device is named as such, never opened
     _check_output(in_path, out_path, options.overwrite)
     if not (0.0 <= blend <= 1.0):
         raise PluginError(f"--blend must be between 0 and 1, got {blend}")
@@ -91,8 +88,11 @@ def restore_video(options: VideoOptions, progress=say, frame_progress=None, on_f
         progress(f"note: {in_path.name} is HDR (PQ/HLG); the restored copy is 8-bit SDR H.264, so its colours look "
                  "flatter than the original's on an HDR screen")
 
-    # The output is opened (as a temp file) before the slow model load, so a bad name fails at once.
+    # The output is opened (as a temp file) before the slow model load, so a bad name, or a track the output
+    # container cannot hold, fails at once.
     sink = FileSink(out_path, like=source)
+    for note in sink.notes:  # tracks left out, pixels that change format
+        progress(f"note: {note}")
     try:
         restorer = load_engine(bundle, options.backend, options.device, None, progress)
     except BaseException:

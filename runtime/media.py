@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import stat
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ import numpy as np
 
 from .errors import InstantRestoreError
 from .files import commit_temp_file, new_temp, output_target
+from .remux import TrackCopier, duration_tag, plan_tracks, scan_tracks
 
 
 class MediaError(InstantRestoreError):
@@ -109,11 +111,28 @@ def _check_image(image, width, height) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def check_video_file(path: Path) -> None:
+    """MediaError unless `path` is a file to read a video from, saying what it is instead (a FIFO or a device
+    would block or never end; neither is opened)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise MediaError(f"video file not found: {path}") from None
+    except OSError as error:
+        raise MediaError(f"cannot read {path}: {error.strerror or _one_line(error)}") from None
+    if stat.S_ISREG(mode):
+        return
+    kind = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISCHR: "a device",
+            stat.S_ISBLK: "a disk device", stat.S_ISSOCK: "a socket"}
+    what = next((name for test, name in kind.items() if test(mode)), "not a regular file")
+    raise MediaError(f"{path} is {what}, not a video file")
+
+
 class FileSource:
     """Frames of a video file, decoded with PyAV. Iterating again decodes from the start again.
 
     Attributes: path, width, height (as displayed), fps (Fraction), frame_count (as declared by the
-    container, or estimated from the duration), duration (s), time_base, start_pts, audio_stream_count,
+    container, else as counted), duration (s), time_base, start_pts, audio_stream_count,
     rotation (degrees counter-clockwise, from the display matrix phones write), hdr (PQ or HLG transfer),
     color_tags (the first frame's colour matrix, primaries and transfer, for an output of the same meaning).
     Frames come out upright, as a player shows them, so an output written from them plays upright with no
@@ -128,8 +147,7 @@ class FileSource:
         import av
 
         self.path = Path(path)
-        if not self.path.is_file():
-            raise MediaError(f"video file not found: {self.path}")
+        check_video_file(self.path)
         try:
             with av.open(str(self.path), mode="r") as container:
                 if not container.streams.video:
@@ -152,6 +170,10 @@ class FileSource:
                 self.declared_frames = int(stream.frames or 0)
                 self.frame_count = self.declared_frames or int(round(self.duration * float(self.fps)))
                 self.audio_stream_count = len(container.streams.audio)
+                declared_video_s = (float(stream.duration * stream.time_base) if stream.duration
+                                    else duration_tag(stream.metadata))
+                declared_s = container.duration / av.time_base if container.duration else None
+                self.video_index = stream.index
                 first = next(container.decode(stream), None)
                 if first is None:  # said now, not after the model has loaded
                     raise MediaError(f"{self.path.name}: the video has no frames")
@@ -162,12 +184,45 @@ class FileSource:
                 # an SDR output keeps the input's colour description; an HDR one is not HDR any more
                 yuv = first is not None and first.format.name.startswith("yuv")  # an RGB stream's tags say "RGB"
                 self.color_tags = {tag: getattr(first, tag) for tag in COLOR_TAGS} if yuv and not self.hdr else {}
+                self.pixel_format = first.format.name
+                self.full_range = first.color_range == AVCOL_RANGE_JPEG or first.format.name.startswith("yuvj")
+            self.tracks = scan_tracks(self.path, 1 / float(self.fps))
+            # Matroska declares no frame count: the scan counted the frames (a packet each)
+            self.frame_count = self.declared_frames or self.tracks[self.video_index].packets or self.frame_count
         except MediaError:
             raise
         except (av.FFmpegError, OSError, ValueError) as error:
             raise MediaError(f"cannot read video {self.path.name}: {_one_line(error)}") from error
         if self.width <= 0 or self.height <= 0:
             raise MediaError(f"{self.path.name}: video stream has no frame size")
+        self._refuse_if_cut_off(declared_video_s, declared_s)
+
+    def _refuse_if_cut_off(self, declared_video_s: Optional[float], declared_s: Optional[float]):
+        """MediaError when the file holds less than its header declares: an interrupted recording, a download
+        that did not finish. MP4 and AVI declare their frame count; Matroska and WebM only a duration (of the
+        video track, or of the whole file, which the longest track spans). Said before any work, not after."""
+        video = self.tracks[self.video_index]
+        frame_s = 1 / float(self.fps)
+        if self.declared_frames and video.packets < self.declared_frames:
+            missing = self.declared_frames - video.packets
+            raise MediaError(f"{self.path.name} is truncated: it holds {video.packets} of the {self.declared_frames} "
+                             f"frames it declares ({missing} frames, {missing * frame_s:.2f} s, missing at the end)")
+        if self.declared_frames or video.end is None:
+            return
+        # Held: from 0, or from the first packet when that is earlier (AAC and Opus start before 0), as the
+        # declared durations count: a track that starts late still declares its end.
+        if declared_video_s:
+            declared, held = declared_video_s, video.end - min(video.start, 0.0)
+        elif declared_s:
+            spans = [track for track in self.tracks.values() if track.end is not None]
+            declared, held = declared_s, max(t.end for t in spans) - min(min(t.start for t in spans), 0.0)
+        else:
+            return  # a live recording's Matroska declares nothing: there is nothing to compare with
+        if declared - held > frame_s + 0.02:  # more than a frame (the times are rounded to a millisecond)
+            missing = declared - held
+            raise MediaError(f"{self.path.name} is truncated: it holds {held:.2f} s of the {declared:.2f} s it "
+                             f"declares ({missing:.2f} s, about {int(round(missing / frame_s))} frames, missing at "
+                             "the end)")
 
     def __iter__(self):
         import av
@@ -379,6 +434,25 @@ class SteadyCamera:
             reader.join(timeout=1.0)
 
 
+def pixel_words(pixel_format: str, full_range: bool) -> str:
+    """A pixel format in words: "10-bit 4:2:0", "8-bit RGB", "8-bit palette" (", full range" for YUV)."""
+    import av
+
+    try:
+        layout = av.VideoFormat(pixel_format, 64, 64)
+    except (ValueError, av.FFmpegError):
+        return pixel_format
+    bits = max((component.bits for component in layout.components), default=8)
+    if layout.has_palette:
+        return f"{bits}-bit palette"
+    if layout.is_rgb or len(layout.components) < 3:
+        return f"{bits}-bit {'RGB' if layout.is_rgb else 'grey'}"
+    chroma = layout.components[1]
+    sampling = {(64, 64): "4:4:4", (32, 64): "4:2:2", (32, 32): "4:2:0", (16, 64): "4:1:1"}
+    words = f"{bits}-bit {sampling.get((chroma.width, chroma.height), 'YUV')}"
+    return words + (", full range" if full_range else "")
+
+
 def _pick_video_codec(preferred: Optional[str]) -> str:
     import av
 
@@ -440,9 +514,8 @@ class FileSink:
         self.frames_written = 0
         self._closed = False
         self._container = None
-        self._audio_packets = None
-        self._audio_in = None
-        self._pending_audio = None
+        self._tracks = None
+        self.notes = []  # what the output leaves out or changes besides the faces, one line each
         with self._aborted_on_error("create"):
             format_name = None if target.suffix else "mp4"
             self._container = av.open(str(self.temp_path), mode="w", format=format_name)
@@ -469,39 +542,19 @@ class FileSink:
             self._time_base = like.time_base if keep else 1 / self.fps
             self._video.codec_context.time_base = self._time_base
             self._start_pts = like.start_pts if keep else 0
-            if like is not None and like.audio_stream_count:
-                self._open_audio(like)
+            if like is not None:
+                self._carry_tracks(like, codec_name)
 
-    def _open_audio(self, like: FileSource):
-        import av
-
-        self._audio_in = av.open(str(like.path), mode="r")
-        in_streams = list(self._audio_in.streams.audio)
-        self._audio_map = {
-            stream.index: self._container.add_stream_from_template(stream) for stream in in_streams
-        }
-        self._audio_packets = iter(self._audio_in.demux(*in_streams))
-
-    def _mux_audio_until(self, seconds: Optional[float]):
-        """Copy input audio packets up to the given time (all remaining ones when None)."""
-        if self._audio_packets is None:
-            return
-        while True:
-            packet = self._pending_audio
-            self._pending_audio = None
-            if packet is None:
-                packet = next(self._audio_packets, None)
-                if packet is None:
-                    self._audio_packets = None
-                    return
-            if packet.dts is None and packet.pts is None:
-                continue  # demuxer flush marker, carries no data
-            stamp = packet.pts if packet.pts is not None else packet.dts
-            if seconds is not None and float(stamp * packet.time_base) > seconds:
-                self._pending_audio = packet
-                return
-            packet.stream = self._audio_map[packet.stream_index]
-            self._container.mux(packet)
+    def _carry_tracks(self, like: FileSource, codec_name: str):
+        """The input's sound and subtitle tracks, each rehearsed into this container before any work; notes
+        say what is left out, and what the picture's pixels become."""
+        carries, self.notes = plan_tracks(like.path, like.tracks, like.video_index, self.out_path.name,
+                                          self._container.format.name, codec_name)
+        output = f"{self._video.pix_fmt} ({pixel_words(self._video.pix_fmt, full_range=False)})"
+        source = f"{like.pixel_format} ({pixel_words(like.pixel_format, like.full_range)})"
+        if output != source:
+            self.notes.append(f"{like.path.name}'s pixels are {source}; the restored copy's are {output}")
+        self._tracks = TrackCopier(like.path, carries, self._container)
 
     def write(self, image, timestamp: Optional[float] = None):
         """Encode one RGB uint8 frame; timestamp in seconds from the first frame (default: index/fps)."""
@@ -524,11 +577,13 @@ class FileSink:
             frame.pts = self._start_pts + int(round(timestamp / float(self._time_base)))
         frame.time_base = self._time_base
         try:
-            self._mux_audio_until(float(frame.pts * self._time_base))
+            if self._tracks is not None:
+                self._tracks.mux_until(float(frame.pts * self._time_base))
             for packet in self._video.encode(frame):
                 self._container.mux(packet)
         except av.FFmpegError as error:
-            raise MediaError(f"cannot encode frame {self.frames_written} of {self.out_path.name}: {_one_line(error)}") from error
+            raise MediaError(f"cannot encode frame {self.frames_written} of {self.out_path}: "
+                             f"{_one_line(error)}") from error
         self.frames_written += 1
 
     def close(self):
@@ -538,9 +593,10 @@ class FileSink:
         with self._aborted_on_error("finish"):
             for packet in self._video.encode(None):
                 self._container.mux(packet)
-            self._mux_audio_until(None)
+            if self._tracks is not None:
+                self._tracks.mux_until(None)
             self._container.close()
-            self._close_audio_input()
+            self._close_tracks()
             if self.frames_written == 0:
                 raise MediaError(f"no frames were written to {self.out_path.name}")
             commit_temp_file(self.temp_path, self._target)
@@ -553,17 +609,18 @@ class FileSink:
             yield
         except Exception as error:
             self.abort()
-            if isinstance(error, MediaError):
-                raise
-            # an OSError's own text names our temp file; the user knows the output
+            if isinstance(error, InstantRestoreError):
+                raise MediaError(str(error)) from None
+            # the error's own text may name our temp file; the user knows the output by the name they gave
             reason = error.strerror if isinstance(error, OSError) and error.strerror else _one_line(error)
-            raise MediaError(f"cannot {doing} {self.out_path.name}: {reason}") from error
+            reason = reason.replace(str(self.temp_path), str(self.out_path)).replace(self.temp_path.name,
+                                                                                  self.out_path.name)
+            raise MediaError(f"cannot {doing} {self.out_path}: {reason}") from error
 
-    def _close_audio_input(self):
-        if self._audio_in is not None:
-            self._audio_in.close()
-            self._audio_in = None
-            self._audio_packets = None
+    def _close_tracks(self):
+        if self._tracks is not None:
+            self._tracks.close()
+            self._tracks = None
 
     def abort(self):
         """Stop writing and delete the temporary file; out_path is left as it was."""
@@ -574,7 +631,7 @@ class FileSink:
                 container.close()
             except Exception:
                 pass
-        self._close_audio_input()
+        self._close_tracks()
         try:
             self.temp_path.unlink()
         except FileNotFoundError:

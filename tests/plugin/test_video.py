@@ -15,7 +15,20 @@ from instantrestore.plugin.cli import main
 from instantrestore.runtime import Profile
 
 from tests.support.commands import CLIP_FPS, CLIP_FRAMES, CLIP_SIZE, assert_clear_error, face_regions, listing, run
-from tests.support.media_helpers import audio_packets, placed_face, read_frames, stream_info, write_clip
+from tests.support.media_helpers import (
+    audio_packets,
+    cut_off,
+    flash_and_click_times,
+    placed_face,
+    read_frames,
+    stream_info,
+    stream_kinds,
+    subtitle_cues,
+    write_clip,
+    write_flash_and_click,
+    write_matroska,
+    write_webcam_avi,
+)
 from tests.support.recognition import change, face_boxes, two_people
 
 
@@ -278,3 +291,112 @@ def test_video_refuses_missing_profile_foreign_profile_and_missing_bundle(in_sta
         code, _, err = run(capsys, "video", clip, "-o", out_path, "--profile", "me", "--device", "cuda")
         assert_clear_error(code, err, "no CUDA GPU")
     assert not out_path.exists() and listing(tmp_path) == set()
+
+
+# ------------------------------------------------------------------ recordings as cameras and phones write them
+
+
+def face_frames_of(count, size=CLIP_SIZE):
+    return [placed_face(size, 0.45, (60.0 + 2 * i, 10.0 + i))[0] for i in range(count)]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_video_restores_a_webcam_avi_whole(in_state, tmp_path, capsys):
+    """MJPEG + PCM, as webcams and dashcams record: every frame used to be restored, then the MP4 writer refused
+    the PCM (no channel layout) and the error named an internal temp file."""
+    clip = write_webcam_avi(tmp_path / "cam.avi", face_frames_of(6))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, out, err = run(capsys, "video", clip, "-o", out_dir / "cam.mp4", "--profile", "me", "--backend", "torch")
+    assert code == 0, err
+    assert "6/6 frames" in err and "face restored in 6 of 6" in err and "Traceback" not in err
+    assert "note: cam.avi's pixels are yuvj420p (8-bit 4:2:0, full range); the restored copy's are yuv420p" in err
+    assert listing(out_dir) == {"cam.mp4"} and stream_info(out_dir / "cam.mp4")["frames"] == 6
+    assert [packet for packet, _, _ in audio_packets(out_dir / "cam.mp4")] == [
+        packet for packet, _, _ in audio_packets(clip)]  # the sound, bit for bit
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_video_refuses_a_sound_track_its_output_cannot_hold_before_any_work(in_state, tmp_path, capsys):
+    clip = write_webcam_avi(tmp_path / "cheap.avi", face_frames_of(3), channels=1, sample_format="u8")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, _, err = run(capsys, "video", clip, "-o", out_dir / "cheap.mp4", "--profile", "me", "--backend", "torch")
+    assert_clear_error(code, err, "cheap.avi's audio stream #1 (pcm_u8) cannot be written into a .mp4 file",
+                       "write a .mkv")
+    assert "restoring" not in err and listing(out_dir) == set()  # said before the model loaded, nothing written
+    code, _, err = run(capsys, "video", clip, "-o", out_dir / "cheap.mkv", "--profile", "me", "--backend", "torch")
+    assert code == 0, err
+    assert stream_info(out_dir / "cheap.mkv")["frames"] == 3
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("name, codec, sound", [("talk.mkv", "libx264", "aac"), ("talk.webm", "libvpx-vp9", "opus")])
+def test_video_refuses_a_cut_off_matroska_or_webm_before_any_work(in_state, tmp_path, capsys, name, codec, sound):
+    """An interrupted recording or a partial download used to come out shorter, exit 0, without a word."""
+    whole = write_matroska(tmp_path / name, face_frames_of(CLIP_FRAMES), fps=CLIP_FPS, codec=codec, sound=sound)
+    cut = cut_off(whole, tmp_path / f"cut-{name}", 0.85)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, _, err = run(capsys, "video", cut, "-o", out_dir / "x.mp4", "--profile", "me", "--backend", "torch")
+    assert_clear_error(code, err, f"cut-{name} is truncated: it holds ", f"of the {CLIP_FRAMES / CLIP_FPS:.2f} s it "
+                       "declares", "frames, missing at the end")
+    assert "restoring" not in err and listing(out_dir) == set()
+    code, _, err = run(capsys, "video", whole, "-o", out_dir / "whole.mp4", "--profile", "me", "--backend", "torch")
+    assert code == 0, err
+    assert stream_info(out_dir / "whole.mp4")["frames"] == CLIP_FRAMES and f"{CLIP_FRAMES}/{CLIP_FRAMES} frames" in err
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_video_keeps_subtitles_and_says_what_it_leaves_out(in_state, tmp_path, capsys):
+    """A 10-bit MKV with SubRip subtitles and a sound track that holds nothing, as some recorders leave it."""
+    cues = [(0.125, 0.25, "Hello there"), (0.25, 0.5, "Second line")]
+    clip = write_matroska(tmp_path / "film.mkv", face_frames_of(CLIP_FRAMES), fps=CLIP_FPS, pix_fmt="yuv420p10le",
+                          sound="empty", subtitles=cues)
+    code, _, err = run(capsys, "video", clip, "-o", tmp_path / "film.mp4", "--profile", "me", "--backend", "torch")
+    assert code == 0, err
+    assert ("note: film.mkv's audio stream #1 (aac) is empty (no sound in it); the restored copy has no such "
+            "track") in err
+    assert ("note: film.mkv's pixels are yuv420p10le (10-bit 4:2:0); the restored copy's are yuv420p "
+            "(8-bit 4:2:0)") in err
+    assert subtitle_cues(tmp_path / "film.mp4") == ("mov_text", cues)  # as MP4's own text track
+    code, _, err = run(capsys, "video", clip, "-o", tmp_path / "film.avi", "--profile", "me", "--backend", "torch")
+    assert code == 0, err
+    assert "note: film.mkv's subtitle stream #2 (srt) cannot go into a .avi file; it is left out" in err
+    assert stream_kinds(tmp_path / "film.avi") == [("video", "h264")]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_video_names_a_fifo_or_a_device_given_as_its_input(in_state, tmp_path, capsys):
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)  # never opened: that would wait for a writer
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for path, said in ((fifo, "is a FIFO (named pipe), not a video file"),
+                       ("/dev/zero", "is a device, not a video file")):
+        code, _, err = run(capsys, "video", path, "-o", out_dir / "x.mp4", "--profile", "me", "--backend", "torch")
+        assert_clear_error(code, err, f"{path} {said}")
+        assert listing(out_dir) == set()
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("audio_lead_s", [0.0, 0.25])
+def test_video_keeps_a_click_and_a_flash_together(in_state, tmp_path, capsys, audio_lead_s):
+    """Issue 23: lips and voice stay together in a recording. A clapperboard: a white frame and a click at its
+    time, in a clip whose sound starts with its picture, and in one whose sound starts 0.25 s before it."""
+    clip = write_flash_and_click(tmp_path / "clap.mp4", face_frames_of(CLIP_FRAMES), fps=CLIP_FPS, flash=6,
+                                 audio_lead_s=audio_lead_s)
+    flash_in, click_in = flash_and_click_times(clip)
+    assert abs(click_in - flash_in) < 0.005  # the clip is what it says
+    out_path = tmp_path / "clap.restored.mp4"
+    code, _, err = run(capsys, "video", clip, "-o", out_path, "--profile", "me", "--backend", "torch")
+    assert code == 0, err
+    flash, click = flash_and_click_times(out_path)
+    assert abs(click - flash) <= 1 / CLIP_FPS  # within one frame, decoded from the output as a player would
+    assert flash == pytest.approx(flash_in, abs=1e-3) and click == pytest.approx(click_in, abs=1e-3)

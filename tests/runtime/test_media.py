@@ -3,6 +3,7 @@
 out (rotation, containers, codecs, damaged inputs, failed writes), the camera source and the virtual camera sink."""
 
 import os
+import re
 from fractions import Fraction
 
 import cv2
@@ -32,6 +33,12 @@ from instantrestore.runtime.pipeline import run_file, run_live
 
 from tests.support.media_helpers import (
     BrokenVirtualCamera,
+    audio_packets,
+    cut_off,
+    stream_kinds,
+    subtitle_cues,
+    write_matroska,
+    write_webcam_avi,
     FakeCamera,
     FakeVideoCapture,
     FaultyCamera,
@@ -215,6 +222,136 @@ def test_unreadable_and_truncated_files_raise_media_error(face_clip, tmp_path):
     with pytest.raises(MediaError) as error:
         list(FileSource(cut_streaming))
     assert "\n" not in str(error.value)
+
+
+# ---------------------------------------------------------------- recordings as cameras and phones write them
+
+
+def small_faces(count=4, size=(160, 120)):
+    return [placed_face(size, 0.22, (20.0 + 2 * index, 5.0))[0] for index in range(count)]
+
+
+def copy_through(source, out_path):
+    """The frames of `source` written unchanged into a FileSink like it; the sink's notes."""
+    sink = FileSink(out_path, like=source)
+    with sink:
+        for item in source:
+            sink.write(item.image, item.time)
+    return sink.notes
+
+
+def audio_layouts(path):
+    import av
+
+    with av.open(str(path)) as container:
+        return [stream.layout.name for stream in container.streams.audio]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".mkv", ".avi"])
+def test_a_webcam_avi_with_pcm_sound_goes_into_every_container(tmp_path, suffix):
+    """MJPEG + PCM that has only a channel count: the MP4 writer used to refuse it when the file was finished."""
+    clip = write_webcam_avi(tmp_path / "cam.avi", small_faces(4))
+    source = FileSource(clip)
+    out_path = tmp_path / f"out{suffix}"
+    notes = copy_through(source, out_path)
+    assert stream_info(out_path)["frames"] == 4
+    assert [payload for payload, _, _ in audio_packets(out_path)] == [payload for payload, _, _ in audio_packets(clip)]
+    if suffix in (".mp4", ".mov"):  # Matroska and AVI store a count only, as the input did
+        assert audio_layouts(out_path) == ["stereo"]  # the layout 2 channels imply
+    assert notes == ["cam.avi's pixels are yuvj420p (8-bit 4:2:0, full range); the restored copy's are yuv420p "
+                     "(8-bit 4:2:0)"]
+    assert sorted(os.listdir(tmp_path)) == sorted(["cam.avi", out_path.name])
+
+
+def test_a_sound_track_the_output_cannot_hold_is_refused_before_any_frame(tmp_path):
+    webcam = FileSource(write_webcam_avi(tmp_path / "cheap.avi", small_faces(3), channels=1, sample_format="u8"))
+    with pytest.raises(MediaError, match=r"cheap.avi's audio stream #1 \(pcm_u8\) cannot be written into a .mp4 file "
+                                         r"\(.*\); write a .mkv"):
+        FileSink(tmp_path / "out.mp4", like=webcam)
+    # Opus in MOV: accepted stream by stream, refused only when the file is finished (FFmpeg's "Invalid argument")
+    phone = FileSource(write_matroska(tmp_path / "call.webm", small_faces(3), codec="libvpx-vp9", sound="opus"))
+    with pytest.raises(MediaError, match=r"call.webm's audio stream #1 \(opus\) cannot be written into a .mov file"):
+        FileSink(tmp_path / "out.mov", like=phone)
+    assert sorted(os.listdir(tmp_path)) == ["call.webm", "cheap.avi"]
+    assert copy_through(phone, tmp_path / "out.mp4") == [] and stream_info(tmp_path / "out.mp4")["audio_streams"] == 1
+
+
+@pytest.mark.parametrize("name, codec, sound", [("rec.mkv", "libx264", "aac"), ("rec.webm", "libvpx-vp9", "opus")])
+def test_a_cut_off_matroska_or_webm_is_refused_saying_what_is_missing(tmp_path, name, codec, sound):
+    """Matroska declares no frame count, only a duration: a cut file used to come out shorter without a word."""
+    whole = write_matroska(tmp_path / name, small_faces(25), fps=25, codec=codec, sound=sound)
+    assert FileSource(whole).frame_count == 25  # the whole file passes
+    cut = cut_off(whole, tmp_path / f"cut-{name}", 0.9)
+    with pytest.raises(MediaError) as error:
+        FileSource(cut)
+    message = str(error.value)
+    assert message.startswith(f"cut-{name} is truncated: it holds ") and "of the 1.00 s it declares" in message
+    held = float(message.split("it holds ")[1].split(" s")[0])
+    assert 0.0 < held < 0.96 and f"{1.0 - held:.2f} s, about {int(round((1.0 - held) * 25))} frames, missing" in message
+
+
+def test_a_live_matroska_that_declares_no_duration_is_taken_as_it_is(tmp_path):
+    """Browsers and live encoders write WebM without a duration: nothing to compare with, nothing refused."""
+    import av
+
+    with av.open(str(tmp_path / "live.webm"), "w", options={"live": "1"}) as container:
+        video = container.add_stream("libvpx-vp9", rate=25)
+        video.width, video.height, video.pix_fmt = 160, 120, "yuv420p"
+        for frame in small_faces(5):
+            for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode(None):
+            container.mux(packet)
+    assert len(list(FileSource(tmp_path / "live.webm"))) == 5
+
+
+def test_subtitles_are_copied_converted_or_said_to_be_left_out(tmp_path):
+    cues = [(0.04, 0.2, "Hello there"), (0.2, 0.36, "Second line")]
+    source = FileSource(write_matroska(tmp_path / "film.mkv", small_faces(10), subtitles=cues))
+    _, written = subtitle_cues(source.path)
+    assert written == cues
+    assert copy_through(source, tmp_path / "out.mkv") == []
+    assert subtitle_cues(tmp_path / "out.mkv") == ("srt", cues)  # copied
+    assert copy_through(source, tmp_path / "out.mp4") == []
+    assert subtitle_cues(tmp_path / "out.mp4") == ("mov_text", cues)  # MP4's own text track
+    assert copy_through(FileSource(tmp_path / "out.mp4"), tmp_path / "back.mkv") == []
+    assert subtitle_cues(tmp_path / "back.mkv") == ("srt", cues)  # and back
+    notes = copy_through(source, tmp_path / "out.avi")
+    assert notes == ["film.mkv's subtitle stream #2 (srt) cannot go into a .avi file; it is left out (a .mkv "
+                     "output keeps it)"]
+    assert [kind for kind, _ in stream_kinds(tmp_path / "out.avi")] == ["video", "audio"]
+
+
+def test_an_empty_sound_track_and_a_change_of_pixel_format_are_said(tmp_path):
+    source = FileSource(write_matroska(tmp_path / "ten.mkv", small_faces(3), pix_fmt="yuv420p10le", sound="empty"))
+    assert source.pixel_format == "yuv420p10le"
+    notes = copy_through(source, tmp_path / "out.mp4")
+    assert notes == ["ten.mkv's audio stream #1 (aac) is empty (no sound in it); the restored copy has no such track",
+                     "ten.mkv's pixels are yuv420p10le (10-bit 4:2:0); the restored copy's are yuv420p (8-bit 4:2:0)"]
+    assert stream_kinds(tmp_path / "out.mp4") == [("video", "h264")]
+    plain = FileSource(write_clip(tmp_path / "plain.mp4", small_faces(3)))
+    assert copy_through(plain, tmp_path / "plain-out.mp4") == []  # 8-bit 4:2:0 in and out: nothing to say
+
+
+def test_a_fifo_a_device_and_a_folder_are_named_not_opened(tmp_path):
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)  # opening it would wait for a writer: the test would hang
+    for path, said in ((fifo, "is a FIFO (named pipe), not a video file"),
+                       ("/dev/zero", "is a device, not a video file"),
+                       (tmp_path, "is a folder, not a video file"), (tmp_path / "none.mp4", "video file not found")):
+        with pytest.raises(MediaError, match=re.escape(said)):
+            FileSource(path)
+
+
+def test_a_failure_when_finishing_names_the_output_not_the_temp_file(face_clip, tmp_path):
+    out_path = tmp_path / "out.mp4"
+    sink = FileSink(out_path, like=FileSource(face_clip))
+    sink.write(np.zeros((240, 320, 3), np.uint8))
+    sink.temp_path.unlink()  # gone from under us (a cleaner, another program)
+    with pytest.raises(MediaError) as error:
+        sink.close()
+    assert str(out_path) in str(error.value) and ".partial" not in str(error.value) and "\n" not in str(error.value)
+    assert os.listdir(tmp_path) == []
 
 
 # ---------------------------------------------------------------- camera source

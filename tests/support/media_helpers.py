@@ -333,3 +333,180 @@ class FailingRestore:
         if self.calls >= self.fail_at:
             raise RuntimeError("restorer failed on purpose")
         return 255 - batch
+
+
+# ----------------------------------------------------------------- recordings as cameras and phones write them
+
+
+def write_webcam_avi(path, frames, fps=25, channels=2, sample_rate=16000, sample_format="s16"):
+    """An AVI as webcams and dashcams record it: MJPEG picture (full-range yuvj420p) and PCM sound (s16le by
+    default; u8 as some cheap cameras write) of the same length, a 440 Hz tone. The AVI reader gives the PCM
+    only its channel count ("2 channels"), no layout."""
+    codec = {"s16": "pcm_s16le", "u8": "pcm_u8"}[sample_format]
+    layout = "stereo" if channels == 2 else "mono"
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mjpeg", rate=Fraction(fps))
+        video.width, video.height, video.pix_fmt = width, height, "yuvj420p"
+        sound = container.add_stream(codec, rate=sample_rate)
+        sound.layout, sound.format = layout, sample_format
+        for frame in frames:
+            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            for packet in video.encode(picture.reformat(format="yuvj420p")):
+                container.mux(packet)
+        for packet in video.encode(None):
+            container.mux(packet)
+        total = int(round(sample_rate * len(frames) / fps))
+        tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(total) / sample_rate)
+        samples = (tone * 32767).astype(np.int16) if sample_format == "s16" else (128 + tone * 127).astype(np.uint8)
+        interleaved = np.repeat(samples[:, None], channels, axis=1).reshape(1, -1)
+        chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(interleaved), format=sample_format, layout=layout)
+        chunk.sample_rate, chunk.pts = sample_rate, 0
+        for packet in sound.encode(chunk):
+            container.mux(packet)
+        for packet in sound.encode(None):
+            container.mux(packet)
+    return path
+
+
+def write_matroska(path, frames, fps=25, codec="libx264", pix_fmt="yuv420p", sound="aac", subtitles=None):
+    """A Matroska (or, by its name, WebM) recording with the frames, and: sound (an AAC or Opus tone of the same
+    length; "empty": an AAC track with no packets; None: no track) and subtitles (a list of (start_s, end_s,
+    text), muxed as SubRip through FFmpeg's own .srt reader, as a player or mkvmerge would find them)."""
+    fps = Fraction(fps)
+    height, width = frames[0].shape[:2]
+    srt = None
+    if subtitles:
+        def stamp(seconds):
+            millis = int(round(seconds * 1000))
+            return f"{millis // 3600000:02d}:{millis // 60000 % 60:02d}:{millis // 1000 % 60:02d},{millis % 1000:03d}"
+        srt_path = f"{path}.srt"
+        with open(srt_path, "w", encoding="utf-8") as handle:
+            for number, (start, end, text) in enumerate(subtitles, 1):
+                handle.write(f"{number}\n{stamp(start)} --> {stamp(end)}\n{text}\n\n")
+        srt = av.open(srt_path)
+    try:
+        with av.open(str(path), "w") as container:
+            video = container.add_stream(codec, rate=fps)
+            video.width, video.height, video.pix_fmt = width, height, pix_fmt
+            if codec == "libx264":
+                video.options = {"crf": "12", "preset": "ultrafast"}
+            audio = None
+            if sound:
+                audio = container.add_stream("libopus" if sound == "opus" else "aac", rate=48000)
+                audio.layout = "mono"
+            text_stream = container.add_stream_from_template(srt.streams.subtitles[0]) if srt else None
+            for frame in frames:
+                for packet in video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                    container.mux(packet)
+            for packet in video.encode(None):
+                container.mux(packet)
+            if sound in ("aac", "opus"):
+                total = int(round(48000 * len(frames) / fps))
+                tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(total) / 48000)).astype(np.float32)
+                step = 960
+                for start in range(0, total, step):
+                    chunk = av.AudioFrame.from_ndarray(tone[None, start: start + step], format="fltp", layout="mono")
+                    chunk.sample_rate, chunk.pts = 48000, start
+                    for packet in audio.encode(chunk):
+                        container.mux(packet)
+                for packet in audio.encode(None):
+                    container.mux(packet)
+            if srt:
+                for packet in srt.demux(srt.streams.subtitles[0]):
+                    if packet.size:
+                        packet.stream = text_stream
+                        container.mux(packet)
+    finally:
+        if srt:
+            srt.close()
+    return path
+
+
+def cut_off(path, out_path, fraction):
+    """The first `fraction` of a file's bytes: a recording interrupted, a download that did not finish."""
+    data = open(path, "rb").read()
+    with open(out_path, "wb") as handle:
+        handle.write(data[: int(len(data) * fraction)])
+    return out_path
+
+
+def subtitle_cues(path) -> list:
+    """(codec, [(start_s, end_s, text), ...]) of a file's first subtitle track, decoded by FFmpeg; times from
+    the first frame of the picture, as a viewer sees them (a muxer may shift every track alike)."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        picture_starts = float((video.start_time or 0) * video.time_base)
+        stream = container.streams.subtitles[0]
+        cues = []
+        for packet in container.demux(stream):
+            if not packet.size:
+                continue
+            decoded = stream.codec_context.decode2(packet)
+            for cue in decoded or ():
+                text = cue.ass.decode().split(",", 8)[-1]  # ASS dialogue: the text is the last field
+                start = float(packet.pts * packet.time_base) - picture_starts
+                cues.append((round(start, 3), round(start + float(packet.duration * packet.time_base), 3), text))
+        return stream.codec_context.name, cues
+
+
+def stream_kinds(path) -> list:
+    """(type, codec name) of every stream of a file, in order."""
+    with av.open(str(path)) as container:
+        return [(stream.type, stream.codec_context.name if stream.codec_context else None)
+                for stream in container.streams]
+
+
+# ------------------------------------------------------------------- sound and picture together (lip sync)
+
+
+def write_flash_and_click(path, frames, fps=25, flash=6, audio_lead_s=0.0, sample_rate=44100):
+    """An MP4 clip whose frame `flash` is white and whose AAC sound (mono, silent otherwise) has a click at that
+    frame's time: the clapperboard of film sets. With audio_lead_s the sound starts that long before the
+    picture (the video track's first time is audio_lead_s), as cameras that start recording sound first write."""
+    fps = Fraction(fps)
+    frames = [np.ascontiguousarray(frame) for frame in frames]
+    frames[flash] = np.full_like(frames[flash], 255)
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.options = {"crf": "12", "preset": "ultrafast"}
+        sound = container.add_stream("aac", rate=sample_rate)
+        sound.layout = "mono"
+        lead = int(round(audio_lead_s * fps))  # in frames: the video track's time base is one frame
+        assert lead == audio_lead_s * fps, "audio_lead_s must be a whole number of frames"
+        for index, frame in enumerate(frames):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            picture.pts, picture.time_base = lead + index, 1 / fps
+            for packet in video.encode(picture):
+                container.mux(packet)
+        for packet in video.encode(None):
+            container.mux(packet)
+        total = int(round(sample_rate * (audio_lead_s + len(frames) / fps)))
+        samples = np.zeros(total, np.float32)
+        click = int(round(sample_rate * (audio_lead_s + flash / fps)))
+        samples[click: click + 32] = 0.9  # a short square pulse: its onset survives AAC
+        for start in range(0, total, 1024):
+            chunk = av.AudioFrame.from_ndarray(samples[None, start: start + 1024], format="fltp", layout="mono")
+            chunk.sample_rate, chunk.pts = sample_rate, start
+            for packet in sound.encode(chunk):
+                container.mux(packet)
+        for packet in sound.encode(None):
+            container.mux(packet)
+    return path
+
+
+def flash_and_click_times(path) -> tuple:
+    """(flash_s, click_s) in a file, on the timeline both tracks share (each frame's and sample's own time, as
+    a player schedules them): the first frame that is nearly white, the first sample loud enough to be the click."""
+    with av.open(str(path)) as container:
+        flash = next(float(frame.time) for frame in container.decode(video=0)
+                     if frame.to_ndarray(format="rgb24").mean() > 200)
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            samples = np.abs(frame.to_ndarray()[0])
+            loud = np.flatnonzero(samples > 0.3)
+            if loud.size:
+                return flash, float(frame.time) + loud[0] / frame.sample_rate
+    raise AssertionError(f"no click in {path}")
