@@ -133,6 +133,8 @@ def with_names(message: str, shown_names: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------ sessions
 
+MAX_SESSIONS = 64
+
 
 class Session:
     """One browser session's jobs and webcam photos."""
@@ -149,6 +151,10 @@ class Session:
         if self._shots_dir is None:
             self._shots_dir = Path(tempfile.mkdtemp(prefix="shots-", dir=self._temp_dir))
         return self._shots_dir
+
+    @property
+    def busy(self) -> bool:
+        return any(job is not None and job.running for job in (self.live, self.recording))
 
     def stop_live(self) -> None:
         if self.live is not None and self.live.running:
@@ -176,11 +182,28 @@ class Panel:
         self._lock = threading.Lock()
 
     def session(self, request) -> Session:
+        """The calling browser session's own Session, kept from now on (it starts a job or takes a photo)."""
         key = getattr(request, "session_hash", None) or ""
         with self._lock:
             if key not in self.sessions:
+                self._forget_idle()
                 self.sessions[key] = Session(self.temp_dir)
             return self.sessions[key]
+
+    def find(self, request) -> Session:
+        """The calling session's Session to look at (progress, cancel, stop): an empty one, not kept, when it has
+        none yet, so polling never adds sessions."""
+        with self._lock:
+            return self.sessions.get(getattr(request, "session_hash", None) or "") or Session(self.temp_dir)
+
+    def _forget_idle(self) -> None:
+        """Past MAX_SESSIONS, the sessions with nothing running are dropped (tabs whose close went unnoticed)."""
+        if len(self.sessions) < MAX_SESSIONS:
+            return
+        for key, session in list(self.sessions.items()):
+            if not session.busy:
+                session.forget_shots()
+                del self.sessions[key]
 
     def end_session(self, request) -> None:
         """The tab closed: its camera is released; a recording being restored finishes into the outputs folder."""

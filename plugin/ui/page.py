@@ -126,7 +126,8 @@ def build(panel: Panel):
     def strength_slider(elem_id: str):
         return gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength (--blend)", elem_id=elem_id)
 
-    with gr.Blocks(title="InstantRestore Live", analytics_enabled=False) as demo:
+    # uploads and thumbnails older than a day go hourly (a panel left running for weeks); the rest on stop
+    with gr.Blocks(title="InstantRestore Live", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         gr.Markdown("# InstantRestore Live\nYour face, restored with your own photos: enroll once, then go live or "
                     "restore a recording.")
         with gr.Tabs():
@@ -290,7 +291,7 @@ def build(panel: Panel):
             return "starting...", gr.Timer(active=True), ""
 
         def on_stop(request: gr.Request):
-            session = panel.session(request)
+            session = panel.find(request)
             if session.live is None or not session.live.running:
                 return "not live", gr.update()
             session.stop_live()
@@ -310,7 +311,7 @@ def build(panel: Panel):
             return job.lines[-1] if job.lines else "starting..."
 
         def on_live_tick(with_raw, request: gr.Request):
-            job = panel.session(request).live
+            job = panel.find(request).live
             if job is None:
                 return gr.update(), "", "", gr.Timer(active=False)
             image = gr.update()
@@ -321,14 +322,14 @@ def build(panel: Panel):
             return image, stats, live_line(job), gr.Timer(active=job.running)
 
         def on_strength(blend, request: gr.Request):
-            job = panel.session(request).live
+            job = panel.find(request).live
             if job is not None and job.running:
                 job.control.set_blend(float(blend))
                 return f"strength {blend:.2f} (applied now)"
             return gr.update()
 
         def on_live_profile(profile_names, request: gr.Request):
-            job = panel.session(request).live
+            job = panel.find(request).live
             if job is None or not job.running or not profile_names:
                 return gr.update()
             try:
@@ -339,7 +340,7 @@ def build(panel: Panel):
                 return error_line(error)
 
         def needs_restart(request: gr.Request):
-            job = panel.session(request).live
+            job = panel.find(request).live
             if job is not None and job.running:
                 return "this takes effect after a restart: Stop, then Start"
             return gr.update()
@@ -385,7 +386,7 @@ def build(panel: Panel):
             return "starting...", None, gr.Timer(active=True)
 
         def on_cancel(request: gr.Request):
-            job = panel.session(request).recording
+            job = panel.find(request).recording
             if job is None or not job.running:
                 return "nothing to cancel"
             job.cancel.set()
@@ -395,7 +396,7 @@ def build(panel: Panel):
             return job.error or "cancelled"
 
         def on_rec_tick(request: gr.Request):
-            job = panel.session(request).recording
+            job = panel.find(request).recording
             if job is None:
                 return gr.update(), "", gr.update(), gr.update(), gr.Timer(active=False)
             image = side_by_side(*job.latest) if job.latest is not None else gr.update()
