@@ -24,6 +24,7 @@ def error_line(error: BaseException) -> str:
 
     return cli_error_line(error)
 
+
 # ------------------------------------------------------------------------------------------------ jobs on threads
 
 
@@ -121,8 +122,6 @@ class RecordingJob(Job):
                 f"about {clock(left)} left")
 
 
-
-
 def with_names(message: str, shown_names: dict) -> str:
     """The message with each server path replaced by the name the user gave it (an upload's temp path by the
     file they picked)."""
@@ -213,8 +212,8 @@ class Panel:
             return
         session.stop_live()
         session.forget_shots()
-        if session.recording is not None and session.recording.running:
-            self.leftover.append(session)
+        with self._lock:
+            self.leftover = [other for other in self.leftover + [session] if other.busy]
 
     def close(self) -> None:
         with self._lock:

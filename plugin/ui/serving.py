@@ -5,6 +5,7 @@ temporary folder, and the web server itself on a port that is checked before any
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import ipaddress
 import os
 import secrets
@@ -25,6 +26,7 @@ USER_ENV = "INSTANTRESTORE_UI_USER"
 DEFAULT_USER = "instantrestore"
 INSECURE_FLAG = "--insecure-no-auth"
 START_TIMEOUT_S = 60.0
+WRONG_PASSWORD_DELAY_S = 1.0
 
 
 def is_loopback(host: str) -> bool:
@@ -53,6 +55,27 @@ def credentials(host: str, insecure_no_auth: bool, environ=os.environ) -> tuple[
     if is_loopback(host) or insecure_no_auth:
         return None, False
     return (user, secrets.token_urlsafe(12)), True
+
+
+def password_check(user: str, password: str):
+    """Gradio's `auth` as an async function (Gradio awaits only a real coroutine function): the user and password
+    compared in constant time, and each wrong try costs a second, one at a time across all requests, so a
+    password cannot be found by trying many."""
+    import asyncio
+
+    failures = []  # the asyncio.Lock, made in the server's event loop
+
+    async def check(given_user: str, given_password: str) -> bool:
+        right = hmac.compare_digest(given_user.encode(), user.encode())
+        right &= hmac.compare_digest(given_password.encode(), password.encode())
+        if not right:
+            if not failures:
+                failures.append(asyncio.Lock())
+            async with failures[0]:
+                await asyncio.sleep(WRONG_PASSWORD_DELAY_S)
+        return right
+
+    return check
 
 
 def machine_names() -> set:
@@ -232,7 +255,8 @@ def serve(demo, sock: socket.socket, names, auth, allowed_paths, url: str) -> Se
 
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.add_middleware(ServedOnly, names=names)
-    gradio.mount_gradio_app(app, demo, path="/", auth=auth, allowed_paths=allowed_paths, show_error=True,
+    check = password_check(*auth) if auth is not None else None
+    gradio.mount_gradio_app(app, demo, path="/", auth=check, allowed_paths=allowed_paths, show_error=True,
                             footer_links=["gradio", "settings"])
     host, port = sock.getsockname()[:2]
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))

@@ -207,8 +207,11 @@ def test_off_loopback_a_password_is_made_up_printed_once_and_required(network_pa
     assert request(port, "POST", "/gradio_api/upload", {"Content-Type": "multipart/form-data; boundary=x"},
                    "--x--\r\n")[0] == 401
     # a wrong password is refused; the printed one works
-    bad = urllib.parse.urlencode({"username": "instantrestore", "password": password + "x"})
-    assert request(port, "POST", "/login", {"Content-Type": "application/x-www-form-urlencoded"}, bad)[0] == 400
+    for user, given in (("instantrestore", password + "x"), ("instantrestore", ""), ("admin", password)):
+        form = urllib.parse.urlencode({"username": user, "password": given})
+        status, headers, _ = request(port, "POST", "/login", {"Content-Type": "application/x-www-form-urlencoded"},
+                                     form)
+        assert status in (400, 422) and not headers["set-cookie"], (user, given, status)  # 422: empty
     cookie = login(port, "instantrestore", password)
     assert request(port, "GET", "/config", cookie)[0] == 200
     # and off loopback no server path is allowed unless the user says so
