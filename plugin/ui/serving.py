@@ -153,7 +153,11 @@ def allowed_dirs(host: str, given) -> list:
     """The folders whose files the panel may open by a path typed into it: those given; with none, the home
     folder on loopback and nothing off it. Symlinks resolved, so a check compares real locations."""
     if given:
-        return [Path(os.path.realpath(Path(folder).expanduser())) for folder in given]
+        folders = [Path(os.path.realpath(Path(folder).expanduser())) for folder in given]
+        for text, folder in zip(given, folders):
+            if not folder.is_dir():
+                raise PluginError(f"--allow-dir {text}: not a folder")
+        return folders
     return [Path(os.path.realpath(Path.home()))] if is_loopback(host) else []
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from instantrestore.plugin import home
 from instantrestore.plugin.cli import main
+from instantrestore.runtime.errors import InstantRestoreError
 
 from tests.support.media_helpers import (
     RecordingVirtualCamera,
@@ -89,6 +90,9 @@ def test_who_may_use_the_panel_and_what_it_may_open_by_address():
                                                                                                       False)
     assert serving.allowed_dirs("127.0.0.1", []) == [Path.home().resolve()]
     assert serving.allowed_dirs("0.0.0.0", []) == []
+    assert serving.allowed_dirs("0.0.0.0", ["~"]) == [Path.home().resolve()]
+    with pytest.raises(InstantRestoreError, match="^--allow-dir /no/such/folder: not a folder$"):
+        serving.allowed_dirs("127.0.0.1", ["/no/such/folder"])
     assert serving.served_names("127.0.0.1") == {"127.0.0.1", "localhost", "::1"}
     assert serving.served_names("192.168.1.5", ["panel.lan"]) == {"192.168.1.5", "panel.lan"}
     assert {"localhost", socket.gethostname().lower()} <= serving.served_names("0.0.0.0")

@@ -254,6 +254,36 @@ def test_requests_from_another_origin_are_refused_and_never_allowed_by_cors(loca
         assert status == 200 and headers.get("access-control-allow-origin") in (None, f"http://{name}:{port}")
 
 
+@pytest.mark.browser
+def test_in_the_browser_the_page_asks_for_the_password_then_shows_the_panel(local_panel, tmp_path):
+    from tests.plugin.test_ui import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS, _browser_missing
+
+    if _browser_missing():
+        pytest.skip(_browser_missing())
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    chrome = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    body = lambda: chrome.find_element("tag name", "body").text  # noqa: E731
+    try:
+        chrome.set_page_load_timeout(60)
+        chrome.get(f"http://localhost:{local_panel.port}/")
+        fields = WebDriverWait(chrome, 60).until(lambda _: chrome.find_elements("css selector", "input"))
+        assert "Enroll" not in body()  # nothing of the panel before signing in
+        fields[0].send_keys("instantrestore")
+        fields[1].send_keys(PASSWORD)
+        chrome.find_elements("css selector", "button")[-1].click()
+        WebDriverWait(chrome, 60).until(lambda _: "Recordings" in body())
+        assert "Give 1 to 8 photos of your face" in body()
+    finally:
+        chrome.quit()
+
+
 # ------------------------------------------------------------------------------------------------ what it may open
 
 
