@@ -166,8 +166,8 @@ def has_control_characters(text: str) -> bool:
 
 
 def check_server_path(text: str, allowed) -> Path:
-    """The real path of a file typed into the panel, if it lies under an allowed folder. The refusal is the same
-    whether or not the path exists: it is decided before the file system is asked anything about it."""
+    """The real path (symlinks resolved) of a file typed into the panel, if it lies under an allowed folder. Any
+    path outside gets the same words, whether it exists, is missing or is a symlink out: nothing about it is told."""
     if has_control_characters(text):
         raise PluginError(f"{text!r}: not a path (it holds control characters)")
     if not allowed:
