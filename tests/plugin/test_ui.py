@@ -18,6 +18,7 @@ from PIL import Image
 
 from instantrestore.plugin import home
 from instantrestore.plugin.cli import main
+from instantrestore.runtime.errors import InstantRestoreError
 
 from tests.support.media_helpers import (
     RecordingVirtualCamera,
@@ -75,19 +76,27 @@ def test_ui_help_and_the_install_hint_without_gradio(monkeypatch, capsys):
                                                'from a checkout: pip install -e ".[ui]"')
 
 
-def test_ui_serves_on_localhost_unless_host_is_given_and_then_warns(monkeypatch, capsys):
-    pytest.importorskip("gradio", reason="gradio is not installed (pip install -e '.[dev]')")
-    from instantrestore.plugin import ui
+def test_who_may_use_the_panel_and_what_it_may_open_by_address():
+    """The decisions behind `ui --host`: test_ui_security.py runs them through the real command over HTTP."""
+    from instantrestore.plugin.ui import serving
 
-    calls = []
-    monkeypatch.setattr(ui, "launch", lambda panel, host, port, open_browser, block:
-                        calls.append((host, port, open_browser)))
-    assert main(["ui", "--no-browser"]) == 0
-    assert "warning" not in capsys.readouterr().err
-    assert main(["ui", "--host", "0.0.0.0", "--port", "7870"]) == 0
-    err = capsys.readouterr().err
-    assert "warning: serving on 0.0.0.0: anyone who can reach this address sees your camera and your photos" in err
-    assert calls == [("127.0.0.1", 7860, False), ("0.0.0.0", 7870, True)]
+    assert serving.credentials("127.0.0.1", False, {}) == (None, False)  # loopback: no password by default
+    assert serving.credentials("localhost", False, {serving.PASSWORD_ENV: "pw"}) == (("instantrestore", "pw"), False)
+    (user, made_up), fresh = serving.credentials("0.0.0.0", False, {})
+    assert user == "instantrestore" and len(made_up) >= 16 and fresh
+    assert serving.credentials("0.0.0.0", False, {})[0][1] != made_up  # a new one each run
+    assert serving.credentials("192.168.1.5", True, {}) == (None, False)  # only with the explicit opt-out
+    assert serving.credentials("::", False, {serving.USER_ENV: "me", serving.PASSWORD_ENV: "x"}) == (("me", "x"),
+                                                                                                      False)
+    assert serving.allowed_dirs("127.0.0.1", []) == [Path.home().resolve()]
+    assert serving.allowed_dirs("0.0.0.0", []) == []
+    assert serving.allowed_dirs("0.0.0.0", ["~"]) == [Path.home().resolve()]
+    with pytest.raises(InstantRestoreError, match="^--allow-dir /no/such/folder: not a folder$"):
+        serving.allowed_dirs("127.0.0.1", ["/no/such/folder"])
+    assert serving.served_names("127.0.0.1") == {"127.0.0.1", "localhost", "::1"}
+    assert serving.served_names("192.168.1.5", ["panel.lan"]) == {"192.168.1.5", "panel.lan"}
+    assert {"localhost", socket.gethostname().lower()} <= serving.served_names("0.0.0.0")
+    assert [serving.host_name(h) for h in ("a.b:80", "[::1]:7860", "::1", "X")] == ["a.b", "::1", "::1", "x"]
 
 
 # ------------------------------------------------------------------------------------------------ browser fixtures
@@ -126,22 +135,29 @@ def panel_home(tmp_path_factory, tiny_bundle):
 
 
 @pytest.fixture(scope="module")
-def server(panel_home):
+def server(panel_home, media, tmp_path_factory):
     import torch
 
     from instantrestore.plugin import ui
 
     before = torch.get_num_threads()
     pyvirtualcam.register_backend("recording", RecordingVirtualCamera)
-    panel = ui.Panel()
+    panel = ui.Panel(tmp_path_factory.mktemp("panel-temp"), [media["camera"].parent.resolve()])
     port = free_port()
-    demo = ui.launch(panel, port=port, open_browser=False, block=False)
-    assert demo.server_name == "127.0.0.1" and not demo.share and demo.share_url is None  # private by default
-    yield {"url": f"http://127.0.0.1:{port}/", "panel": panel, "demo": demo}
+    served = ui.launch(panel, port=port)
+    assert served.sock.getsockname()[0] == "127.0.0.1"  # private by default, and no share link is ever made
+    yield {"url": f"http://127.0.0.1:{port}/", "panel": panel, "served": served}
     panel.close()
-    demo.close()
+    served.close()
     pyvirtualcam.camera.BACKENDS.pop("recording", None)
     torch.set_num_threads(before)
+
+
+def live_job(panel):
+    """The live job of the browser's session (the page's only one)."""
+    jobs = [session.live for session in list(panel.sessions.values()) if session.live is not None]
+    assert len(jobs) == 1, jobs
+    return jobs[0]
 
 
 @pytest.fixture(scope="module")
@@ -229,10 +245,11 @@ def screenshot(driver, folder, name):
 
 def test_cancel_leaves_no_partial_file(panel_home, media, selfies_profile):
     from instantrestore.plugin import ui
+    from instantrestore.plugin.video import VideoOptions
 
     ui.outputs_dir().mkdir(parents=True, exist_ok=True)
-    job = ui.RecordingJob(ui.VideoOptions(media["clip"], ui.outputs_dir() / "cancelled.mp4", selfies_profile,
-                                          blend=1.0, overwrite=False))
+    job = ui.RecordingJob(VideoOptions(media["clip"], ui.outputs_dir() / "cancelled.mp4", selfies_profile,
+                                       blend=1.0, overwrite=False))
     job.cancel.set()  # taken at the first written frame
     job.join(timeout=240)
     assert job.error == "cancelled; nothing was written"
@@ -367,11 +384,12 @@ def test_go_live_on_a_clip_see_preview_and_counters_move_then_stop(server, drive
     RecordingVirtualCamera.instances.clear()  # other modules' cameras
     driver.get(server["url"])
     open_tab(driver, "Live")
-    type_into(driver, "live-file", "/no/such/camera.mp4")
+    type_into(driver, "live-file", "/no/such/camera.mp4")  # outside the folders the panel may open
     click(driver, "live-start")
     wait_for(driver, lambda: "error" in text(driver, "live-status"), what="the bad input's error")
-    assert text(driver, "live-status") == ("instantrestore: error: --input /no/such/camera.mp4: no such camera index, "
-                                           "device or video file")
+    assert text(driver, "live-status") == (f"instantrestore: error: the panel only opens files under "
+                                           f"{media['camera'].parent.resolve()}: give a full path there, or start it "
+                                           f"with --allow-dir DIR")
     assert not RecordingVirtualCamera.instances  # nothing opened
 
     type_into(driver, "live-file", media["camera"])
@@ -401,18 +419,18 @@ def test_go_live_on_a_clip_see_preview_and_counters_move_then_stop(server, drive
     box.clear()
     box.send_keys("0.5\n")
     wait_for(driver, lambda: "strength 0.50 (applied now)" in text(driver, "live-settings"), what="the new strength")
-    assert server["panel"].live.control.pipeline.compositor.blend == 0.5
+    assert live_job(server["panel"]).control.pipeline.compositor.blend == 0.5
     # and so does the profile
-    restore_before = server["panel"].live.control.pipeline.restore
+    restore_before = live_job(server["panel"]).control.pipeline.restore
     pick = element(driver, "live-profile").find_element("css selector", "input")
     pick.click()
     pick.send_keys(second_profile, Keys.ENTER)  # a second person beside the first
     wait_for(driver, lambda: f"'{second_profile}' (applied now)" in text(driver, "live-settings"),
              what="the new profile")
     assert text(driver, "live-settings").startswith("profiles ")
-    assert server["panel"].live.control.pipeline.restore is not restore_before
-    assert second_profile in server["panel"].live.control.pipeline.restore
-    assert len(server["panel"].live.control.pipeline.restore) == 2
+    assert live_job(server["panel"]).control.pipeline.restore is not restore_before
+    assert second_profile in live_job(server["panel"]).control.pipeline.restore
+    assert len(live_job(server["panel"]).control.pipeline.restore) == 2
     type_into(driver, "live-file", str(media["camera"]) + " ")
     wait_for(driver, lambda: "after a restart" in text(driver, "live-settings"), what="the restart note")
 
@@ -421,15 +439,16 @@ def test_go_live_on_a_clip_see_preview_and_counters_move_then_stop(server, drive
     assert text(driver, "live-status").startswith("stopped (user): ")  # not the end of the clip
     (camera,) = RecordingVirtualCamera.instances
     assert camera.closed and len(camera.frames) >= first
-    assert not server["panel"].live.running
+    assert not live_job(server["panel"]).running
 
     # closing the tab while live releases the camera too
     type_into(driver, "live-file", media["camera"])
     click(driver, "live-start")
     wait_for(driver, lambda: "recording-virtual-camera" in text(driver, "live-status"), what="going live again")
+    job = live_job(server["panel"])
     driver.get("about:blank")
-    wait_for(driver, lambda: not server["panel"].live.running, what="the camera to be released")
-    assert any(line.startswith("stopped (user): ") for line in server["panel"].live.lines)
+    wait_for(driver, lambda: not job.running, what="the camera to be released")
+    assert any(line.startswith("stopped (user): ") for line in job.lines)
     assert len(RecordingVirtualCamera.instances) == 2 and RecordingVirtualCamera.instances[-1].closed
     driver.get(server["url"])
 

@@ -1,39 +1,23 @@
-"""`instantrestore ui`: the control panel in the browser (Gradio). Enroll, go live and restore recordings
-without a terminal.
-
-The panel is one more client of the jobs the commands run (enroll.check_selfies, enroll.enroll,
-camera.run_camera, video.restore_video; doctor's checks): it holds no logic of its own beyond showing what they
-do. The long jobs run on a thread of their own; a timer on the page polls them. It serves on 127.0.0.1 only
-unless --host is given, and never makes a public share link: the camera feed and the selfies are private.
+"""The control panel's page (Gradio Blocks): its tabs, and what each button does. Every handler works on the
+session of the browser that called it (Panel.session), and opens server paths only through the allowed folders.
 """
 
-from __future__ import annotations
 
-import collections
-import dataclasses
 import os
-import shutil
-import tempfile
-import threading
-import time
-import traceback
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from instantrestore.runtime.backends import CHOICES
-from instantrestore.runtime.errors import InstantRestoreError
 
-from . import engine, home, vcam
-from .camera import CameraOptions, LiveControl, run_camera
-from .enroll import EnrollOptions, check_selfies, enroll
-from .errors import PluginError
-from .progress import clock, say
-from .video import VideoOptions, restore_video
+from .. import engine, home, vcam
+from ..camera import CameraOptions
+from ..enroll import EnrollOptions, check_selfies, enroll
+from ..errors import PluginError
+from ..video import VideoOptions
+from .jobs import LiveJob, Panel, RecordingJob, error_line, with_names
+from .serving import check_output_name, check_server_path
 
-LOCALHOST = "127.0.0.1"
-DEFAULT_PORT = 7860
 INSTALL_HINT = 'the control panel needs Gradio; from a checkout: pip install -e ".[ui]"'
 PREVIEW_WIDTH = 480  # the page's preview: a few frames a second, small enough to send as PNG
 TICK_S = 0.5
@@ -49,12 +33,6 @@ def import_gradio():
     return gradio
 
 
-def error_line(error: BaseException) -> str:
-    from .cli import error_line as cli_error_line
-
-    return cli_error_line(error)
-
-
 def outputs_dir() -> Path:
     """Where the panel writes restored recordings (served to the browser for download)."""
     return home.state_dir() / "restored"
@@ -65,7 +43,7 @@ def list_cameras() -> list:
     if vcam.platform_name() == "linux":
         return [(f"{device.name} ({device.path})", device.path) for device in vcam.linux_video_devices()
                 if not device.loopback]
-    from .doctor import _probe_opencv_cameras
+    from ..doctor import _probe_opencv_cameras
 
     return [(f"Camera {index}", str(index)) for index in _probe_opencv_cameras()]
 
@@ -125,122 +103,7 @@ def check_photos(paths) -> tuple[list, list]:
     return gallery, lines
 
 
-# ------------------------------------------------------------------------------------------------ jobs on threads
-
-
-class Job:
-    """One long job on its own thread: its log lines, its one-line error, whether it is still running."""
-
-    def __init__(self, target, **kwargs):
-        self.lines: collections.deque = collections.deque(maxlen=50)
-        self.error: Optional[str] = None
-        self.result = None
-        self.latest: Optional[tuple] = None  # (raw, restored) frames for the preview
-        self._thread = threading.Thread(target=self._run, args=(target, kwargs), name="instantrestore-panel-job",
-                                        daemon=True)
-        self._thread.start()
-
-    def _run(self, target, kwargs):
-        try:
-            self.result = target(progress=self.say, **kwargs)
-        except Cancelled:
-            self.error = "cancelled; nothing was written"
-        except Exception as error:  # noqa: BLE001 - shown in the page as the CLI's one line; the server goes on
-            self.error = error_line(error)
-            if not isinstance(error, InstantRestoreError):  # a bug: where it happened goes to the terminal, to report
-                traceback.print_exc()
-
-    def say(self, line: str) -> None:
-        self.lines.append(line)
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def join(self, timeout: Optional[float] = None) -> None:
-        self._thread.join(timeout)
-
-
-class Cancelled(Exception):
-    """The user cancelled a recording's restore (raised from its progress callback)."""
-
-
-class LiveJob(Job):
-    def __init__(self, options: CameraOptions):
-        self.control = LiveControl(on_frame=self._frame)
-        self.latencies: collections.deque = collections.deque(maxlen=30)
-        super().__init__(run_camera, options=options, control=self.control)
-
-    def _frame(self, raw, shown, latency_s):
-        self.latest = (raw, shown)  # one reference swap: the output loop never waits for the page
-        self.latencies.append(latency_s)
-
-    def stop(self) -> None:
-        self.control.stop.set()
-        self.join(timeout=15.0)
-
-    def counters(self) -> str:
-        pipeline = self.control.pipeline
-        if pipeline is None:
-            return "loading the model..."
-        summary = pipeline.stats.summary()
-        restore = summary["stages"].get("restore", {}).get("mean_ms", 0.0)
-        latency = 1000.0 * sum(self.latencies) / len(self.latencies) if self.latencies else 0.0
-        return (f"{summary['fps']:.1f} frames/s | latency {latency:.0f} ms | restore {restore:.0f} ms | "
-                f"{int(summary.get('frames', 0))} frames sent | {int(summary.get('dropped', 0))} dropped")
-
-
-class RecordingJob(Job):
-    def __init__(self, options: VideoOptions):
-        self.cancel = threading.Event()
-        self.done, self.total, self.started = 0, 0, time.monotonic()
-        self.output = options.output
-        super().__init__(restore_video, options=options, frame_progress=self._progress, on_frame=self._frame)
-
-    def _progress(self, done, total):
-        if self.cancel.is_set():
-            raise Cancelled()  # run_file stops and the half-written output is removed
-        if self.done == 0:
-            self.started = time.monotonic()  # the model load is not part of the rate
-        self.done, self.total = done, total
-
-    def _frame(self, raw, restored):
-        if self.done % 10 == 0:  # a new before/after now and then is enough
-            self.latest = (raw, restored)
-
-    def progress_text(self) -> str:
-        if not self.done:
-            return "loading the model..."
-        elapsed = time.monotonic() - self.started
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        if not self.total:
-            return f"{self.done} frames done, {rate:.1f} frames/s"
-        left = (self.total - self.done) / rate if rate > 0 else 0.0
-        return (f"{self.done}/{self.total} frames, {100 * self.done / self.total:.0f}%, "
-                f"about {clock(left)} left")
-
-
 # ------------------------------------------------------------------------------------------------ the page
-
-
-@dataclasses.dataclass
-class Panel:
-    """The page's state on the server: one local user, at most one live camera and one recording at a time."""
-
-    live: Optional[LiveJob] = None
-    recording: Optional[RecordingJob] = None
-    shots_dir: Path = dataclasses.field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="instantrestore-shots-")))
-
-    def stop_live(self) -> None:
-        if self.live is not None and self.live.running:
-            self.live.stop()
-
-    def close(self) -> None:
-        self.stop_live()
-        if self.recording is not None and self.recording.running:
-            self.recording.cancel.set()
-            self.recording.join(timeout=30.0)
-        shutil.rmtree(self.shots_dir, ignore_errors=True)
 
 
 def build(panel: Panel):
@@ -263,7 +126,8 @@ def build(panel: Panel):
     def strength_slider(elem_id: str):
         return gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength (--blend)", elem_id=elem_id)
 
-    with gr.Blocks(title="InstantRestore Live", analytics_enabled=False) as demo:
+    # uploads and thumbnails older than a day go hourly (a panel left running for weeks); the rest on stop
+    with gr.Blocks(title="InstantRestore Live", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         gr.Markdown("# InstantRestore Live\nYour face, restored with your own photos: enroll once, then go live or "
                     "restore a recording.")
         with gr.Tabs():
@@ -302,8 +166,8 @@ def build(panel: Panel):
                         camera = gr.Dropdown(label="Camera" if cameras else "Camera (none found: plug one in, or "
                                              "play a video file below)", choices=cameras,
                                              value=cameras[0][1] if cameras else None, elem_id="live-camera")
-                        camera_file = gr.Textbox(label="Or play a video file as the camera (its path)",
-                                                 elem_id="live-file")
+                        camera_file = gr.Textbox(label="Or play a video file as the camera (its path"
+                                                 f"{paths_note(panel)})", elem_id="live-file")
                         live_profile = profiles_picker("live-profile")
                         strength = strength_slider("live-strength")
                         live_backend = gr.Dropdown(label="Backend", choices=list(CHOICES), value="auto",
@@ -325,8 +189,8 @@ def build(panel: Panel):
                     with gr.Column():
                         video = gr.File(label="Upload a video", file_types=["video"], type="filepath",
                                         elem_id="rec-upload")
-                        video_path = gr.Textbox(label="Or a path on this computer (large files: no upload)",
-                                                elem_id="rec-path")
+                        video_path = gr.Textbox(label="Or a path on the panel's computer (large files: no upload"
+                                                f"{paths_note(panel)})", elem_id="rec-path")
                         rec_profile = profiles_picker("rec-profile")
                         rec_strength = strength_slider("rec-strength")
                         out_name = gr.Textbox(label=f"Output file name (saved in {outputs_dir()})",
@@ -362,12 +226,13 @@ def build(panel: Panel):
                 return [], "", error_line(error)
             return gallery, "\n".join(f"- {line}" for line in lines), ""
 
-        def on_shot(image, files, shot_paths):
+        def on_shot(image, files, shot_paths, request: gr.Request):
             if image is None:
                 return shot_paths, *on_photos(files, shot_paths)[:2], "take a photo with the webcam first"
             from PIL import Image
 
-            path = panel.shots_dir / f"webcam-{len(list(panel.shots_dir.iterdir())) + 1}.png"
+            folder = panel.session(request).shots_dir
+            path = folder / f"webcam-{len(list(folder.iterdir())) + 1}.png"
             Image.fromarray(image).save(path)
             shot_paths = list(shot_paths) + [str(path)]
             return shot_paths, *on_photos(files, shot_paths)
@@ -409,26 +274,30 @@ def build(panel: Panel):
         remove.click(on_remove, [remove_pick], [enroll_status, *profile_outputs])
 
         # ---------------------------------------------------------------- live events
-        def on_start(camera_spec, file_spec, profile_name, blend, backend):
-            if panel.live is not None and panel.live.running:
+        def on_start(camera_spec, file_spec, profile_name, blend, backend, request: gr.Request):
+            session = panel.session(request)
+            if session.live is not None and session.live.running:
                 return "the camera is already live; Stop it first", gr.update(), gr.update()
-            spec = (file_spec or "").strip() or camera_spec
-            if not profile_name:
-                return error_line(PluginError("enroll a profile first (Enroll tab)")), gr.update(), gr.update()
-            if spec is None:
-                return (error_line(PluginError("no camera found; plug one in, or give a video file")), gr.update(),
-                        gr.update())
-            panel.live = LiveJob(CameraOptions(profile_name, input=spec, backend=backend, blend=float(blend)))
+            try:
+                file_spec = (file_spec or "").strip()
+                spec = str(check_server_path(file_spec, panel.allowed_dirs)) if file_spec else camera_spec
+                if not profile_name:
+                    raise PluginError("enroll a profile first (Enroll tab)")
+                if spec is None:
+                    raise PluginError("no camera found; plug one in, or give a video file")
+            except PluginError as error:
+                return error_line(error), gr.update(), gr.update()
+            session.live = LiveJob(CameraOptions(profile_name, input=spec, backend=backend, blend=float(blend)))
             return "starting...", gr.Timer(active=True), ""
 
-        def on_stop():
-            if panel.live is None or not panel.live.running:
+        def on_stop(request: gr.Request):
+            session = panel.find(request)
+            if session.live is None or not session.live.running:
                 return "not live", gr.update()
-            panel.stop_live()
-            return live_line(), gr.Timer(active=panel.live.running)  # keep polling a camera slow to let go
+            session.stop_live()
+            return live_line(session.live), gr.Timer(active=session.live.running)  # a camera slow to let go
 
-        def live_line() -> str:
-            job = panel.live
+        def live_line(job) -> str:
             if job is None:
                 return ""
             if job.error:
@@ -441,8 +310,8 @@ def build(panel: Panel):
                 return f"live: pick **\"{job.control.camera_name}\"** as the camera in Zoom, Meet or Teams"
             return job.lines[-1] if job.lines else "starting..."
 
-        def on_live_tick(with_raw):
-            job = panel.live
+        def on_live_tick(with_raw, request: gr.Request):
+            job = panel.find(request).live
             if job is None:
                 return gr.update(), "", "", gr.Timer(active=False)
             image = gr.update()
@@ -450,26 +319,29 @@ def build(panel: Panel):
                 raw, shown = job.latest
                 image = side_by_side(raw, shown) if with_raw else thumbnail(shown)
             stats = job.counters() if job.running else ""
-            return image, stats, live_line(), gr.Timer(active=job.running)
+            return image, stats, live_line(job), gr.Timer(active=job.running)
 
-        def on_strength(blend):
-            if panel.live is not None and panel.live.running:
-                panel.live.control.set_blend(float(blend))
+        def on_strength(blend, request: gr.Request):
+            job = panel.find(request).live
+            if job is not None and job.running:
+                job.control.set_blend(float(blend))
                 return f"strength {blend:.2f} (applied now)"
             return gr.update()
 
-        def on_live_profile(profile_names):
-            if panel.live is None or not panel.live.running or not profile_names:
+        def on_live_profile(profile_names, request: gr.Request):
+            job = panel.find(request).live
+            if job is None or not job.running or not profile_names:
                 return gr.update()
             try:
-                panel.live.control.set_profile(profile_names)
+                job.control.set_profile(profile_names)
                 named = ", ".join(repr(name) for name in profile_names)
                 return f"profile{'s' if len(profile_names) > 1 else ''} {named} (applied now)"
             except Exception as error:  # noqa: BLE001
                 return error_line(error)
 
-        def needs_restart():
-            if panel.live is not None and panel.live.running:
+        def needs_restart(request: gr.Request):
+            job = panel.find(request).live
+            if job is not None and job.running:
                 return "this takes effect after a restart: Stop, then Start"
             return gr.update()
 
@@ -483,31 +355,38 @@ def build(panel: Panel):
             control.change(needs_restart, None, [live_settings])
 
         # ---------------------------------------------------------------- recording events
-        def on_restore(upload, path_text, profile_name, blend, output_name, overwrite):
-            if panel.recording is not None and panel.recording.running:
+        def on_restore(upload, path_text, profile_name, blend, output_name, overwrite, request: gr.Request):
+            session = panel.session(request)
+            if session.recording is not None and session.recording.running:
                 return "a recording is being restored; wait or cancel it", gr.update(), gr.update()
+            shown_names = {}
             try:
-                source = upload or (path_text or "").strip()
-                if not source:
+                path_text = (path_text or "").strip()
+                if upload:
+                    source = Path(upload)
+                    shown_names = {str(source): source.name}  # Gradio keeps the picked file's name
+                elif path_text:
+                    source = check_server_path(path_text, panel.allowed_dirs)
+                    shown_names = {str(source): path_text}
+                else:
                     raise PluginError("choose a video: upload one or give its path")
                 if not profile_name:
                     raise PluginError("enroll a profile first (Enroll tab)")
-                output_name = (output_name or "").strip() or Path(source).stem + ".restored.mp4"
-                if Path(output_name).name != output_name:
-                    raise PluginError(f"{output_name!r}: give a file name only; it is saved in {outputs_dir()}")
+                output_name = check_output_name((output_name or "").strip() or source.stem + ".restored.mp4")
                 if not Path(output_name).suffix:
                     output_name += ".mp4"
                 folder = outputs_dir()
                 home.check_writable(folder)
                 folder.mkdir(parents=True, exist_ok=True)
             except Exception as error:  # noqa: BLE001
-                return error_line(error), gr.update(), gr.update()
-            panel.recording = RecordingJob(VideoOptions(Path(source), folder / output_name, profile_name,
-                                                        blend=float(blend), overwrite=bool(overwrite)))
+                return with_names(error_line(error), shown_names), gr.update(), gr.update()
+            session.recording = RecordingJob(VideoOptions(source, folder / output_name, profile_name,
+                                                          blend=float(blend), overwrite=bool(overwrite)),
+                                             shown_names=shown_names)
             return "starting...", None, gr.Timer(active=True)
 
-        def on_cancel():
-            job = panel.recording
+        def on_cancel(request: gr.Request):
+            job = panel.find(request).recording
             if job is None or not job.running:
                 return "nothing to cancel"
             job.cancel.set()
@@ -516,8 +395,8 @@ def build(panel: Panel):
                 return "cancelling: it stops as soon as the model has loaded, and writes nothing"
             return job.error or "cancelled"
 
-        def on_rec_tick():
-            job = panel.recording
+        def on_rec_tick(request: gr.Request):
+            job = panel.find(request).recording
             if job is None:
                 return gr.update(), "", gr.update(), gr.update(), gr.Timer(active=False)
             image = side_by_side(*job.latest) if job.latest is not None else gr.update()
@@ -537,15 +416,25 @@ def build(panel: Panel):
 
         # ---------------------------------------------------------------- system events
         def on_check():
-            from . import doctor
+            from .. import doctor
 
             return system_line(), doctor_table(doctor.run_checks())
 
         recheck.click(on_check, None, [system_summary, report])
         demo.load(on_check, None, [system_summary, report])
         demo.load(refresh_profiles, None, profile_outputs)
-        demo.unload(panel.stop_live)  # closing the tab leaves no camera held
+        def on_unload(request: gr.Request):
+            panel.end_session(request)  # closing the tab leaves no camera held
+
+        demo.unload(on_unload)
     return demo
+
+
+def paths_note(panel: Panel) -> str:
+    """What the path boxes accept, said in their labels."""
+    if not panel.allowed_dirs:
+        return "; off: start the panel with --allow-dir DIR to allow a folder"
+    return "; under " + ", ".join(str(folder) for folder in panel.allowed_dirs)
 
 
 def doctor_table(results) -> str:
@@ -570,36 +459,3 @@ def system_line() -> str:
     except Exception as error:  # noqa: BLE001
         in_use, backend = error_line(error), "none until a bundle exists"
     return f"**Bundle:** {in_use}  \n**Backend:** {backend}  \n**GPU:** {gpu}"
-
-
-def launch(panel: Panel, host: str = LOCALHOST, port: int = DEFAULT_PORT, open_browser: bool = True,
-           block: bool = True):
-    """Serve the panel. Never a public share link."""
-    demo = build(panel)
-    demo.queue(default_concurrency_limit=4)
-    demo.launch(server_name=host, server_port=port, share=False, inbrowser=open_browser, prevent_thread_lock=not block,
-                allowed_paths=[str(outputs_dir())], show_error=True, quiet=True, footer_links=["gradio", "settings"])
-    return demo
-
-
-def cmd_ui(args) -> int:
-    import_gradio()  # the install hint comes before anything else
-    host = args.host or LOCALHOST
-    if args.host is not None and args.host not in (LOCALHOST, "localhost", "::1"):
-        say(f"warning: serving on {host}: anyone who can reach this address sees your camera and your photos")
-    panel = Panel()
-    say(f"control panel: http://{'localhost' if host == LOCALHOST else host}:{args.port} (Ctrl+C stops it)")
-    try:
-        launch(panel, host, args.port, open_browser=not args.no_browser, block=True)
-    finally:
-        panel.close()
-    return 0
-
-
-def register(commands) -> None:
-    parser = commands.add_parser("ui", help="open the control panel in your browser (enroll, live, recordings)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to serve on (default %(default)s)")
-    parser.add_argument("--host", help="serve on this address instead of 127.0.0.1 (others on the network can then "
-                                       "see your camera and photos)")
-    parser.add_argument("--no-browser", action="store_true", help="do not open the browser")
-    parser.set_defaults(run=cmd_ui)

@@ -1,0 +1,224 @@
+"""The panel's long jobs, each on a thread of its own, and whose they are: every browser session has its own
+live camera and its own recording, which no other session sees or stops."""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Optional
+
+from instantrestore.runtime.errors import InstantRestoreError
+
+from ..camera import CameraOptions, LiveControl, run_camera
+from ..progress import clock
+from ..video import VideoOptions, restore_video
+
+
+def error_line(error: BaseException) -> str:
+    from ..cli import error_line as cli_error_line
+
+    return cli_error_line(error)
+
+
+# ------------------------------------------------------------------------------------------------ jobs on threads
+
+
+class Job:
+    """One long job on its own thread: its log lines, its one-line error, whether it is still running."""
+
+    def __init__(self, target, shown_names: Optional[dict] = None, **kwargs):
+        self.lines: collections.deque = collections.deque(maxlen=50)
+        self.error: Optional[str] = None
+        self.shown_names = shown_names or {}  # server path -> the name the user knows it by (an upload's own)
+        self.result = None
+        self.latest: Optional[tuple] = None  # (raw, restored) frames for the preview
+        self._thread = threading.Thread(target=self._run, args=(target, kwargs), name="instantrestore-panel-job",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, target, kwargs):
+        try:
+            self.result = target(progress=self.say, **kwargs)
+        except Cancelled:
+            self.error = "cancelled; nothing was written"
+        except Exception as error:  # noqa: BLE001 - shown in the page as the CLI's one line; the server goes on
+            self.error = with_names(error_line(error), self.shown_names)
+            if not isinstance(error, InstantRestoreError):  # a bug: where it happened goes to the terminal, to report
+                traceback.print_exc()
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        self._thread.join(timeout)
+
+
+class Cancelled(Exception):
+    """The user cancelled a recording's restore (raised from its progress callback)."""
+
+
+class LiveJob(Job):
+    def __init__(self, options: CameraOptions):
+        self.control = LiveControl(on_frame=self._frame)
+        self.latencies: collections.deque = collections.deque(maxlen=30)
+        super().__init__(run_camera, options=options, control=self.control)
+
+    def _frame(self, raw, shown, latency_s):
+        self.latest = (raw, shown)  # one reference swap: the output loop never waits for the page
+        self.latencies.append(latency_s)
+
+    def stop(self) -> None:
+        self.control.stop.set()
+        self.join(timeout=15.0)
+
+    def counters(self) -> str:
+        pipeline = self.control.pipeline
+        if pipeline is None:
+            return "loading the model..."
+        summary = pipeline.stats.summary()
+        restore = summary["stages"].get("restore", {}).get("mean_ms", 0.0)
+        latency = 1000.0 * sum(self.latencies) / len(self.latencies) if self.latencies else 0.0
+        return (f"{summary['fps']:.1f} frames/s | latency {latency:.0f} ms | restore {restore:.0f} ms | "
+                f"{int(summary.get('frames', 0))} frames sent | {int(summary.get('dropped', 0))} dropped")
+
+
+class RecordingJob(Job):
+    def __init__(self, options: VideoOptions, shown_names: Optional[dict] = None):
+        self.cancel = threading.Event()
+        self.done, self.total, self.started = 0, 0, time.monotonic()
+        self.output = options.output
+        super().__init__(restore_video, shown_names=shown_names, options=options, frame_progress=self._progress,
+                         on_frame=self._frame)
+
+    def _progress(self, done, total):
+        if self.cancel.is_set():
+            raise Cancelled()  # run_file stops and the half-written output is removed
+        if self.done == 0:
+            self.started = time.monotonic()  # the model load is not part of the rate
+        self.done, self.total = done, total
+
+    def _frame(self, raw, restored):
+        if self.done % 10 == 0:  # a new before/after now and then is enough
+            self.latest = (raw, restored)
+
+    def progress_text(self) -> str:
+        if not self.done:
+            return "loading the model..."
+        elapsed = time.monotonic() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        if not self.total:
+            return f"{self.done} frames done, {rate:.1f} frames/s"
+        left = (self.total - self.done) / rate if rate > 0 else 0.0
+        return (f"{self.done}/{self.total} frames, {100 * self.done / self.total:.0f}%, "
+                f"about {clock(left)} left")
+
+
+def with_names(message: str, shown_names: dict) -> str:
+    """The message with each server path replaced by the name the user gave it (an upload's temp path by the
+    file they picked)."""
+    for path, name in shown_names.items():
+        message = message.replace(repr(str(path)), repr(name)).replace(str(path), name)
+    return message
+
+
+# ------------------------------------------------------------------------------------------------ sessions
+
+MAX_SESSIONS = 64
+
+
+class Session:
+    """One browser session's jobs and webcam photos."""
+
+    def __init__(self, temp_dir: Path):
+        self.live: Optional[LiveJob] = None
+        self.recording: Optional[RecordingJob] = None
+        self._temp_dir = temp_dir
+        self._shots_dir: Optional[Path] = None
+
+    @property
+    def shots_dir(self) -> Path:
+        """A folder of this session's own for its webcam photos, made when the first one is taken."""
+        if self._shots_dir is None:
+            self._shots_dir = Path(tempfile.mkdtemp(prefix="shots-", dir=self._temp_dir))
+        return self._shots_dir
+
+    @property
+    def busy(self) -> bool:
+        return any(job is not None and job.running for job in (self.live, self.recording))
+
+    def stop_live(self) -> None:
+        if self.live is not None and self.live.running:
+            self.live.stop()
+
+    def cancel_recording(self) -> None:
+        if self.recording is not None and self.recording.running:
+            self.recording.cancel.set()
+            self.recording.join(timeout=30.0)
+
+    def forget_shots(self) -> None:
+        if self._shots_dir is not None:
+            shutil.rmtree(self._shots_dir, ignore_errors=True)
+
+
+class Panel:
+    """The page's state on the server: the folders it may open paths under, its private temp folder, and one
+    Session per browser session (by Gradio's session hash), so no session sees or stops another's jobs."""
+
+    def __init__(self, temp_dir: Path, allowed_dirs=()):
+        self.temp_dir = Path(temp_dir)
+        self.allowed_dirs = list(allowed_dirs)
+        self.sessions: dict = {}
+        self.leftover: list = []  # recordings of sessions that closed their tab: they finish, stopped on close()
+        self._lock = threading.Lock()
+
+    def session(self, request) -> Session:
+        """The calling browser session's own Session, kept from now on (it starts a job or takes a photo)."""
+        key = getattr(request, "session_hash", None) or ""
+        with self._lock:
+            if key not in self.sessions:
+                self._forget_idle()
+                self.sessions[key] = Session(self.temp_dir)
+            return self.sessions[key]
+
+    def find(self, request) -> Session:
+        """The calling session's Session to look at (progress, cancel, stop): an empty one, not kept, when it has
+        none yet, so polling never adds sessions."""
+        with self._lock:
+            return self.sessions.get(getattr(request, "session_hash", None) or "") or Session(self.temp_dir)
+
+    def _forget_idle(self) -> None:
+        """Past MAX_SESSIONS, the sessions with nothing running are dropped (tabs whose close went unnoticed)."""
+        if len(self.sessions) < MAX_SESSIONS:
+            return
+        for key, session in list(self.sessions.items()):
+            if not session.busy:
+                session.forget_shots()
+                del self.sessions[key]
+
+    def end_session(self, request) -> None:
+        """The tab closed: its camera is released; a recording being restored finishes into the outputs folder."""
+        with self._lock:
+            session = self.sessions.pop(getattr(request, "session_hash", None) or "", None)
+        if session is None:
+            return
+        session.stop_live()
+        session.forget_shots()
+        with self._lock:
+            self.leftover = [other for other in self.leftover + [session] if other.busy]
+
+    def close(self) -> None:
+        with self._lock:
+            sessions = list(self.sessions.values()) + self.leftover
+            self.sessions, self.leftover = {}, []
+        for session in sessions:
+            session.stop_live()
+            session.cancel_recording()
