@@ -1,6 +1,7 @@
 """The command line as a whole: help and version, error lines and exit codes, and `export`."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from instantrestore.runtime import load_restorer
 
 from tests.support.commands import CLIP_FRAMES, assert_clear_error, listing, run
 from tests.support.media_helpers import read_frames, write_frameless_clip
+from tests.support.tensorrt_fakes import MAJORS, FakeTRT, write_graph_standins
 
 
 def test_help_names_the_default_hub_ids(capsys):
@@ -240,3 +242,38 @@ def test_export_onnx_from_the_command_line_then_video_runs_on_those_graphs(fresh
     assert "backend: onnxruntime on cpu (fp32)" in err and "exporting" not in err, err
     assert graph_files() == written  # nothing exported again
     assert len(read_frames(tmp_path / "out.mp4")) == CLIP_FRAMES
+
+
+@pytest.mark.parametrize("major", MAJORS, ids=lambda major: f"trt{major}")
+def test_export_tensorrt_from_the_command_line_builds_what_the_commands_then_load(fresh_home, tiny_bundle, major,
+                                                                                  monkeypatch, capsys):
+    """`export --tensorrt` through the command and the real build code, on a stand-in tensorrt that follows the
+    recorded surface of each major (no TensorRT, no GPU here): plans land in the state folder's engine cache,
+    where `--backend tensorrt` then finds them ready instead of building again."""
+    from instantrestore.export import tensorrt_build
+    from instantrestore.runtime import engine_cache
+    from instantrestore.runtime.backends import select
+    from instantrestore.runtime.backends import tensorrt_backend as bt
+
+    fake = FakeTRT(major)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    for module in (bt, tensorrt_build):
+        monkeypatch.setattr(module, "require_cuda", lambda device=None: torch.device("cpu"))
+    monkeypatch.setattr(engine_cache, "cuda_identity", lambda device=None: ("NVIDIA H100 80GB HBM3", "9.0"))
+    home.remember_bundle(tiny_bundle)
+    bundle = home.resolve_bundle()
+    write_graph_standins(home.engines_dir(), bundle)
+    assert select(bundle, "tensorrt", engines=home.engines_dir()).build  # nothing built yet
+
+    code, out, err = run(capsys, "export", "--tensorrt")
+    assert code == 0, err
+    assert out.strip() == str(bundle.path)
+    plans = {line.split("] tensorrt ", 1)[1].split(": ")[0]: Path(line.split(": ", 1)[1])
+             for line in err.splitlines() if "] tensorrt restorer: " in line or "] tensorrt enroller: " in line}
+    assert set(plans) == {"restorer", "enroller"} and all(p.parent.parent == home.engines_dir() for p in plans.values())
+    assert f"tensorrt: {fake.__version__} on NVIDIA H100 80GB HBM3 (sm 9.0), fp16" in err
+    assert not select(bundle, "tensorrt", engines=home.engines_dir()).build  # the commands load these
+    builds = [c for c in fake.calls if c[0] == "build"]
+    assert len(builds) == 2
+    code, _, err = run(capsys, "export", "--tensorrt")
+    assert code == 0 and "engine is cached" in err and len([c for c in fake.calls if c[0] == "build"]) == 2

@@ -42,6 +42,27 @@ def _folder(engines, key):
     return engine_cache.bundle_cache_dir(engines, key.bundle_id)
 
 
+def write_graph_standins(engines, bundle, precision="fp16") -> dict:
+    """Committed graphs in the engine cache with `bundle`'s real input names (an Identity each): what an fp16
+    export would leave there, for builds whose real export is not the point (it takes minutes on a CPU)."""
+    from instantrestore.runtime.graphs import GRAPHS, input_names
+
+    elem = onnx.TensorProto.FLOAT16 if precision == "fp16" else onnx.TensorProto.FLOAT
+    paths = {}
+    for graph in GRAPHS:
+        names = input_names(graph, len(bundle.layer_shapes))
+        key = engine_cache.onnx_key(graph, bundle.bundle_id, precision)
+        path = key.path("onnx", _folder(engines, key))
+        inputs = [onnx.helper.make_tensor_value_info(n, elem, ["n", 2]) for n in names]
+        output = onnx.helper.make_tensor_value_info("y", elem, ["n", 2])
+        body = onnx.helper.make_graph([onnx.helper.make_node("Identity", [names[0]], ["y"])], graph, inputs, [output])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(onnx.helper.make_model(body, opset_imports=[onnx.helper.make_opsetid("", 18)]), str(path))
+        engine_cache.write_sidecar(path, key)
+        paths[graph] = path
+    return paths
+
+
 def _write_plan(engines, key, data=b"plan-bytes"):
     path = key.path(bt.PLAN_EXT, _folder(engines, key))
     files.atomic_write_bytes(path, data)
