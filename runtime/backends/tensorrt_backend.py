@@ -75,8 +75,8 @@ def import_tensorrt():
     except Exception as exc:  # ImportError, or a broken install failing to load its libraries
         raise TensorRTUnavailableError(
             "TensorRT is not available (import tensorrt failed: "
-            f"{type(exc).__name__}: {exc}); install it from a checkout with "
-            "`pip install -e '.[tensorrt]'` on a machine with an NVIDIA GPU, or use --backend onnxruntime or --backend torch"
+            f"{type(exc).__name__}: {exc}); install it from a checkout with `pip install -e '.[tensorrt]'` "
+            "on a machine with an NVIDIA GPU, or use --backend onnxruntime or --backend torch"
         ) from None
     note = support_note(trt.__version__)
     if trt_major(trt.__version__) < MIN_TRT_MAJOR:
