@@ -33,6 +33,7 @@ SOURCE_NAME = "instantrestore_mic"  # the microphone call apps list
 MAX_DELAY_S = 1.0  # beyond this the call's sound would be too far behind for a conversation
 RESET_AFTER_S = 0.010  # the loopback is re-set when the picture's latency drifts further than this
 MIN_DELAY_S = 0.020  # module-loopback does not hold less than a few of its own blocks
+INITIAL_DELAY_S = 0.050  # while the model loads the camera's own frames go out about a frame late
 FADE_STEPS = 5
 PACTL_TIMEOUT_S = 10.0  # generous: the sound server answers in milliseconds, a loaded machine is slower
 
@@ -257,12 +258,13 @@ def manual_delay_lines(latency_ms: float) -> list:
 
 class DelayFollower:
     """Keeps a DelayedMicrophone at the picture's latency (or, without one, says the number to type once it
-    settles and again when it drifts). latency_s() gives the latest measured latency, or None before any;
-    it is smoothed (exponentially, over a few seconds) before it moves the delay."""
+    settles and again when it drifts; brief: in one line, for a user who did not ask for sound sync).
+    latency_s() gives the latest measured latency, or None before any; it is smoothed (exponentially, over a
+    few seconds) before it moves the delay."""
 
     def __init__(self, latency_s: Callable[[], Optional[float]], microphone: Optional[DelayedMicrophone],
-                 progress: Callable[[str], None], every_s: float = 0.5, smoothing: float = 0.3):
-        self.latency_s, self.microphone, self.progress = latency_s, microphone, progress
+                 progress: Callable[[str], None], every_s: float = 0.5, smoothing: float = 0.3, brief: bool = False):
+        self.latency_s, self.microphone, self.progress, self.brief = latency_s, microphone, progress, brief
         self.every_s, self.smoothing = every_s, smoothing
         self.smoothed: Optional[float] = None
         self._said_ms: Optional[float] = None
@@ -310,6 +312,11 @@ class DelayFollower:
         ms = self.smoothed * 1000
         drifted = self._said_ms is None or abs(ms - self._said_ms) > 20
         if settled and drifted and time.monotonic() - self._said_at > 30:
-            for line in manual_delay_lines(ms) if self._said_ms is None else manual_delay_lines(ms)[:1]:
+            if self.brief:
+                lines = [f"sound: the picture is {ms:.0f} ms late; delay your microphone as much to keep lips and "
+                         f"voice together (OBS: its Sync Offset; on Linux --sync-audio does it for you)"]
+            else:
+                lines = manual_delay_lines(ms) if self._said_ms is None else manual_delay_lines(ms)[:1]
+            for line in lines:
                 self.progress(line)
             self._said_ms, self._said_at = ms, time.monotonic()
