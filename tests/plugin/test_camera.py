@@ -250,10 +250,13 @@ def test_sync_audio_delays_the_microphone_by_the_pictures_latency_and_sigterm_re
     import time
 
     from instantrestore.plugin import audio_sync
-    from tests.support.pipelines import face_frames
+    from tests.support.media_helpers import placed_face
 
     before = loaded_modules(sound_server)
-    clip = write_clip(tmp_path / "long.mp4", face_frames(60, CLIP_SIZE) * 12, fps=CLIP_FPS)  # 30 s
+    # 30 s of a face that stays in view: every frame is restored, so the latency holds (a frame without a face
+    # skips the model and goes out sooner)
+    frames = [placed_face(CLIP_SIZE, 0.9, (10.0 + 0.5 * i, -30.0 + 0.25 * i))[0] for i in range(60)]
+    clip = write_clip(tmp_path / "long.mp4", (frames + frames[::-1]) * 6, fps=CLIP_FPS)
     child = subprocess.Popen([sys.executable, "-c", SYNCED_CAMERA, str(clip)], stderr=subprocess.PIPE, text=True,
                              cwd=REPOSITORY, env={**os.environ, "INSTANTRESTORE_HOME": str(in_state)})
     lines = []
@@ -271,12 +274,16 @@ def test_sync_audio_delays_the_microphone_by_the_pictures_latency_and_sigterm_re
         assert delays_said(), "".join(lines)
         assert any(f'pick "{audio_sync.MICROPHONE_NAME}" as the microphone' in line for line in lines)
         assert len([module for module in loaded_modules(sound_server) if module not in before]) == 3
-        delay = measured_delay_ms(audio_sync.SOURCE_NAME, sound_server)
-        said = delays_said()
-        assert min(abs(delay - ms) for ms in said[-2:]) <= 15, (delay, said)
-        # the delay the microphone was given is the picture's latency, as the stats line measured it
+        for _ in range(4):  # a click measured while the delay was being re-set is measured again
+            said = delays_said()
+            delay = measured_delay_ms(audio_sync.SOURCE_NAME, sound_server)
+            if delays_said() == said:
+                break
+        assert delay == pytest.approx(said[-1], abs=15), (delay, said)
+        # the delay the microphone was given is the picture's latency, as the stats line measured it (over a
+        # longer window: the microphone follows the last seconds)
         latencies = [float(line.split("| latency ")[1].split()[0]) for line in list(lines) if "| latency " in line]
-        assert latencies and said[-1] == pytest.approx(latencies[-1], abs=max(15, 0.25 * latencies[-1]))
+        assert latencies and said[-1] == pytest.approx(latencies[-1], abs=max(15, 0.4 * latencies[-1]))
         assert child.poll() is None, "".join(lines)
         child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=60) == 143, "".join(lines)
