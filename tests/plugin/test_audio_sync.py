@@ -141,3 +141,17 @@ def test_where_it_cannot_be_automatic_it_says_the_number_and_where(monkeypatch):
     assert len(said) == count
     monkeypatch.setattr(audio_sync.platform, "system", lambda: "Windows")
     assert "needs PulseAudio or PipeWire (Linux); this is Windows" in audio_sync.unavailable_reason()
+
+
+def test_doctor_says_whether_sound_sync_is_automatic_and_why_not(sound_server, monkeypatch, capsys):
+    from instantrestore.plugin import doctor
+
+    doctor.report(doctor.check_sound_sync())
+    out = capsys.readouterr().out
+    assert "sound sync" in out and 'automatic: PulseAudio' in out and MICROPHONE_NAME in out
+    monkeypatch.setenv("PULSE_SERVER", "unix:/nonexistent/pulse/native")
+    results = doctor.run_checks()
+    (sync,) = [result for result in results if result.topic == "sound sync"]
+    assert sync.status == doctor.WARN  # the camera runs without it
+    assert sync.detail.startswith("not automatic: no sound server answers")
+    assert "Sync Offset" in sync.next_step
