@@ -65,6 +65,35 @@ def test_the_delay_follows_the_picture_as_its_latency_changes(sound_server):
     assert ours(sound_server) == []
 
 
+@pytest.mark.timeout(120)
+def test_a_new_delay_is_cross_faded_in_without_a_gap(sound_server):
+    """A steady tone through the microphone while its delay moves from 120 to 250 ms: its level never drops
+    (unloading the old loopback as the new one loads would leave a silence as long as the new delay)."""
+    import threading
+
+    import numpy as np
+
+    from tests.support.sound_server import FAKE_MIC_SINK, RATE, Recorder, play
+
+    with DelayedMicrophone(FAKE_MIC).start(0.120) as microphone:
+        recording = Recorder(audio_sync.SOURCE_NAME, sound_server)
+        recording.wait_flowing()
+        tone = 8000 * np.sin(2 * np.pi * 440 * np.arange(RATE * 5) / RATE)
+        player = threading.Thread(target=play, args=(FAKE_MIC_SINK, tone, sound_server))
+        player.start()
+        time.sleep(1.5)
+        assert microphone.set_delay(0.250)
+        player.join()
+        time.sleep(0.6)
+        sound, _ = recording.stop()
+    window = RATE // 50  # 20 ms
+    level = np.sqrt(np.mean(sound[: len(sound) // window * window].reshape(-1, window) ** 2, axis=1))
+    playing = np.nonzero(level > 1000)[0]
+    steady = level[playing[0] + 5: playing[-1] - 5]  # the tone, less its first and last 100 ms
+    assert len(steady) * window > 4 * RATE  # one stretch: no silence split it
+    assert steady.min() > 0.8 * np.median(steady), steady.min() / np.median(steady)
+
+
 @pytest.mark.timeout(60)
 def test_a_picture_later_than_a_second_is_said_once_and_the_delay_held_at_the_most(sound_server):
     said = []
