@@ -36,6 +36,7 @@ RESET_AFTER_S = 0.010  # the loopback is re-set when the picture's latency drift
 MIN_DELAY_S = 0.020  # module-loopback does not hold less than a few of its own blocks
 INITIAL_DELAY_S = 0.050  # while the model loads the camera's own frames go out about a frame late
 FADE_STEPS = 8  # each step is two pactl calls, a few ms each: the fade takes tens of ms
+LOOPBACK_PROPERTY = "instantrestore.delay_ms"  # tags each loopback's sink input with its delay
 PACTL_TIMEOUT_S = 10.0  # generous: the sound server answers in milliseconds, a loaded machine is slower
 
 
@@ -182,7 +183,8 @@ class DelayedMicrophone:
     def _load_loopback(self, delay_s: float) -> int:
         return int(pactl("load-module", "module-loopback", f"source={self.source}", f"sink={SINK_NAME}",
                          f"latency_msec={round(delay_s * 1000)}", "source_dont_move=true", "sink_dont_move=true",
-                         "sink_input_properties=" + _properties({"media.name": "InstantRestore sound delay"})))
+                         "sink_input_properties=" + _properties({"media.name": "InstantRestore sound delay",
+                                                                  LOOPBACK_PROPERTY: f"{delay_s * 1000:.0f}"})))
 
     def set_delay(self, delay_s: float) -> bool:
         """Move the delay to delay_s (clamped to MAX_DELAY_S) when it differs by more than RESET_AFTER_S;
@@ -204,8 +206,9 @@ class DelayedMicrophone:
     def _cross_fade(self, old: int, new: int, delay_s: float) -> None:
         """The new loopback plays silence until it holds delay_s of sound: muted from the start, faded in
         then, while the old one fades out. Both carry the same voice, a few ms apart: no gap, no click."""
-        inputs = _sink_inputs_by_module()
-        new_input, old_input = inputs.get(new), inputs.get(old)
+        inputs = _loopback_inputs()
+        new_input = inputs.get(new, inputs.get(f"{delay_s * 1000:.0f}"))
+        old_input = inputs.get(old, inputs.get(f"{self.delay_s * 1000:.0f}"))
         if new_input is None or old_input is None:
             return
         pactl("set-sink-input-volume", str(new_input), "0")
@@ -230,16 +233,20 @@ class DelayedMicrophone:
         self.close()
 
 
-def _sink_inputs_by_module() -> dict:
-    """{owner module index: sink input index}, from `pactl list sink-inputs`."""
+def _loopback_inputs() -> dict:
+    """The loopbacks' sink inputs, from `pactl list sink-inputs`: {owner module index: sink input index} and
+    {delay in ms as tagged: sink input index} (a server that does not say the owner module still keeps the tag)."""
     found, current = {}, None
     for line in pactl("list", "sink-inputs").splitlines():
+        line = line.strip()
         if line.startswith("Sink Input #"):
             current = int(line.split("#", 1)[1])
-        elif current is not None and line.strip().startswith("Owner Module:"):
+        elif current is not None and line.startswith("Owner Module:"):
             owner = line.split(":", 1)[1].strip()
             if owner.isdigit():
                 found[int(owner)] = current
+        elif current is not None and line.startswith(f"{LOOPBACK_PROPERTY} = "):
+            found[line.split("=", 1)[1].strip().strip('"')] = current
     return found
 
 
