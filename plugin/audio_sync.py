@@ -154,6 +154,7 @@ class DelayedMicrophone:
                     "device.icon_name": "audio-input-microphone"}))))
             self._loopback = self._load_loopback(self._clamped(delay_s))
             self.delay_s = self._clamped(delay_s)
+            self._full_volume(self._loopback)
         except BaseException:
             self.close()
             raise
@@ -183,8 +184,10 @@ class DelayedMicrophone:
     def _load_loopback(self, delay_s: float) -> int:
         return int(pactl("load-module", "module-loopback", f"source={self.source}", f"sink={SINK_NAME}",
                          f"latency_msec={round(delay_s * 1000)}", "source_dont_move=true", "sink_dont_move=true",
-                         "sink_input_properties=" + _properties({"media.name": "InstantRestore sound delay",
-                                                                  LOOPBACK_PROPERTY: f"{delay_s * 1000:.0f}"})))
+                         "sink_input_properties=" + _properties({
+                             "media.name": "InstantRestore sound delay", LOOPBACK_PROPERTY: f"{delay_s * 1000:.0f}",
+                             # its own key in the server's saved stream volumes, not every loopback's ("abstract")
+                             "module-stream-restore.id": "instantrestore-sound-delay"})))
 
     def set_delay(self, delay_s: float) -> bool:
         """Move the delay to delay_s (clamped to MAX_DELAY_S) when it differs by more than RESET_AFTER_S;
@@ -201,7 +204,15 @@ class DelayedMicrophone:
             finally:
                 _unload(old)
             self.delay_s = delay_s
+            self._full_volume(new)
             return True
+
+    def _full_volume(self, loopback: int) -> None:
+        """The loopback at full volume: the sound server may have given it the volume it saved for the stream
+        last (the cross-fade's zero), and the last volume set is the one it saves."""
+        sink_input = _loopback_inputs().get(loopback, _loopback_inputs().get(f"{self.delay_s * 1000:.0f}"))
+        if sink_input is not None:
+            pactl("set-sink-input-volume", str(sink_input), "1.0")  # a linear factor; "1" would be the raw 1/65536
 
     def _cross_fade(self, old: int, new: int, delay_s: float) -> None:
         """The new loopback plays silence until it holds delay_s of sound: muted from the start, faded in
@@ -211,7 +222,7 @@ class DelayedMicrophone:
         old_input = inputs.get(old, inputs.get(f"{self.delay_s * 1000:.0f}"))
         if new_input is None or old_input is None:
             return
-        pactl("set-sink-input-volume", str(new_input), "0")
+        pactl("set-sink-input-volume", str(new_input), "0.0")
         time.sleep(delay_s + 0.05)
         for step in range(1, FADE_STEPS + 1):  # equal power; linear factors (a % is on a cubic scale)
             angle = math.pi / 2 * step / FADE_STEPS

@@ -92,6 +92,9 @@ def test_a_new_delay_is_cross_faded_in_without_a_gap(sound_server):
     steady = level[playing[0] + 5: playing[-1] - 5]  # the tone, less its first and last 100 ms
     assert len(steady) * window > 4 * RATE  # one stretch: no silence split it
     assert steady.min() > 0.8 * np.median(steady), steady.min() / np.median(steady)
+    # the server saved the faded-out stream's volume (module-stream-restore): the next start is still heard
+    with DelayedMicrophone(FAKE_MIC).start(0.1):
+        assert measured_delay_ms(audio_sync.SOURCE_NAME, sound_server) == pytest.approx(100, abs=15)
 
 
 @pytest.mark.timeout(60)

@@ -47,6 +47,7 @@ def sound_server():
         ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit", "--use-pid-file=no",
          "--disable-shm=yes", "--realtime=no", "--high-priority=no", "--log-target=stderr",
          "-L", f"module-native-protocol-unix socket={socket} auth-anonymous=1",
+         "-L", "module-stream-restore",  # as desktops load it: the server saves and restores stream volumes
          "-L", f"module-null-sink sink_name={FAKE_MIC_SINK} rate={RATE} channels=1"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     client_env = {**env, "PULSE_SERVER": f"unix:{socket}"}
