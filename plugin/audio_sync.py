@@ -164,7 +164,8 @@ class DelayedMicrophone:
         names = source_names()
         source = self.requested_source
         if source is None:
-            source = pactl("get-default-source").strip()
+            found = re.search(r"^Default Source:\s*(\S+)", pactl("info"), re.M)  # get-default-source: PA 15+ only
+            source = found.group(1) if found else "(none)"
             if source in (SOURCE_NAME, f"{SINK_NAME}.monitor"):
                 raise AudioSyncUnavailable(f"the default microphone is {MICROPHONE_NAME} itself; pick your real "
                                            "one with --audio-source (`pactl list short sources` lists them)")

@@ -203,8 +203,9 @@ def register_camera(commands) -> None:
     camera.add_argument("--stats", action="store_true", help="log per-stage timings every 2 s (and draw them on the preview)")
     camera.add_argument("--blend", type=float, default=1.0, help="strength of the restored face, 0..1 (default 1)")
     camera.add_argument("--sync-audio", action="store_true",
-                        help="also make a virtual microphone, \"InstantRestore Microphone\", that plays your microphone "
-                             "as late as the picture (Linux: PulseAudio or PipeWire); elsewhere, say the delay to set")
+                        help="also make a virtual microphone, \"InstantRestore Microphone\", that plays your "
+                             "microphone as late as the picture (Linux: PulseAudio or PipeWire); elsewhere, say the "
+                             "delay to set")
     camera.add_argument("--audio-source", metavar="NAME",
                         help="the real microphone for --sync-audio, as `pactl list short sources` names it "
                              "(default: the system's default input; implies --sync-audio)")

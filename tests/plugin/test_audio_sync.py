@@ -165,7 +165,8 @@ def test_where_it_cannot_be_automatic_it_says_the_number_and_where(monkeypatch):
     follower = DelayFollower(lambda: None, None, said.append)
     follower.smoothed = 0.1374
     follower.step(settled=True)
-    assert said[0] == "sound: the picture is 137 ms late; delay your microphone by 137 ms to keep lips and voice together:"
+    assert said[0] == ("sound: the picture is 137 ms late; delay your microphone by 137 ms to keep lips and voice "
+                       "together:")
     assert any("OBS" in line and "Sync Offset: 137 ms" in line for line in said)
     count = len(said)
     follower.smoothed = 0.145  # within 20 ms of what was said: not said again
