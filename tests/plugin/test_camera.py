@@ -239,11 +239,12 @@ sys.exit(main(['camera', '--profile', 'me', '--input', sys.argv[1], '--vcam-back
 
 
 @pytest.mark.timeout(300)
-def test_sync_audio_delays_the_microphone_by_the_pictures_latency_and_sigterm_removes_it(
-        sound_server, in_state, tmp_path):
+@pytest.mark.parametrize("stop, code", [("SIGTERM", 143), ("SIGINT", 0)])  # SIGINT: Ctrl+C, "stopped (user)"
+def test_sync_audio_delays_the_microphone_by_the_pictures_latency_and_a_stop_removes_it(
+        sound_server, in_state, tmp_path, stop, code):
     """The whole command, in a child process: the virtual microphone is there while the camera runs, its delay
     (measured with a click through the real sound server) is the picture latency the camera measured, and
-    SIGTERM leaves the sound server as it was."""
+    SIGTERM or Ctrl+C leaves the sound server as it was."""
     import signal
     import subprocess
     import threading
@@ -285,8 +286,8 @@ def test_sync_audio_delays_the_microphone_by_the_pictures_latency_and_sigterm_re
         latencies = [float(line.split("| latency ")[1].split()[0]) for line in list(lines) if "| latency " in line]
         assert latencies and said[-1] == pytest.approx(latencies[-1], abs=max(15, 0.4 * latencies[-1]))
         assert child.poll() is None, "".join(lines)
-        child.send_signal(signal.SIGTERM)
-        assert child.wait(timeout=60) == 143, "".join(lines)
+        child.send_signal(getattr(signal, stop))
+        assert child.wait(timeout=60) == code, "".join(lines)
     finally:
         if child.poll() is None:
             child.kill()
