@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import home, vcam
+from . import audio_sync, home, vcam
 from .engine import choose_engine, load_engine
 from .errors import PluginError
 from .progress import count_text, faces_line, rate_text, say
@@ -26,7 +26,8 @@ class CameraOptions:
     """What `camera` was asked: whose faces to restore (one profile name or several); the input (a camera index,
     device path or video file; default camera 0); the model (bundle, backend, device); the output's size
     ("1280x720") and rate; the virtual camera's pyvirtualcam backend and device; when to stop; a preview window;
-    the stats log; the strength of the restored face."""
+    the stats log; the strength of the restored face; whether to delay the microphone to match the picture
+    (sync_audio; audio_source: the real microphone's sound-server name, default the system's default one)."""
 
     profile: str | list
     input: Optional[str] = None
@@ -41,6 +42,8 @@ class CameraOptions:
     preview: bool = False
     show_stats: bool = False
     blend: float = 1.0
+    sync_audio: bool = False
+    audio_source: Optional[str] = None
 
 
 def parse_size(text) -> Optional[tuple]:
@@ -202,6 +205,10 @@ def run_camera(options: CameraOptions, progress=say, control: Optional[LiveContr
             control.camera_name = shown_as
         progress(f"virtual camera: {camera_sink.device} ({camera_sink.backend}) {out_size[0]}x{out_size[1]} at "
                  f"{rate_text(out_fps)} fps; pick \"{shown_as}\" in your call app. Ctrl+C stops.")
+        microphone = open_delayed_microphone(options, progress)
+        if microphone is not None:
+            stack.callback(microphone.close)
+
         def load_and_warm_up():
             engine = load_engine(bundle, backend, device, None, progress)
             restorers = {name: engine.crop_restorer(profile) for name, profile in profiles.items()}
@@ -237,6 +244,9 @@ def run_camera(options: CameraOptions, progress=say, control: Optional[LiveContr
         if show_stats:
             sinks.append(StatsLog(pipeline.stats))
         output = FittedSink(TeeSink(*sinks), out_size)
+        follower = audio_sync.DelayFollower(pipeline.stats.recent_latency_s, microphone, progress,
+                                            brief=not wants_sync(options)).start()
+        stack.callback(follower.stop)  # before the microphone closes (the stack unwinds last in, first out)
         stopped_by = "end of input"
         try:
             report = run_live(pipeline, source, output, max_frames=max_frames, fps=out_fps,
@@ -252,11 +262,33 @@ def run_camera(options: CameraOptions, progress=say, control: Optional[LiveContr
         sent = camera_sink.frames_written
         progress(f"stopped ({stopped_by}): {count_text(sent, 'frame')} sent to the virtual camera"
                  + (f", {report.processed} restored, {report.dropped} dropped, {report.repeated} repeated, "
-                    f"latency {report.mean_latency_s * 1000:.0f} ms mean" if report is not None else ""))
+                    f"latency {report.mean_latency_s * 1000:.0f} ms mean, {report.p95_latency_s * 1000:.0f} ms p95"
+                    if report is not None else ""))
         progress(faces_line(summary))
         if show_stats:
             progress("stats: " + pipeline.stats.format_line())
         return {"sent": sent, "report": report, "stats": summary}
+
+
+def wants_sync(options: CameraOptions) -> bool:
+    return options.sync_audio or options.audio_source is not None  # naming the microphone asks for it
+
+
+def open_delayed_microphone(options: CameraOptions, progress) -> Optional[audio_sync.DelayedMicrophone]:
+    """The delayed microphone when asked for (--sync-audio) and possible here; else None, said in one line: the
+    camera goes on, and the number to type by hand is said once the latency is measured."""
+    if not wants_sync(options):
+        return None
+    try:
+        microphone = audio_sync.DelayedMicrophone(options.audio_source).start(audio_sync.INITIAL_DELAY_S)
+    except audio_sync.AudioSyncUnavailable as error:
+        progress(f"sound sync: {error}; the camera goes on without it")
+        return None
+    if microphone.left_over:
+        progress(f"sound sync: removed the {microphone.left_over} sound-server modules an earlier run left")
+    progress(f"sound sync: pick \"{audio_sync.MICROPHONE_NAME}\" as the microphone in your call app: your "
+             f"microphone {microphone.source}, delayed as late as the picture ({audio_sync.server_name()})")
+    return microphone
 
 
 def _explain_missing_camera(progress) -> None:

@@ -182,7 +182,8 @@ def cmd_camera(args) -> int:
     run_camera(CameraOptions(args.profile, input=args.input, bundle=args.bundle, backend=args.backend,
                              device=args.device, size=args.size, fps=args.fps, vcam_backend=args.vcam_backend,
                              vcam_device=args.vcam_device, max_frames=args.max_frames, preview=args.preview,
-                             show_stats=args.stats, blend=args.blend))
+                             show_stats=args.stats, blend=args.blend, sync_audio=args.sync_audio,
+                             audio_source=args.audio_source))
     return 0
 
 
@@ -200,6 +201,13 @@ def register_camera(commands) -> None:
     camera.add_argument("--preview", action="store_true", help="also show the output in a window (q or Esc stops)")
     camera.add_argument("--stats", action="store_true", help="log per-stage timings every 2 s (and draw them on the preview)")
     camera.add_argument("--blend", type=float, default=1.0, help="strength of the restored face, 0..1 (default 1)")
+    camera.add_argument("--sync-audio", action="store_true",
+                        help="also make a virtual microphone, \"InstantRestore Microphone\", that plays your "
+                             "microphone as late as the picture (Linux: PulseAudio or PipeWire); elsewhere, say the "
+                             "delay to set")
+    camera.add_argument("--audio-source", metavar="NAME",
+                        help="the real microphone for --sync-audio, as `pactl list short sources` names it "
+                             "(default: the system's default input; implies --sync-audio)")
     _common_model_options(camera)
     camera.set_defaults(run=cmd_camera)
 
@@ -286,7 +294,8 @@ HELP_SCREENS = {
     "camera": ("Read your webcam (or a video file), restore your face in every frame and send the result to the "
                "virtual camera, to pick in Zoom, Meet, Teams or OBS. Ctrl+C stops.",
                ("instantrestore camera --profile me",
-                "instantrestore camera --profile me --input /dev/video2 --size 1280x720 --fps 30")),
+                "instantrestore camera --profile me --input /dev/video2 --size 1280x720 --fps 30",
+                "instantrestore camera --profile me --sync-audio")),
     "video": ("Restore a recorded video file frame by frame; frame count, rate and audio are kept, and the input "
               "is never modified.",
               ("instantrestore video talk.mp4 -o talk.restored.mp4 --profile me",)),

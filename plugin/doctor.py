@@ -177,6 +177,18 @@ def check_virtual_camera() -> list:
     return out
 
 
+def check_sound_sync() -> list:
+    """Whether `camera --sync-audio` can delay the microphone by itself here (a WARN: the camera runs without)."""
+    from . import audio_sync
+
+    reason = audio_sync.unavailable_reason()
+    if reason is None:
+        return [Check("sound sync", OK, f"automatic: {audio_sync.server_name()} (camera --sync-audio makes "
+                      f"\"{audio_sync.MICROPHONE_NAME}\")")]
+    return [Check("sound sync", WARN, f"not automatic: {reason}",
+                  "camera says the picture's latency: delay your microphone by as much (OBS: its Sync Offset)")]
+
+
 def check_bundle() -> list:
     from instantrestore.runtime import BundleError, load_bundle
 
@@ -246,7 +258,7 @@ def check_state() -> list:
 
 
 CHECKS = (check_python, check_packages, check_gpu, check_tensorrt, check_onnxruntime, check_detector, check_cameras,
-          check_virtual_camera, check_state, check_bundle, check_profiles)
+          check_virtual_camera, check_sound_sync, check_state, check_bundle, check_profiles)
 
 
 def run_checks() -> list:

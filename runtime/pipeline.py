@@ -50,6 +50,7 @@ class PipelineStats:
             self._counts = {stage: 0 for stage in STAGES}
             self.counters = collections.Counter()
             self._frame_times = collections.deque(maxlen=self._window)
+            self._latencies = collections.deque(maxlen=self._window)
 
     def add(self, stage: str, seconds: float, frames: int = 1):
         """Record a stage duration; a batched call covering n frames counts as n frames of seconds/n."""
@@ -80,6 +81,25 @@ class PipelineStats:
             self.counters["frames"] += 1
             self._frame_times.append(time.perf_counter())
 
+    def add_latency(self, seconds: float):
+        """One shown frame's latency: from its capture to its leaving the sink."""
+        with self._lock:
+            self._latencies.append(float(seconds))
+
+    def latency(self) -> Optional[dict]:
+        """{"mean_ms", "p95_ms", "count"} over the last `window` shown frames, None before the first."""
+        with self._lock:
+            samples = np.array(self._latencies, np.float64) * 1000.0
+        if samples.size == 0:
+            return None
+        return {"mean_ms": float(samples.mean()), "p95_ms": float(np.percentile(samples, 95)), "count": samples.size}
+
+    def recent_latency_s(self, frames: int = 30) -> Optional[float]:
+        """The mean latency of the last `frames` shown frames (about a second), None before the first."""
+        with self._lock:
+            recent = list(self._latencies)[-frames:]
+        return sum(recent) / len(recent) if recent else None
+
     def fps(self) -> float:
         with self._lock:
             times = list(self._frame_times)
@@ -103,7 +123,8 @@ class PipelineStats:
                     "total_s": self._totals[stage],
                 }
             counters = dict(self.counters)
-        return {"stages": stages, "fps": self.fps(), **counters}
+        latency = self.latency()
+        return {"stages": stages, "fps": self.fps(), **({"latency": latency} if latency else {}), **counters}
 
     def format_line(self) -> str:
         summary = self.summary()
@@ -111,6 +132,8 @@ class PipelineStats:
         line = " | ".join(parts) + " ms"
         if summary["fps"]:
             line += f" | {summary['fps']:.1f} fps"
+        if "latency" in summary:
+            line += f" | latency {summary['latency']['mean_ms']:.0f} ms (p95 {summary['latency']['p95_ms']:.0f})"
         for name in ("no_face", "not_finite", "dropped", "repeated"):
             if summary.get(name):
                 line += f" | {name} {summary[name]}"
@@ -632,8 +655,9 @@ class LiveReport:
     dropped: int = 0
     repeated: int = 0
     duration_s: float = 0.0
-    max_latency_s: float = 0.0  # capture to output of each newly shown frame
+    max_latency_s: float = 0.0  # from capture to leaving the sink, of each newly shown frame
     mean_latency_s: float = 0.0
+    p95_latency_s: float = 0.0
 
 
 class _LatestSlot:
@@ -775,14 +799,16 @@ def run_live(pipeline: Optional[FramePipeline], source: Source, sink: Sink, max_
                 # pasted into the captured frame itself, unless on_frame is to see it as it was
                 last_output = pipeline.composite_batch(batch.images, batch.located, batch.restored,
                                                        in_place=on_frame is None)[0]
-                latencies.append(time.monotonic() - batch.captured_at)
-                if on_frame is not None:
-                    on_frame(batch.frames[0].image, last_output, latencies[-1])
             else:
                 report.repeated += 1
                 stats.count("repeated")
             with stats.time("encode"):
                 sink.write(last_output, report.sent * period)
+            if fresh:  # the latency that matters: from the capture to the frame leaving the sink
+                latencies.append(time.monotonic() - batch.captured_at)
+                stats.add_latency(latencies[-1])
+                if on_frame is not None:
+                    on_frame(batch.frames[0].image, last_output, latencies[-1])
             last_sent_at = time.monotonic()
             last_was_fresh = fresh
             report.sent += 1
@@ -794,5 +820,6 @@ def run_live(pipeline: Optional[FramePipeline], source: Source, sink: Sink, max_
     if latencies:
         report.max_latency_s = max(latencies)
         report.mean_latency_s = sum(latencies) / len(latencies)
+        report.p95_latency_s = float(np.percentile(latencies, 95))
     stages.raise_first()
     return report

@@ -60,6 +60,7 @@ def test_the_soak_runs_the_live_runner_in_real_time_and_samples_memory(tmp_path,
     assert result["frames"] == 90 and result["size"] == "1280x720" and result["fps_target"] == 30
     assert result["seconds"] >= 2.9  # played at the clip's rate, not as fast as possible
     assert result["sent"] >= 85 and result["mean_latency_ms"] > 0
+    assert 0 < result["p95_latency_ms"] <= result["max_latency_ms"]
     assert result["rss_end_mb"] > 100 and "rss_growth_mb" in result
     assert main(["bench", "--soak", "--pipeline", "--stand-in-ms", "2"]) == 2
     assert "two benchmarks" in capsys.readouterr().err

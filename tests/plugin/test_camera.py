@@ -16,6 +16,7 @@ from instantrestore.plugin.errors import PluginError
 from tests.support.commands import CLIP_FPS, CLIP_SIZE, assert_clear_error, face_regions, listing, run
 from tests.support.media_helpers import FakeCamera, FakeVideoCapture, FaultyCamera, read_frames, write_clip
 from tests.support.recognition import change, face_boxes, two_people
+from tests.support.sound_server import loaded_modules, measured_delay_ms, sound_server  # noqa: F401
 
 REPOSITORY = Path(__file__).parents[2]  # the child process imports tests.support from here
 
@@ -222,3 +223,94 @@ def test_preview_without_a_display_is_refused_before_anything_opens(in_state, cl
     assert done.stderr.strip().splitlines()[-1] == (
         "instantrestore: error: --preview: no display to open a window on (neither DISPLAY nor WAYLAND_DISPLAY is "
         "set); run without --preview (the virtual camera needs no display)")
+
+
+# ------------------------------------------------------------------------------------------------ sound in sync
+
+SYNCED_CAMERA = """
+import sys
+import pyvirtualcam
+from tests.support.media_helpers import RecordingVirtualCamera
+pyvirtualcam.register_backend('recording', RecordingVirtualCamera)
+from instantrestore.plugin.cli import main
+sys.exit(main(['camera', '--profile', 'me', '--input', sys.argv[1], '--vcam-backend', 'recording',
+               '--backend', 'torch', '--sync-audio', '--stats']))
+"""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("stop, code", [("SIGTERM", 143), ("SIGINT", 0)])  # SIGINT: Ctrl+C, "stopped (user)"
+def test_sync_audio_delays_the_microphone_by_the_pictures_latency_and_a_stop_removes_it(
+        sound_server, in_state, tmp_path, stop, code):
+    """The whole command, in a child process: the virtual microphone is there while the camera runs, its delay
+    (measured with a click through the real sound server) is the picture latency the camera measured, and
+    SIGTERM or Ctrl+C leaves the sound server as it was."""
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    from instantrestore.plugin import audio_sync
+    from tests.support.media_helpers import placed_face
+
+    before = loaded_modules(sound_server)
+    # 30 s of a face that stays in view: every frame is restored, so the latency holds (a frame without a face
+    # skips the model and goes out sooner)
+    frames = [placed_face(CLIP_SIZE, 0.9, (10.0 + 0.5 * i, -30.0 + 0.25 * i))[0] for i in range(60)]
+    clip = write_clip(tmp_path / "long.mp4", (frames + frames[::-1]) * 6, fps=CLIP_FPS)
+    child = subprocess.Popen([sys.executable, "-c", SYNCED_CAMERA, str(clip)], stderr=subprocess.PIPE, text=True,
+                             cwd=REPOSITORY, env={**os.environ, "INSTANTRESTORE_HOME": str(in_state)})
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(child.stderr), daemon=True)
+    reader.start()
+
+    def delays_said():
+        return [float(line.split(" delayed ")[1].split()[0]) for line in list(lines)
+                if f"sound: {audio_sync.MICROPHONE_NAME} delayed " in line]
+
+    try:
+        deadline = time.monotonic() + 200
+        while not delays_said() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert delays_said(), "".join(lines)
+        assert any(f'pick "{audio_sync.MICROPHONE_NAME}" as the microphone' in line for line in lines)
+        assert len([module for module in loaded_modules(sound_server) if module not in before]) == 3
+        for _ in range(4):  # a click measured while the delay was being re-set is measured again
+            said = delays_said()
+            delay = measured_delay_ms(audio_sync.SOURCE_NAME, sound_server)
+            if delays_said() == said:
+                break
+        assert delay == pytest.approx(said[-1], abs=15), (delay, said)
+        # the delay the microphone was given is the picture's latency, as the stats line measured it (over a
+        # longer window: the microphone follows the last seconds)
+        latencies = [float(line.split("| latency ")[1].split()[0]) for line in list(lines) if "| latency " in line]
+        assert latencies and said[-1] == pytest.approx(latencies[-1], abs=max(15, 0.4 * latencies[-1]))
+        assert child.poll() is None, "".join(lines)
+        child.send_signal(getattr(signal, stop))
+        assert child.wait(timeout=60) == code, "".join(lines)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    reader.join(timeout=10)
+    assert "Traceback" not in "".join(lines)
+    assert loaded_modules(sound_server) == before
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_sync_audio_that_cannot_run_is_one_line_and_the_camera_goes_on(sound_server, in_state, clip,
+                                                                       recording_backend, capsys, monkeypatch):
+    before = loaded_modules(sound_server)
+    code, _, err = run(capsys, "camera", "--profile", "me", "--input", clip, "--vcam-backend", "recording",
+                       "--max-frames", 6, "--backend", "torch", "--audio-source", "alsa_input.nothing")
+    assert code == 0, err
+    assert "sound sync: no sound source 'alsa_input.nothing'; the microphones here are: " in err
+    assert "the camera goes on without it" in err and "Traceback" not in err
+    assert len(recording_backend.instances[-1].frames) >= 3
+    assert loaded_modules(sound_server) == before
+    monkeypatch.setenv("PULSE_SERVER", "unix:/nonexistent/pulse/native")
+    code, _, err = run(capsys, "camera", "--profile", "me", "--input", clip, "--vcam-backend", "recording",
+                       "--max-frames", 6, "--backend", "torch", "--sync-audio")
+    assert code == 0, err
+    assert "sound sync: no sound server answers (pactl info failed: " in err
+    assert len([line for line in err.splitlines() if "sound sync" in line]) == 1

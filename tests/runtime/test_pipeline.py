@@ -976,3 +976,49 @@ def test_overlapping_faces_blend_without_seams():
         return covered[both].astype(int)
 
     assert np.abs(one_over_the_other(pastes) - one_over_the_other(pastes[::-1])).max() >= 3
+
+
+@pytest.mark.timeout(120)
+def test_live_latency_runs_from_the_capture_to_the_frame_leaving_the_sink_with_its_95th_percentile():
+    """A virtual camera whose write takes 40 ms (a slow driver): each frame's latency, timed here from the
+    moment the camera gave it to the moment the sink's write returned, is what the runner reports: mean and
+    95th percentile, in its report and in the stats line."""
+    fps, write_s = 20.0, 0.04
+    frames = face_frames(40)
+    for index, frame in enumerate(frames):
+        frame[:4, :4] = index  # which camera frame a sent frame came from, in a corner no face reaches
+    given = {}
+
+    class TimedCamera(FakeCamera):
+        def __iter__(self):
+            for item in super().__iter__():
+                given[item.index] = time.monotonic()
+                yield item
+
+    class SlowSink(RecordingSink):
+        def write(self, image, timestamp=None):
+            time.sleep(write_s)
+            super().write(image, timestamp)
+
+    sink, shown = SlowSink(), []
+    pipeline = make_pipeline()
+    try:
+        report = run_live(pipeline, TimedCamera(frames, fps=fps), sink,
+                          on_frame=lambda raw, image, latency_s: shown.append((int(raw[0, 0, 0]), latency_s)))
+    finally:
+        close_all(pipeline)
+    assert len(shown) >= 10
+    sent_at = {}
+    for image, arrival in zip(sink.frames, sink.arrivals):
+        sent_at.setdefault(int(image[0, 0, 0]), arrival)  # its first sending; later ones are repeats
+    timed_here = np.array([sent_at[index] - given[index] for index, _ in shown])
+    reported = np.array([latency for _, latency in shown])
+    assert np.abs(reported - timed_here).max() < 0.02  # the same span, up to the thread hand-offs
+    assert reported.min() >= write_s  # the sink's write is inside it
+    assert report.mean_latency_s == pytest.approx(reported.mean())
+    assert report.p95_latency_s == pytest.approx(np.percentile(reported, 95))
+    latency = pipeline.stats.latency()
+    assert latency["p95_ms"] == pytest.approx(report.p95_latency_s * 1000)
+    assert latency["mean_ms"] == pytest.approx(report.mean_latency_s * 1000)
+    assert pipeline.stats.recent_latency_s(5) == pytest.approx(reported[-5:].mean())
+    assert f"latency {latency['mean_ms']:.0f} ms (p95 {latency['p95_ms']:.0f})" in pipeline.stats.format_line()
