@@ -173,6 +173,8 @@ def build(panel: Panel):
                         live_backend = gr.Dropdown(label="Backend", choices=list(CHOICES), value="auto",
                                                    elem_id="live-backend")
                         side = gr.Checkbox(label="Show the camera's own picture beside it", elem_id="live-side")
+                        sync = gr.Checkbox(label="Delay my microphone to match the picture (InstantRestore "
+                                                 "Microphone; Linux with PulseAudio or PipeWire)", elem_id="live-sync")
                         with gr.Row():
                             start = gr.Button("Start", variant="primary", elem_id="live-start")
                             stop = gr.Button("Stop", variant="stop", elem_id="live-stop")
@@ -274,7 +276,7 @@ def build(panel: Panel):
         remove.click(on_remove, [remove_pick], [enroll_status, *profile_outputs])
 
         # ---------------------------------------------------------------- live events
-        def on_start(camera_spec, file_spec, profile_name, blend, backend, request: gr.Request):
+        def on_start(camera_spec, file_spec, profile_name, blend, backend, sync_audio, request: gr.Request):
             session = panel.session(request)
             if session.live is not None and session.live.running:
                 return "the camera is already live; Stop it first", gr.update(), gr.update()
@@ -287,7 +289,8 @@ def build(panel: Panel):
                     raise PluginError("no camera found; plug one in, or give a video file")
             except PluginError as error:
                 return error_line(error), gr.update(), gr.update()
-            session.live = LiveJob(CameraOptions(profile_name, input=spec, backend=backend, blend=float(blend)))
+            session.live = LiveJob(CameraOptions(profile_name, input=spec, backend=backend, blend=float(blend),
+                                                 sync_audio=bool(sync_audio)))
             return "starting...", gr.Timer(active=True), ""
 
         def on_stop(request: gr.Request):
@@ -345,7 +348,7 @@ def build(panel: Panel):
                 return "this takes effect after a restart: Stop, then Start"
             return gr.update()
 
-        start.click(on_start, [camera, camera_file, live_profile, strength, live_backend],
+        start.click(on_start, [camera, camera_file, live_profile, strength, live_backend, sync],
                     [live_status, live_timer, live_settings])
         stop.click(on_stop, None, [live_status, live_timer])
         live_timer.tick(on_live_tick, [side], [preview, live_stats, live_status, live_timer])
