@@ -306,7 +306,7 @@ def test_a_path_outside_the_allowed_folders_is_refused_in_the_same_words_whether
     assert set(answers.values()) == {expected}, answers
     # the Live tab's "video file as the camera" goes through the same check
     for path in (outside / "secret.mp4", outside / "no-such.mp4"):
-        line = call(port, "on_start", [None, str(path), ["me"], 1.0, "auto"], headers=cookie)[0]
+        line = call(port, "on_start", [None, str(path), ["me"], 1.0, "auto", False], headers=cookie)[0]
         assert line == expected
     assert not (state / "restored" / "x.mp4").exists()
 
