@@ -135,16 +135,24 @@ class Restorer:
 
 
 def mark_demo(crops: np.ndarray) -> np.ndarray:
-    """The crops (B, S, S, 3) uint8 with DEMO_MARK written across the middle of the face (white on black, sized
-    to the crop), where compositing keeps it."""
+    """The crops (B, S, S, 3) uint8 with DEMO_MARK across the middle of the face: white letters on a black plate,
+    one word a line, where the paste keeps 85% or more of the crop (composite's face mask: its middle third)."""
     crops = np.ascontiguousarray(crops)
     size = crops.shape[1]
-    font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, size / 256, max(1, round(size / 128))
-    (width, _), _ = cv2.getTextSize(DEMO_MARK, font, scale, thickness)
-    origin = ((size - width) // 2, int(size * 0.6))  # across the nose and cheeks
+    font, thickness = cv2.FONT_HERSHEY_SIMPLEX, max(1, round(size / 128))
+    words = DEMO_MARK.split()
+    widest = max(cv2.getTextSize(word, font, 1.0, thickness)[0][0] for word in words)
+    scale = 0.28 * size / widest
+    height = cv2.getTextSize(words[0], font, scale, thickness)[0][1]
+    top, step, pad = int(size * 0.45), int(height * 1.7), max(2, size // 64)
+    plate = ((size - int(0.28 * size)) // 2 - pad, top - pad, (size + int(0.28 * size)) // 2 + pad,
+             top + step * (len(words) - 1) + height + 2 * pad)
     for crop in crops:
-        cv2.putText(crop, DEMO_MARK, origin, font, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
-        cv2.putText(crop, DEMO_MARK, origin, font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+        cv2.rectangle(crop, plate[:2], plate[2:], (0, 0, 0), thickness=-1)
+        for line, word in enumerate(words):
+            width = cv2.getTextSize(word, font, scale, thickness)[0][0]
+            origin = ((size - width) // 2, top + line * step + height)
+            cv2.putText(crop, word, origin, font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
     return crops
 
 

@@ -75,13 +75,14 @@ def test_auto_backend_says_what_it_picked(tiny_bundle, capsys):
 
 def test_faces_restored_by_a_random_weight_bundle_are_marked(tiny_bundle, tiny_restorer, tmp_path):
     """The same network recorded as random weights (as `demo` and `bench --random` write it): its restored crops
-    carry the DEMO MODEL mark, white text on a black edge, across the middle; elsewhere they are the same."""
+    carry the DEMO MODEL mark, white letters on a black plate, across the middle; elsewhere they are the same."""
     import json
     import shutil
 
     import numpy as np
 
     from instantrestore.runtime.bundle import CONFIG_NAME
+    from instantrestore.runtime.composite import face_mask
 
     random = tmp_path / "random"
     shutil.copytree(tiny_bundle, random)
@@ -94,9 +95,9 @@ def test_faces_restored_by_a_random_weight_bundle_are_marked(tiny_bundle, tiny_r
     profile = tiny_restorer.enroll(crops(2, CROP_SIZE))
     plain, marked = tiny_restorer.crop_restorer(profile)(faces), demo.crop_restorer(profile)(faces)
     changed = (plain.crops != marked.crops).any(axis=(0, 3))
-    rows, columns = np.nonzero(changed)
-    assert rows.min() > CROP_SIZE * 0.4 and rows.max() < CROP_SIZE * 0.7  # a band across the middle
-    assert columns.min() > CROP_SIZE * 0.05 and columns.max() < CROP_SIZE * 0.95
+    rows, _ = np.nonzero(changed)
+    assert rows.min() > CROP_SIZE * 0.35 and rows.max() < CROP_SIZE * 0.75  # across the middle of the face
+    assert face_mask(CROP_SIZE)[changed].min() > 0.85  # where the paste keeps the crop: no letter fades out
     white, black = (marked.crops > 220).all(axis=3), (marked.crops < 35).all(axis=3)
-    assert white.sum(axis=(1, 2)).min() > 100 and black.sum(axis=(1, 2)).min() > 100  # the letters, in each crop
+    assert white.sum(axis=(1, 2)).min() > 50 and black.sum(axis=(1, 2)).min() > 500  # letters and plate, each crop
     assert marked.finite.all()
