@@ -155,7 +155,7 @@ def _keep_fp32_islands(path: Path) -> int:
     """fp16_graph.keep_fp32 on the graph file at `path`, in place; its weights (inline or in the .data file beside
     it) are untouched."""
     structure = onnx.load(str(path), load_external_data=False)
-    wrapped = keep_fp32(structure)
+    wrapped = keep_fp32(structure, base_dir=str(path.parent))
     onnx.save_model(structure, str(path))
     return wrapped
 

@@ -7,7 +7,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from instantrestore.export.fp16_graph import keep_fp32
-from instantrestore.export.opcheck import fp16_unsafe_nodes
+from instantrestore.export.opcheck import check_ops, fp16_unsafe_nodes
 
 C = 64
 
@@ -48,7 +48,11 @@ def test_keep_fp32_casts_around_those_ops_only_and_computes_the_same():
     assert fp16_unsafe_nodes(model) == []
     by_name = {node.name: node for node in model.graph.node}
     casts = [node for node in model.graph.node if node.op_type == "Cast"]
-    assert len(casts) == 5 + 3  # the fp16 inputs in (x, scale, bias; shifted; weights), the three outputs back
+    assert len(casts) == 3 + 3  # the computed fp16 inputs in (x, shifted, weights), the three outputs back
+    # constant inputs become fp32 constants, not casts: TensorRT's parser needs a normalisation's weights as such
+    fp32 = {init.name: init for init in model.graph.initializer if init.data_type == TensorProto.FLOAT}
+    assert by_name["norm"].input[1:] == ["scale_fp32", "bias_fp32"] and set(fp32) == {"scale_fp32", "bias_fp32"}
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(fp32["scale_fp32"]), np.full(C, 1.5, np.float32))
     assert by_name["add"].input[0] == "normed"  # the op between the islands stays fp16, on the same tensors
     assert [o.name for o in model.graph.output] == ["y"] and model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT16
     after = run(model, x)
@@ -63,3 +67,17 @@ def test_an_fp32_graph_is_left_alone():
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, C])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, C])]), opset_imports=model.opset_import)
     assert fp16_unsafe_nodes(fp32) == [] and keep_fp32(fp32) == 0 and len(fp32.graph.node) == 1
+
+
+def test_an_instance_norms_weights_stay_constants_tensorrt_can_parse():
+    """GroupNorm exports as InstanceNormalization, whose scale and B TensorRT's parser takes only as constants."""
+    weights = [helper.make_tensor(name, TensorProto.FLOAT16, [4], np.full(4, value, np.float16))
+               for name, value in (("scale", 2.0), ("B", -1.0))]
+    graph = helper.make_graph([helper.make_node("InstanceNormalization", ["x", "scale", "B"], ["y"], name="norm")],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 4, C])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 4, C])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = (np.random.default_rng(1).standard_normal((1, 4, C)) * 300).astype(np.float16)
+    before = run(model, x)
+    assert keep_fp32(model) == 1 and check_ops(model).restrictions == [] and fp16_unsafe_nodes(model) == []
+    np.testing.assert_allclose(run(model, x).astype(np.float32), before.astype(np.float32), rtol=1e-3, atol=2e-3)

@@ -291,7 +291,7 @@ def test_provider_choice():
 
 def test_missing_tensorrt_has_a_clear_error(tiny_bundle, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError, even where installed
-    with pytest.raises(bt.TensorRTUnavailableError, match=r"TensorRT is not available.*pip install 'instantrestore\[tensorrt\]'"):
+    with pytest.raises(bt.TensorRTUnavailableError, match=r"TensorRT is not available.*from a checkout with `pip install -e '\.\[tensorrt\]'`"):
         bt.import_tensorrt()
     with pytest.raises(bt.TensorRTUnavailableError, match="--backend onnxruntime"):
         load_restorer(tiny_bundle, backend="tensorrt", device="cuda", dtype=torch.float16)
