@@ -81,14 +81,19 @@ def write_clip(path, frames, fps=25, audio=False, faststart=False, codec="libx26
             sample_rate = 44100
             total = int(round(sample_rate * len(frames) / fps))
             tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(total) / sample_rate)).astype(np.float32)
-            for start in range(0, total, 1024):
-                chunk = av.AudioFrame.from_ndarray(tone[None, start : start + 1024], format="fltp", layout="mono")
-                chunk.sample_rate, chunk.pts = sample_rate, start
-                for packet in sound.encode(chunk):
-                    container.mux(packet)
-            for packet in sound.encode(None):
-                container.mux(packet)
+            encode_mono(container, sound, tone, sample_rate)
     return path
+
+
+def encode_mono(container, sound, samples, sample_rate) -> None:
+    """Encode mono float samples into the audio stream `sound` of `container`, in 1024-sample frames, and flush."""
+    for start in range(0, len(samples), 1024):
+        chunk = av.AudioFrame.from_ndarray(samples[None, start: start + 1024], format="fltp", layout="mono")
+        chunk.sample_rate, chunk.pts = sample_rate, start
+        for packet in sound.encode(chunk):
+            container.mux(packet)
+    for packet in sound.encode(None):
+        container.mux(packet)
 
 
 def write_frameless_clip(path):
@@ -487,13 +492,7 @@ def write_flash_and_click(path, frames, fps=25, flash=6, audio_lead_s=0.0, sampl
         samples = np.zeros(total, np.float32)
         click = int(round(sample_rate * (audio_lead_s + flash / fps)))
         samples[click: click + 32] = 0.9  # a short square pulse: its onset survives AAC
-        for start in range(0, total, 1024):
-            chunk = av.AudioFrame.from_ndarray(samples[None, start: start + 1024], format="fltp", layout="mono")
-            chunk.sample_rate, chunk.pts = sample_rate, start
-            for packet in sound.encode(chunk):
-                container.mux(packet)
-        for packet in sound.encode(None):
-            container.mux(packet)
+        encode_mono(container, sound, samples, sample_rate)
     return path
 
 
