@@ -223,6 +223,10 @@ def test_offline_export_says_what_could_not_be_fetched_and_the_way_round(offline
     """Offline, the whole of stderr is one line (not the hub's retry messages) with the next step."""
     offline = {name: value.format(port=closed_port()) for name, value in offline.items()}
     env = {**offline, "HF_HOME": str(tmp_path / "hf"), "INSTANTRESTORE_HOME": str(tmp_path / "state")}
+    # a hub cache that transformers has used before: transformers 4.x announces a one-time "Migrating your old
+    # cache" (and a progress bar) the first time it meets an empty one, on any command that imports it
+    (tmp_path / "hf" / "hub").mkdir(parents=True)
+    (tmp_path / "hf" / "hub" / "version.txt").write_text("1")
     next_step = "pass all three: --checkpoint FILE --base DIR --vae DIR"
     done = run_cli(["export"], env)
     assert done.returncode == 2
