@@ -72,21 +72,24 @@ def cmd_export(args) -> int:
         bundle_dir = import_checkpoint(checkpoint=checkpoint, base=args.base, vae=args.vae, out=out, dtype=dtype,
                                        progress=say)
         bundles.make_default(bundle_dir, previous)
-    bundle = home.resolve_bundle(bundle_dir if checkpoint is not None else args.bundle)
+    else:
+        bundle_dir = home.resolve_bundle(args.bundle).path
     # What `--backend onnxruntime` / `--backend tensorrt` will run on here, made into the state folder's engine
     # cache, where every command looks: graphs in --dtype (default: fp16 with a GPU, fp32 without), fp16 engines.
     stages = [("onnx", "onnxruntime", args.dtype)] if args.onnx else []
     stages += [("tensorrt", "tensorrt", None)] if args.tensorrt else []
     if stages:
         from instantrestore.export import make_for
+        from instantrestore.runtime import load_bundle
 
         from .engine import choose_engine
 
+        bundle = load_bundle(bundle_dir)
         for label, backend, dtype in stages:
             made = make_for(bundle, choose_engine(bundle, backend, dtype=dtype), home.engines_dir(), progress=say)
             for graph, path in made.items():
                 say(f"{label} {graph}: {path}")
-    print(bundle.path)
+    print(bundle_dir)
     return 0
 
 
