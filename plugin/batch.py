@@ -29,7 +29,7 @@ from instantrestore.runtime.errors import InstantRestoreError
 from instantrestore.runtime.files import atomic_write_json, remove_temp, sha256_file, temp_files
 
 from . import home
-from .cli import error_reason
+from .messages import error_reason
 from .progress import ProgressBar, say
 
 # What `batch` picks up in a folder, and what FileSink writes (other containers come out as .mp4).
@@ -528,8 +528,7 @@ def cmd_batch(args) -> int:
 
 
 def register(commands) -> None:
-    from .cli import _common_model_options as add_model_options
-    from .cli import add_profile_option
+    from .arguments import add_model_options, add_profile_option
 
     batch = commands.add_parser("batch", help="restore many recordings, resumable; on this machine or a Ray cluster")
     batch.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders of videos, or .txt lists")
