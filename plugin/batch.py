@@ -92,7 +92,7 @@ class BatchProgress:
             self.draw(video)
 
     def draw(self, video: Video) -> None:
-        self.bar.label = f"{self.done_videos}/{len(self.todo)} videos, now {video.name}:"
+        self.bar.label = f"{self.done_videos}/{len(self.todo)} videos, now {video.name}"
         self.bar(self.done_frames + sum(self.current.values()), self.total_frames)
 
     def close(self) -> None:
