@@ -42,7 +42,7 @@ def quiet_when_the_reader_leaves(run):
 
 
 def clock(seconds: float) -> str:
-    """A duration as the progress bar and the panel show it: mm:ss, or h:mm:ss."""
+    """A duration as the panel shows it (as tqdm does): mm:ss, or h:mm:ss."""
     seconds = max(0, int(round(seconds)))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
