@@ -48,6 +48,10 @@ def clock(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
 
 
+# tqdm's own layout, with the unit after the count too ("12/240 frames"), as logs and the tests read it
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt}{unit} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+
+
 class ProgressBar:
     """Call with (done, total) after each unit of work; total may be 0 when unknown. On a terminal, tqdm's bar
     redrawn in place; elsewhere (logs, CI) tqdm's same words as a plain line per tenth of the work or per
@@ -67,7 +71,8 @@ class ProgressBar:
     def text(self, done: int, total: int) -> str:
         """The line as tqdm words it: label, percent and bar (when the total is known), count, times, rate."""
         return tqdm.format_meter(done, total or None, time.monotonic() - self.started, ncols=100,
-                                 prefix=self.label, unit=" " + self.unit, ascii=True)
+                                 prefix=self.label, unit=" " + self.unit, ascii=True,
+                                 bar_format=BAR_FORMAT if total else None)
 
     def __call__(self, done: int, total: int = 0) -> None:
         if self.interactive:
@@ -86,7 +91,7 @@ class ProgressBar:
     def draw(self, done: int, total: int) -> None:
         if self.bar is None:
             self.bar = tqdm(total=total or None, desc=self.label, unit=" " + self.unit, file=self.stream,
-                            dynamic_ncols=True, mininterval=0.1, leave=True)
+                            dynamic_ncols=True, mininterval=0.1, leave=True, bar_format=BAR_FORMAT if total else None)
         if (total or None) != self.bar.total:
             self.bar.total = total or None
         self.bar.set_description_str(self.label, refresh=False)

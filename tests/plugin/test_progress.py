@@ -37,8 +37,8 @@ def test_a_log_gets_a_plain_line_per_tenth_of_the_work():
     bar.close()
     lines = log.getvalue().splitlines()
     assert "\r" not in log.getvalue() and 10 <= len(lines) <= 12, lines  # the first frame, then each tenth
-    assert lines[0].startswith("restoring talk.mp4:") and "| 1/200 " in lines[0]
-    assert "100%" in lines[-1] and "| 200/200 " in lines[-1] and "frames/s" in lines[-1]
+    assert lines[0].startswith("restoring talk.mp4:") and "| 1/200 frames [" in lines[0]
+    assert "100%" in lines[-1] and "| 200/200 frames [" in lines[-1] and "frames/s" in lines[-1]
 
 
 def test_a_terminal_gets_one_line_redrawn_then_ended():
@@ -52,7 +52,7 @@ def test_a_terminal_gets_one_line_redrawn_then_ended():
     shown = terminal.getvalue()
     assert shown.endswith("\n") and shown.count("\n") == 1  # one line, redrawn with \r, ended when closed
     last = shown.rstrip("\n").split("\r")[-1]
-    assert last.startswith("1/1 videos, now talk.mp4: 100%") and "50/50" in last
+    assert last.startswith("1/1 videos, now talk.mp4: 100%") and "| 50/50 frames [" in last
 
 
 def test_an_unknown_total_counts_frames():
