@@ -18,32 +18,16 @@ import textwrap
 import threading
 from pathlib import Path
 
-from instantrestore.runtime.backends import CHOICES
 from instantrestore.runtime.errors import InstantRestoreError
 
+from .arguments import add_model_options, add_profile_option
 from .errors import PluginError
+from .messages import DEBUG_ENV, error_line
 from .progress import quiet_when_the_reader_leaves, say
 from .quiet import filtered_native_stderr
 
 # Modules of this package with their own `register(commands)` (e.g. "bench" for plugin/bench.py).
 COMMAND_MODULES = ("bundles", "batch", "doctor", "bench", "ui", "demo")
-DEBUG_ENV = "INSTANTRESTORE_DEBUG"  # set to 1 to see the traceback of an unexpected error
-
-
-def error_reason(error: BaseException) -> str:
-    """What went wrong, on one line: a user error's own words, or "internal error (Type): ..." for a bug
-    (`batch` puts this in its table for each failed video)."""
-    message = " ".join(str(error).split()) or type(error).__name__
-    return message if isinstance(error, InstantRestoreError) else f"internal error ({type(error).__name__}): {message}"
-
-
-def error_line(error: BaseException) -> str:
-    """The one line the CLI prints for a failed command, also shown by the panel."""
-    if isinstance(error, InstantRestoreError):
-        return f"instantrestore: error: {error_reason(error)}"
-    return f"instantrestore: {error_reason(error)} (set {DEBUG_ENV}=1 to see where; please report it)"
-
-
 
 
 # ------------------------------------------------------------------------------------------------
@@ -133,7 +117,7 @@ def register_enroll(commands) -> None:
     enroll = commands.add_parser("enroll", help="create your identity profile from a few selfies (4 recommended)")
     enroll.add_argument("images", nargs="+", metavar="IMG", help="photos of your face, one person per photo")
     enroll.add_argument("--name", required=True, help="profile name, used as --profile NAME later")
-    _common_model_options(enroll, backend=False)
+    add_model_options(enroll, backend=False)
     enroll.set_defaults(run=cmd_enroll)
 
 
@@ -211,7 +195,7 @@ def register_camera(commands) -> None:
     camera.add_argument("--audio-source", metavar="NAME",
                         help="the real microphone for --sync-audio, as `pactl list short sources` names it "
                              "(default: the system's default input; implies --sync-audio)")
-    _common_model_options(camera)
+    add_model_options(camera)
     camera.set_defaults(run=cmd_camera)
 
 
@@ -233,36 +217,8 @@ def register_video(commands) -> None:
     video.add_argument("--batch-size", type=int, default=1, help="frames per restorer call (GPU throughput; default 1)")
     video.add_argument("--blend", type=float, default=1.0, help="strength of the restored face, 0..1 (default 1)")
     video.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)")
-    _common_model_options(video)
+    add_model_options(video)
     video.set_defaults(run=cmd_video)
-
-
-def add_profile_option(parser) -> None:
-    """--profile, once per person to restore (camera, video, batch)."""
-    parser.add_argument("--profile", required=True, action="append",
-                        help="the profile made by `enroll`; give it once per person to restore (each face is restored "
-                             "only when recognised as one of them)")
-
-
-def _common_model_options(parser, backend: bool = True) -> None:
-    parser.add_argument("--bundle", help="model bundle folder (default: the last exported)")
-    if backend:
-        parser.add_argument("--backend", default="auto", choices=CHOICES,
-                            help="inference backend (default auto: TensorRT, then onnxruntime/torch on CUDA, then CPU)")
-    parser.add_argument("--device", type=_device, help="cuda, cuda:1 or cpu (default: cuda when available)")
-
-
-def _device(text: str) -> str:
-    """A torch device name, checked while parsing so a typo is a usage error, not a crash later."""
-    import torch
-
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cuda, cuda:N or cpu") from None
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    return text
 
 
 BUILTIN_COMMANDS = (register_export, register_enroll, register_profiles, register_camera, register_video)

@@ -13,6 +13,7 @@ import sys
 from typing import Optional
 
 from . import home, vcam
+from .cameras import OPENCV_INDICES, probe_opencv_cameras
 from .progress import quiet_when_the_reader_leaves
 
 OK, WARN, MISSING = "ok", "warn", "missing"
@@ -121,20 +122,6 @@ def check_detector() -> list:
     return [Check("face detector", OK, f"BlazeFace short-range ({tracking.BLAZEFACE_SHORT_RANGE.name})")]
 
 
-def _probe_opencv_cameras(limit: int = 3) -> list:
-    import cv2
-
-    found = []
-    for index in range(limit):
-        capture = cv2.VideoCapture(index)
-        try:
-            if capture.isOpened():
-                found.append(index)
-        finally:
-            capture.release()
-    return found
-
-
 def check_cameras() -> list:
     os_name = vcam.platform_name()
     if os_name == "linux":
@@ -145,9 +132,9 @@ def check_cameras() -> list:
         listed = ", ".join(f"{d.path} ({d.name})" for d in real)
         return [Check("cameras", OK, listed + "; use --input INDEX or PATH (a camera often has several nodes; the "
                       "first is usually the picture)")]
-    found = _probe_opencv_cameras()
+    found = probe_opencv_cameras()
     if not found:
-        return [Check("cameras", WARN, "no camera opened at index 0-2",
+        return [Check("cameras", WARN, f"no camera opened at index 0-{OPENCV_INDICES - 1}",
                       "plug in a webcam and allow camera access for your terminal/Python in the system privacy settings")]
     return [Check("cameras", OK, "camera indices " + ", ".join(map(str, found)))]
 

@@ -1,4 +1,4 @@
-"""Progress output on stderr: a redrawn bar on a terminal, occasional plain lines otherwise (logs, CI); the
+"""Progress output on stderr: tqdm's redrawn bar on a terminal, occasional plain lines otherwise (logs, CI); the
 words and lines the commands report with."""
 
 from __future__ import annotations
@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+
+from tqdm import tqdm
 
 
 def say(message: str) -> None:
@@ -40,63 +42,68 @@ def quiet_when_the_reader_leaves(run):
 
 
 def clock(seconds: float) -> str:
-    """A duration as the progress bar and the panel show it: mm:ss, or h:mm:ss."""
+    """A duration as the panel shows it (as tqdm does): mm:ss, or h:mm:ss."""
     seconds = max(0, int(round(seconds)))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
 
 
-class ProgressBar:
-    """Call with (done, total) after each unit of work; total may be 0 when unknown."""
+# tqdm's own layout, with the unit after the count too ("12/240 frames"), as logs and the tests read it
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt}{unit} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
-    def __init__(self, label: str, unit: str = "frames", stream=None, width: int = 30, line_interval_s: float = 5.0):
+
+class ProgressBar:
+    """Call with (done, total) after each unit of work; total may be 0 when unknown. On a terminal, tqdm's bar
+    redrawn in place; elsewhere (logs, CI) tqdm's same words as a plain line per tenth of the work or per
+    `line_interval_s`, so logs stay short."""
+
+    def __init__(self, label: str, unit: str = "frames", stream=None, line_interval_s: float = 5.0):
         self.label = label
         self.unit = unit
         self.stream = stream if stream is not None else sys.stderr
-        self.width = width
         self.line_interval_s = line_interval_s
         self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
         self.started = time.monotonic()
-        self._last_draw = 0.0
-        self._last_fraction_logged = -1.0
-        self._drawn = False
+        self.bar = None  # tqdm's, made at the first call on a terminal
+        self.last_line = 0.0
+        self.last_fraction_logged = -1.0
 
     def text(self, done: int, total: int) -> str:
-        elapsed = time.monotonic() - self.started
-        rate = done / elapsed if elapsed > 0 else 0.0
-        if total:
-            fraction = min(1.0, done / total)
-            filled = int(round(fraction * self.width))
-            bar = "#" * filled + "-" * (self.width - filled)
-            eta = (total - done) / rate if rate > 0 else 0.0
-            return (f"{self.label} [{bar}] {done}/{total} {self.unit} {fraction * 100:3.0f}% "
-                    f"{rate:.2f} {self.unit}/s elapsed {clock(elapsed)} left {clock(eta)}")
-        return f"{self.label} {done} {self.unit} {rate:.2f} {self.unit}/s elapsed {clock(elapsed)}"
+        """The line as tqdm words it: label, percent and bar (when the total is known), count, times, rate."""
+        return tqdm.format_meter(done, total or None, time.monotonic() - self.started, ncols=100,
+                                 prefix=self.label, unit=" " + self.unit, ascii=True,
+                                 bar_format=BAR_FORMAT if total else None)
 
     def __call__(self, done: int, total: int = 0) -> None:
+        if self.interactive:
+            self.draw(done, total)
+            return
         now = time.monotonic()
         finished = bool(total) and done >= total
-        if self.interactive:
-            if finished or now - self._last_draw >= 0.1:
-                self.stream.write("\r" + self.text(done, total) + "\x1b[K")
-                self.stream.flush()
-                self._last_draw = now
-                self._drawn = True
-            return
-        # Not a terminal: a line per tenth of the work or per interval, so logs stay short.
         fraction = done / total if total else 0.0
-        if finished or done == 1 or now - self._last_draw >= self.line_interval_s or fraction - self._last_fraction_logged >= 0.1:
+        if (finished or done == 1 or now - self.last_line >= self.line_interval_s
+                or fraction - self.last_fraction_logged >= 0.1):
             self.stream.write(self.text(done, total) + "\n")
             self.stream.flush()
-            self._last_draw = now
-            self._last_fraction_logged = fraction
+            self.last_line = now
+            self.last_fraction_logged = fraction
+
+    def draw(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total or None, desc=self.label, unit=" " + self.unit, file=self.stream,
+                            dynamic_ncols=True, mininterval=0.1, leave=True, bar_format=BAR_FORMAT if total else None)
+        if (total or None) != self.bar.total:
+            self.bar.total = total or None
+        self.bar.set_description_str(self.label, refresh=False)
+        self.bar.update(done - self.bar.n)  # redrawn at most every mininterval
+        if total and done >= total:
+            self.bar.refresh()
 
     def close(self) -> None:
         """End the redrawn line so the next output starts on its own line."""
-        if self.interactive and self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = False
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 LEFT_ALONE = ("not enrolled", "too small", "identity unsure")  # the pipeline's reasons for not restoring a face

@@ -4,7 +4,8 @@ without a terminal.
 The panel is one more client of the jobs the commands run (enroll.check_selfies, enroll.enroll,
 camera.run_camera, video.restore_video; doctor's checks): it holds no logic of its own beyond showing what they
 do. The long jobs run on threads of their own, one set per browser session; a timer on the page polls them
-(jobs.py). The page is page.py. It serves on 127.0.0.1 unless --host is given, never makes a public share link,
+(jobs.py). The page is page.py, a module per tab beside it (enroll_tab, live_tab, recordings_tab, system_tab)
+and what they share in widgets.py. It serves on 127.0.0.1 unless --host is given, never makes a public share link,
 and off loopback asks for a password (serving.py): the camera feed, the selfies and the files it can open are
 private.
 """
@@ -16,8 +17,9 @@ import webbrowser
 from ..progress import say
 from . import serving
 from .jobs import Panel, RecordingJob
-from .page import INSTALL_HINT, build, import_gradio, outputs_dir
+from .page import build
 from .serving import INSECURE_FLAG, LOCALHOST, PASSWORD_ENV, USER_ENV
+from .widgets import INSTALL_HINT, import_gradio, outputs_dir
 
 __all__ = ["Panel", "RecordingJob", "launch", "outputs_dir", "register", "INSTALL_HINT"]
 

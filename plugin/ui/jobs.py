@@ -15,14 +15,9 @@ from typing import Optional
 from instantrestore.runtime.errors import InstantRestoreError
 
 from ..camera import CameraOptions, LiveControl, run_camera
+from ..messages import error_line
 from ..progress import clock
 from ..video import VideoOptions, restore_video
-
-
-def error_line(error: BaseException) -> str:
-    from ..cli import error_line as cli_error_line
-
-    return cli_error_line(error)
 
 
 # ------------------------------------------------------------------------------------------------ jobs on threads

@@ -1,7 +1,7 @@
-"""`instantrestore batch` (plugin/batch.py) on the miniature model: three short clips of a real face, one of
-them corrupt, restored in one process and on a local Ray runtime; outputs equal what `video` makes, a rerun
-skips what is done, and a worker killed mid-video leaves no partial file and its video is finished by
-another."""
+"""`instantrestore batch` (plugin/batch.py, batch_videos.py, batch_manifest.py, batch_ray.py) on the miniature
+model: three short clips of a real face, one of them corrupt, restored in one process and on a local Ray runtime;
+outputs equal what `video` makes, a rerun skips what is done, and a worker killed mid-video leaves no partial file
+and its video is finished by another."""
 
 import os
 import signal
