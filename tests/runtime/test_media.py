@@ -82,7 +82,7 @@ def test_every_sink_is_a_sink(tmp_path, monkeypatch):
     from instantrestore.runtime.pipeline import PipelineStats
 
     pyvirtualcam.register_backend("instantrestore-test-recorder", RecordingVirtualCamera)
-    monkeypatch.setattr(media, "display_problem", lambda: None)  # constructs it; no window opens
+    monkeypatch.setattr(media.preview_sink, "display_problem", lambda: None)  # constructs it; no window opens
     virtual = VirtualCameraSink(64, 48, 30, backend="instantrestore-test-recorder")
     sinks = [FileSink(tmp_path / "out.mp4", fps=25, size=(64, 48)), virtual, PreviewSink(),
              FittedSink(virtual, (32, 24)), TeeSink(virtual), RecordingSink(), CountingSink(), StatsLog(PipelineStats())]
@@ -117,7 +117,7 @@ def test_fitted_sink_crops_to_the_output_shape_then_scales():
 
 
 def test_a_closed_preview_says_so(monkeypatch):
-    monkeypatch.setattr(media, "display_problem", lambda: None)
+    monkeypatch.setattr(media.preview_sink, "display_problem", lambda: None)
     shown = []
     monkeypatch.setattr(cv2, "imshow", lambda title, image: shown.append(image))
     monkeypatch.setattr(cv2, "waitKey", lambda delay: ord("q"))
