@@ -16,6 +16,7 @@ from instantrestore.runtime.tracking import (
     NearAndFarDetector,
     OneEuroFilter,
     Tracker,
+    make_detector,
 )
 
 from tests.support.media_helpers import MEDIAPIPE_TIMEOUT_S, apply_affine, astronaut, no_face_image, placed_face
@@ -24,11 +25,14 @@ from tests.support.media_helpers import MEDIAPIPE_TIMEOUT_S, apply_affine, astro
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_every_detector_is_a_detector():
-    with FaceDetector(mode="image", timeout_s=MEDIAPIPE_TIMEOUT_S) as near:
-        assert isinstance(near, Detector)
-    with NearAndFarDetector("video", MEDIAPIPE_TIMEOUT_S) as both:
-        assert isinstance(both, Detector)
+def test_every_detector_is_a_detector_and_the_factory_makes_each():
+    with make_detector("image", timeout_s=MEDIAPIPE_TIMEOUT_S) as near:
+        assert isinstance(near, FaceDetector) and isinstance(near, Detector) and near.mode == "image"
+    with make_detector("video", far=True, timeout_s=MEDIAPIPE_TIMEOUT_S) as both:
+        assert isinstance(both, NearAndFarDetector) and isinstance(both, Detector)
+        assert both.near.mode == both.far.mode == "video"
+    with pytest.raises(tracking.TrackingError, match="mode must be"):
+        make_detector("photo")
 
 
 def video_detector():
@@ -52,10 +56,10 @@ def test_corrupted_model_is_refused_with_clear_error(tmp_path, monkeypatch):
     data = bytearray(tracking.BLAZEFACE_SHORT_RANGE.read_bytes())
     data[1000] ^= 0xFF
     broken.write_bytes(bytes(data))
-    monkeypatch.setattr(tracking, "BLAZEFACE_SHORT_RANGE", broken)
+    monkeypatch.setattr(tracking.detectors, "BLAZEFACE_SHORT_RANGE", broken)
     with pytest.raises(DetectorAssetError, match="corrupted"):
         FaceDetector(timeout_s=MEDIAPIPE_TIMEOUT_S)
-    monkeypatch.setattr(tracking, "BLAZEFACE_SHORT_RANGE", tmp_path / "missing.tflite")
+    monkeypatch.setattr(tracking.detectors, "BLAZEFACE_SHORT_RANGE", tmp_path / "missing.tflite")
     with pytest.raises(DetectorAssetError, match="not found"):
         FaceDetector(timeout_s=MEDIAPIPE_TIMEOUT_S)
 
@@ -316,36 +320,6 @@ def test_choose_face_hook_picks_the_person():
     # A hook returning None means "nobody to restore".
     tracker = Tracker(ScriptedDetector([[left, right]]), roi_scale=None, choose_face=lambda faces, image: None)
     assert tracker.update(frame, 0.0) is None
-
-
-def test_landmarker_option_reports_a_missing_task_file(tmp_path):
-    with pytest.raises(DetectorAssetError, match="not found"):
-        FaceDetector(landmarker_task=tmp_path / "face_landmarker.task", timeout_s=MEDIAPIPE_TIMEOUT_S)
-
-
-def test_landmark_mesh_maps_to_six_keypoints():
-    class Point:
-        def __init__(self, x, y):
-            self.x, self.y = x, y
-
-    class Result:
-        pass
-
-    mesh = [Point(0.5, 0.5) for _ in range(478)]
-    mesh[33], mesh[133] = Point(0.30, 0.40), Point(0.40, 0.40)
-    mesh[362], mesh[263] = Point(0.60, 0.40), Point(0.70, 0.40)
-    mesh[1] = Point(0.50, 0.55)
-    mesh[13], mesh[14] = Point(0.50, 0.68), Point(0.50, 0.72)
-    mesh[234], mesh[454] = Point(0.20, 0.50), Point(0.80, 0.50)
-    result = Result()
-    result.face_landmarks = [mesh]
-    faces = tracking._faces_from_landmarks(result, 200, 100)
-    assert len(faces) == 1
-    np.testing.assert_allclose(
-        faces[0].keypoints,
-        [[70, 40], [130, 40], [100, 55], [100, 70], [40, 50], [160, 50]],
-        atol=1e-4,
-    )
 
 
 def test_a_new_face_starts_a_fresh_track():
