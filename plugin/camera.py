@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import stat
 import threading
 import time
 from pathlib import Path
@@ -58,36 +57,21 @@ def parse_size(text) -> Optional[tuple]:
     return width, height
 
 
-def _is_device_node(path: Path) -> bool:
-    try:
-        return stat.S_ISCHR(path.stat().st_mode)
-    except OSError:
-        return False
-
-
 DEFAULT_CAMERA_SIZE = (1280, 720)  # what call apps send; OpenCV alone would open most webcams at 640x480
 
 
 def open_input(spec, size: Optional[tuple], fps: Optional[float]):
-    """A camera (index or device path; asked for `size`, else 1280x720) or a video file (played at its own
-    rate)."""
-    from instantrestore.runtime.media import CameraSource, CameraUnavailable, FileSource
+    """The source --input names (runtime.media.open_source): a camera (index or device path; asked for `size`,
+    else 1280x720), a video file (played at its own rate), or any other registered source. Default: camera 0."""
+    from instantrestore.runtime.media import CameraUnavailable, SourceNotFound, open_source
 
-    spec = "0" if spec is None else str(spec)
-    path = Path(spec)
-    if spec.isdigit() or spec.startswith("/dev/") or _is_device_node(path):
-        if spec.startswith("/dev/") and not path.exists():
-            raise PluginError(f"--input {spec}: no such camera device")
-        try:
-            return CameraSource(int(spec) if spec.isdigit() else spec, size=size or DEFAULT_CAMERA_SIZE, fps=fps)
-        except CameraUnavailable as error:
-            raise PluginError(f"{error}; check that it exists and no other app is using it (`instantrestore doctor` "
-                              "lists cameras)") from None
-    if path.is_file():
-        return FileSource(path)
-    if path.is_dir():
-        raise PluginError(f"--input {spec}: is a folder, not a camera or video file")
-    raise PluginError(f"--input {spec}: no such camera index, device or video file")
+    try:
+        return open_source("0" if spec is None else spec, size=size or DEFAULT_CAMERA_SIZE, fps=fps)
+    except SourceNotFound as error:
+        raise PluginError(f"--input {error}") from None
+    except CameraUnavailable as error:
+        raise PluginError(f"{error}; check that it exists and no other app is using it (`instantrestore doctor` "
+                          "lists cameras)") from None
 
 
 def _camera_device_path(source) -> Optional[str]:

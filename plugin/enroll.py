@@ -89,7 +89,7 @@ class Selfie(NamedTuple):
 def check_selfies(paths, crop_size: int, progress=None) -> dict:
     """{path: its Selfie, or the one-line reason it is refused}, in order. Every photo is checked, so one run
     lists all the problems (`enroll`, and the panel's photo by photo view)."""
-    from instantrestore.runtime.tracking import FaceDetector, TrackingError
+    from instantrestore.runtime.tracking import TrackingError, make_detector
 
     results, images = {}, {}
     for path in paths:
@@ -98,7 +98,7 @@ def check_selfies(paths, crop_size: int, progress=None) -> dict:
         except PluginError as error:
             results[path] = str(error)
     if images:
-        with FaceDetector(mode="image", timeout_s=60.0) as detector:
+        with make_detector("image", timeout_s=60.0) as detector:
             for path, image in images.items():
                 try:
                     results[path] = Selfie(image, selfie_crop(path, image, crop_size, detector, progress))

@@ -15,7 +15,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from .tracking import Detector, FaceDetection, FaceDetector, box_iou, refine_near
+from .tracking import Detector, FaceDetection, box_iou, make_detector, refine_near
 
 # Unit-square template, same order as tracking.KEYPOINT_NAMES (right eye is the person's right,
 # i.e. image left). Relative positions measured from BlazeFace output on frontal faces.
@@ -154,7 +154,7 @@ def face_crops(image_rgb_uint8, crop_size: int, detector: Optional[Detector] = N
     template_points(crop_size)  # validates crop_size before any detector work
     own_detector = detector is None
     if own_detector:
-        detector = FaceDetector(mode="image", timeout_s=60.0)
+        detector = make_detector("image", timeout_s=60.0)
     try:
         faces = detector.detect(image, None)
         # A second look around each face gives steadier keypoints for faces small in the photo.
@@ -186,7 +186,7 @@ def find_faces(image_rgb_uint8, crop_size: int, detector: Optional[Detector] = N
     a false detection in a window. Faces scoring under PHOTO_MIN_SCORE are not faces.
     """
     image = _check_image(image_rgb_uint8)
-    own = FaceDetector(mode="image", timeout_s=60.0) if detector is None else contextlib.nullcontext(detector)
+    own = make_detector("image", timeout_s=60.0) if detector is None else contextlib.nullcontext(detector)
     with own as detector:
         return _search_photo(image, crop_size, detector)
 

@@ -140,6 +140,33 @@ def test_an_unplugged_camera_is_retried_and_the_call_goes_on(in_state, clip, rec
 
 @pytest.mark.timeout(240)
 @pytest.mark.usefixtures("one_torch_thread")
+def test_a_source_registered_by_a_test_is_what_camera_input_reaches(in_state, clip, recording_backend, monkeypatch,
+                                                                    capsys):
+    from instantrestore.runtime.media import MemorySource, register_source, registry
+
+    monkeypatch.setattr(registry, "SOURCES", dict(registry.SOURCES))  # the registration ends with this test
+    frames = read_frames(clip)
+    asked = []
+
+    def open_toy(spec, **options):
+        asked.append((spec, options["size"], options["fps"]))
+        return MemorySource(frames, fps=CLIP_FPS, total=40)
+
+    register_source("toy", lambda spec: spec.startswith("toy:"), open_toy)
+    code, _, err = run(capsys, "camera", "--profile", "me", "--input", "toy:drift", "--vcam-backend", "recording",
+                       "--max-frames", 6, "--backend", "torch")
+    assert code == 0, err
+    assert asked == [("toy:drift", (1280, 720), None)]  # what camera asks any source for
+    (camera,) = recording_backend.instances
+    assert (camera.width, camera.height) == CLIP_SIZE and len(camera.frames) >= 3
+    sent = [frame.reshape(CLIP_SIZE[1], CLIP_SIZE[0], 3).astype(np.int16) for frame in camera.frames]
+    outside, _ = face_regions(frames[0])
+    for frame in sent:  # each is one of the toy's frames, face restored
+        assert min(np.abs(frame - original.astype(np.int16))[outside].mean() for original in frames) < 2.0
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("one_torch_thread")
 def test_webcam_by_index_through_opencv(in_state, clip, recording_backend, monkeypatch, capsys):
     frames = read_frames(clip)
     monkeypatch.setattr(FakeVideoCapture, "frames", frames * 20)

@@ -17,7 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Optional
 
-from .errors import InstantRestoreError
+from ..errors import InstantRestoreError
 
 # The layout a player assumes for a channel count (FFmpeg's av_channel_layout_default): what PCM that carries
 # only its count ("2 channels", as AVI stores it) is written with, since the MP4 writer needs a layout.
