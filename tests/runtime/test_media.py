@@ -29,7 +29,8 @@ from instantrestore.runtime.media import (
     VirtualCameraUnavailable,
     fit_frame,
 )
-from instantrestore.runtime.pipeline import run_file, run_live
+from instantrestore.runtime.frames.file_run import run_file
+from instantrestore.runtime.frames.live_run import run_live
 
 from tests.support.media_helpers import (
     BrokenVirtualCamera,
@@ -79,7 +80,7 @@ def test_every_source_is_a_source(tmp_path, monkeypatch):
 def test_every_sink_is_a_sink(tmp_path, monkeypatch):
     from instantrestore.plugin.bench import CountingSink
     from instantrestore.plugin.camera import StatsLog
-    from instantrestore.runtime.pipeline import PipelineStats
+    from instantrestore.runtime.frames.stats import PipelineStats
 
     pyvirtualcam.register_backend("instantrestore-test-recorder", RecordingVirtualCamera)
     monkeypatch.setattr(media, "display_problem", lambda: None)  # constructs it; no window opens
