@@ -36,6 +36,21 @@ def timed_frames(source: Source, stats: PipelineStats):
         yield item
 
 
+def prepare(pipeline: FramePipeline, source: Source, batch_size: int, to_restore: Handoff) -> None:
+    """The first stage of run_file: decode, track (with look-ahead) and align every frame, and hand the batches on
+    in the groups the look-ahead aligned together, each batch's crops in one buffer."""
+    ahead = pipeline.look_ahead(batch_size)
+
+    def send(aligned):
+        for start in range(0, len(aligned), batch_size):
+            to_restore.put(Batch(*map(list, zip(*aligned[start: start + batch_size]))))
+
+    for item in timed_frames(source, pipeline.stats):
+        send(ahead.push(item, item.image, item.time))
+    send(ahead.flush())
+    to_restore.put(END)
+
+
 def run_file(pipeline: FramePipeline, source: Source, sink: Sink, progress=None, batch_size: int = 1,
              on_frame=None) -> PipelineStats:
     """Restore every frame of source, in order, into sink, then close the sink.
@@ -53,18 +68,6 @@ def run_file(pipeline: FramePipeline, source: Source, sink: Sink, progress=None,
     total = source.frame_count
     stages = Stages()
     to_restore, to_write = Handoff(stages.stop), Handoff(stages.stop)
-
-    def prepare():
-        ahead = pipeline.look_ahead(batch_size)
-
-        def send(aligned):  # in the batches the look-ahead aligned together, each batch's crops in one buffer
-            for start in range(0, len(aligned), batch_size):
-                to_restore.put(Batch(*map(list, zip(*aligned[start: start + batch_size]))))
-
-        for item in timed_frames(source, stats):
-            send(ahead.push(item, item.image, item.time))
-        send(ahead.flush())
-        to_restore.put(END)
 
     def restore():
         while (batch := to_restore.get()) is not END:
@@ -88,7 +91,7 @@ def run_file(pipeline: FramePipeline, source: Source, sink: Sink, progress=None,
                     progress(done, total)
 
     try:
-        stages.start(prepare, "prepare")
+        stages.start(lambda: prepare(pipeline, source, batch_size, to_restore), "prepare")
         stages.start(finish, "finish")
         stages.run(restore)
         stages.join()

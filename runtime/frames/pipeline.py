@@ -205,7 +205,7 @@ class FramePipeline:
 def identities_of(profiles: dict, live: bool):
     """Who the enrolled people are (profiles: name -> Profile). Live, recognition runs beside the frames; a
     recording waits for it, so its result never depends on timing."""
-    from .identity import Identities
+    from ..identity import Identities
 
     return Identities({name: profile.embeddings for name, profile in profiles.items()}, background=live)
 

@@ -144,3 +144,26 @@ def test_live_paste_keeps_up_with_a_moving_face_and_holds_still(gallery):
     assert abs(fraction) <= 0.05, (pixels, fraction)
     spread, step = steadiness(live, gallery)
     assert spread <= 1.0 and step <= 0.3, (spread, step)
+
+
+@pytest.mark.timeout(300)
+def test_each_mode_smooths_a_face_once(gallery):
+    """Live, the tracker's One Euro filter places the face; in a file the look-ahead fit of the raw detections
+    does, so there the tracker passes its detections on unsmoothed (its smoothing would be thrown away)."""
+    frames, _ = path_frames([(-60.0 + SPEED * index, -40.0) for index in range(16)], seed=3)
+    smoothed_by = {}
+    for mode in (live, file_mode):
+        pipeline, tracks = pipeline_for(gallery), []
+        update_all = pipeline.tracker.update_all
+
+        def noting(frame, timestamp_s=None):
+            found = update_all(frame, timestamp_s)
+            tracks.extend(track for track in found if track.missed == 0)
+            return found
+
+        pipeline.tracker.update_all = noting
+        mode(pipeline, frames)
+        assert len(tracks) == len(frames)
+        smoothed_by[mode.__name__] = max(float(np.abs(t.keypoints - t.raw_keypoints).max()) for t in tracks)
+    assert smoothed_by["file_mode"] == 0.0
+    assert smoothed_by["live"] > 0.5  # pixels: One Euro moved the keypoints of the moving, noisy face
