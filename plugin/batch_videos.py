@@ -93,7 +93,7 @@ def restore_file(restorers: dict, profiles: dict, crop_size: int, in_path, out_p
     """Restore one recording with a loaded model's crop restorers (name -> `Restorer.crop_restorer(profile)`),
     each recognised person with their own: frames, faces restored. No partial output on failure."""
     from instantrestore.runtime.media import FileSink, FileSource
-    from instantrestore.runtime.pipeline import restore_recording
+    from instantrestore.runtime.frames.file_run import restore_recording
 
     source = FileSource(in_path)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)  # a folder's videos keep their sub-folders

@@ -186,7 +186,8 @@ def bench_pipeline(restorer=None, frames: int = 120, batch: int = 1, size=(1920,
     """The whole frame pipeline on a synthetic clip: per-stage medians and end-to-end frames per second.
     Without a restorer, a stand-in that waits `stand_in_ms` per face takes the model's place."""
     from instantrestore.runtime.media import FileSink, FileSource
-    from instantrestore.runtime.pipeline import FramePipeline, run_file
+    from instantrestore.runtime.frames.file_run import run_file
+    from instantrestore.runtime.frames.pipeline import FramePipeline
 
     with tempfile.TemporaryDirectory(prefix="instantrestore-bench-") as tmp:
         clip = Path(tmp) / "clip.mp4"
@@ -234,7 +235,8 @@ def bench_soak(restorer=None, frames: int = 14_400, size=(1280, 720), fps: float
     growth is measured from the end of the first tenth (after warm-up) to the end: a leak shows as growth
     in proportion to the run's length."""
     from instantrestore.runtime.media import MemorySource
-    from instantrestore.runtime.pipeline import FramePipeline, run_live
+    from instantrestore.runtime.frames.live_run import run_live
+    from instantrestore.runtime.frames.pipeline import FramePipeline
 
     width, height = size
     clip = list(synthetic_frames(int(fps) * 4, size))  # four seconds of a head moving a little, as on a call

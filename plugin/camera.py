@@ -122,7 +122,7 @@ class LiveControl:
 
     def set_profile(self, names) -> None:
         """Restore these people (one profile name or several) from the next frames on."""
-        from instantrestore.runtime.pipeline import identities_of
+        from instantrestore.runtime.frames.pipeline import identities_of
 
         if self.pipeline is None:
             raise PluginError("the model is still loading; change the profile when the camera is live")
@@ -140,7 +140,9 @@ def run_camera(options: CameraOptions, progress=say, control: Optional[LiveContr
     file, `max_frames` captured frames, or control.stop; each enrolled person with their own profile."""
     from instantrestore.runtime.media import (FittedSink, PreviewClosed, PreviewSink, SteadyCamera, TeeSink,
                                               VirtualCameraSink, VirtualCameraUnavailable, display_problem)
-    from instantrestore.runtime.pipeline import Stages, face_pipeline, run_live
+    from instantrestore.runtime.frames.live_run import run_live
+    from instantrestore.runtime.frames.pipeline import face_pipeline
+    from instantrestore.runtime.frames.stages import Stages
 
     input_spec, fps, max_frames, blend = options.input, options.fps, options.max_frames, options.blend
     backend, device, show_stats = options.backend, options.device, options.show_stats

@@ -69,7 +69,7 @@ def restore_video(options: VideoOptions, progress=say, frame_progress=None, on_f
     total) replaces the terminal's progress bar and on_frame(raw, restored) sees each frame (the panel); an
     exception either raises cancels the run, leaving no output."""
     from instantrestore.runtime.media import FileSink, FileSource, check_video_file
-    from instantrestore.runtime.pipeline import restore_recording
+    from instantrestore.runtime.frames.file_run import restore_recording
 
     in_path, out_path = Path(options.input), Path(options.output)
     blend, batch_size = options.blend, options.batch_size

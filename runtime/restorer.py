@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .backends import BACKENDS, backend_class, select
 from .bundle import DTYPES, load_bundle
 from .network import enroll_noise, reference_inputs, reference_statistics, restore_noise
-from .pipeline import RestoredCrops
+from .restored import RestoredCrops
 from .profile import Profile, ProfileError
 
 THUMBNAIL_SIZE = 128

@@ -7,6 +7,7 @@ import queue
 import threading
 import time
 
+from ..frames.mailbox import LatestSlot
 from .base import CameraUnavailable, SourceFrame, one_line
 
 
@@ -33,7 +34,7 @@ class SteadyCamera:
         self.device = self._camera.device
         self.width, self.height, self.fps = self._camera.width, self._camera.height, self._camera.fps
         self.frame_count = 0  # unbounded
-        self._latest = queue.Queue(maxsize=1)  # the newest frame, or the error that ended the reads
+        self._latest = LatestSlot()  # the newest frame, or the error that ended the reads
         self._reader = None
         self._closed = threading.Event()
         self._start = None
@@ -44,14 +45,6 @@ class SteadyCamera:
     def _name(self) -> str:
         return f"camera {self.device!r}" if self.device is not None else "the camera"
 
-    def _offer(self, item):
-        while True:
-            try:
-                return self._latest.put_nowait(item)
-            except queue.Full:
-                with contextlib.suppress(queue.Empty):
-                    self._latest.get_nowait()
-
     def _start_reader(self):
         camera = self._camera
 
@@ -60,12 +53,12 @@ class SteadyCamera:
                 for item in camera:
                     if self._closed.is_set() or self._camera is not camera:
                         return  # closed, or given up on while this read hung
-                    self._offer(item.image)
+                    self._latest.put(item.image)
                 if self._camera is camera:
-                    self._offer(CameraUnavailable(f"{self._name()} ended its stream"))
+                    self._latest.put(CameraUnavailable(f"{self._name()} ended its stream"))
             except Exception as error:  # handed to the consumer, which reopens the camera
                 if self._camera is camera:
-                    self._offer(error)
+                    self._latest.put(error)
             finally:
                 with contextlib.suppress(Exception):
                     camera.close()

@@ -130,6 +130,7 @@ class Tracker:
         self.max_missed = int(max_missed)
         self.roi_scale = roi_scale
         self.smoothing = smoothing
+        self.smooth = True  # One Euro on the keypoints; the frame pipeline's smoothing policy sets it per mode
         self._follows: list[_Follow] = []
         self._main_id: Optional[int] = None
         self._next_id = 0
@@ -170,7 +171,9 @@ class Tracker:
         return float(np.abs(now - follow.patch).mean()) <= HOLD_CHANGE
 
     def _smoothed(self, follow: _Follow, face: FaceDetection, timestamp_s) -> Track:
-        keypoints = follow.filter(face.keypoints.astype(np.float64) / follow.unit, timestamp_s) * follow.unit
+        keypoints = face.keypoints.astype(np.float64)
+        if self.smooth:  # off where the keypoints are smoothed otherwise (file mode's look-ahead fit)
+            keypoints = follow.filter(keypoints / follow.unit, timestamp_s) * follow.unit
         return Track(keypoints=keypoints.astype(np.float32), raw_keypoints=face.keypoints.astype(np.float32),
                      box=face.box, score=face.score, missed=0, track_id=follow.track.track_id)
 

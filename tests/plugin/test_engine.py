@@ -97,7 +97,7 @@ def test_onnx_backend_exports_missing_graphs_first(in_state, clip, tmp_path, cap
 @pytest.mark.timeout(240)
 @pytest.mark.usefixtures("one_torch_thread")
 def test_cpu_runs_give_the_model_all_cores_but_one_and_opencv_one(in_state, tmp_path, monkeypatch, capsys):
-    from instantrestore.runtime.pipeline import FramePipeline
+    from instantrestore.runtime.frames.pipeline import FramePipeline
 
     seen = []
     restore_located = FramePipeline.restore_located

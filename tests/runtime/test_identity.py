@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from instantrestore.runtime.identity import MATCH_DISTANCE, Identities, shared_recognizer
-from instantrestore.runtime.pipeline import FramePipeline
+from instantrestore.runtime.frames.pipeline import FramePipeline
 from instantrestore.runtime.tracking import FaceDetector, Tracker
 
 from tests.support.media_helpers import MEDIAPIPE_TIMEOUT_S

@@ -1,6 +1,6 @@
 """A frame pipeline on the tiny crop size with a stand-in restorer, and clips of a face."""
 
-from instantrestore.runtime.pipeline import FramePipeline
+from instantrestore.runtime.frames.pipeline import FramePipeline
 from instantrestore.runtime.tracking import FaceDetector, Tracker
 
 from tests.support.media_helpers import MEDIAPIPE_TIMEOUT_S, invert_restore, placed_face

@@ -58,7 +58,7 @@ def test_every_source_is_a_source(tmp_path, monkeypatch):
 def test_every_sink_is_a_sink(tmp_path, monkeypatch):
     from instantrestore.plugin.bench import CountingSink
     from instantrestore.plugin.camera import StatsLog
-    from instantrestore.runtime.pipeline import PipelineStats
+    from instantrestore.runtime.frames.stats import PipelineStats
 
     pyvirtualcam.register_backend("instantrestore-test-recorder", RecordingVirtualCamera)
     monkeypatch.setattr(media.preview_sink, "display_problem", lambda: None)  # constructs it; no window opens

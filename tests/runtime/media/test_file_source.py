@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from instantrestore.runtime.media import FileSink, FileSource, MediaError
-from instantrestore.runtime.pipeline import run_file
+from instantrestore.runtime.frames.file_run import run_file
 
 from tests.support.media_helpers import cut_off, placed_face, read_frames, write_clip, write_matroska
 from tests.support.media_tracks import small_faces

@@ -5,7 +5,7 @@ import pytest
 import pyvirtualcam
 
 from instantrestore.runtime.media import MediaError, VirtualCameraSink, VirtualCameraUnavailable
-from instantrestore.runtime.pipeline import run_live
+from instantrestore.runtime.frames.live_run import run_live
 
 from tests.support.media_helpers import BrokenVirtualCamera, FakeCamera, RecordingVirtualCamera
 from tests.support.pipelines import close_all, face_frames, make_pipeline
