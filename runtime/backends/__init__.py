@@ -61,6 +61,11 @@ class Backend:
         return False
 
     @classmethod
+    def diagnose(cls) -> list:
+        """What `doctor` says of it on this machine: (ok, detail, next step) tuples; [] for nothing to say."""
+        return []
+
+    @classmethod
     def label(cls, device: str) -> str:
         """How "auto"'s reasons name it on `device`."""
         if cls.devices is not None and len(cls.devices) == 1:

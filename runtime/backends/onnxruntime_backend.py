@@ -158,6 +158,15 @@ class OnnxRuntimeBackend(Backend):
         return onnx_ready(bundle, dtype, engines)
 
     @classmethod
+    def diagnose(cls) -> list:
+        providers = available_providers()
+        if not providers:
+            return [(False, "onnxruntime is not available", "pip install onnxruntime-gpu or onnxruntime")]
+        accelerated = [p for p in providers if p in PROVIDER_ORDER[:-1]]
+        step = "" if accelerated else "for GPU inference install onnxruntime-gpu (NVIDIA) or onnxruntime-directml (Windows)"
+        return [(bool(accelerated), "providers: " + ", ".join(providers), step)]
+
+    @classmethod
     def load(cls, bundle, device: str, dtype: torch.dtype, engines=None, **options) -> "OnnxRuntimeBackend":
         return cls(bundle, engines, device=device, dtype=dtype, **options)
 

@@ -291,6 +291,20 @@ class TensorRTBackend(Backend):
         return tensorrt_ready(bundle, dtype=dtype, device=device, engines=engines)  # TensorRT and a GPU too
 
     @classmethod
+    def diagnose(cls) -> list:
+        try:
+            import tensorrt as trt  # noqa: PLC0415 - optional dependency
+        except Exception as error:  # noqa: BLE001 - any failure means it is unusable
+            reason = "not installed" if isinstance(error, ImportError) else f"does not load ({type(error).__name__})"
+            return [(False, f"TensorRT {reason}: the fastest backend is unavailable",
+                     "from a checkout: pip install -e '.[tensorrt]' on Linux or Windows with an NVIDIA GPU, then "
+                     "`instantrestore export --tensorrt`")]
+        note = support_note(trt.__version__)
+        if note:
+            return [(False, note, f"pip install 'tensorrt>={MIN_TRT_MAJOR},<{MAX_TRT_MAJOR + 1}'")]
+        return [(True, f"TensorRT {trt.__version__} (supported: {MIN_TRT_MAJOR}.x to {MAX_TRT_MAJOR}.x)", "")]
+
+    @classmethod
     def auto_builds(cls, device: str) -> bool:
         return tensorrt_usable()  # the fast path: build its engines once (minutes) rather than skip it
 

@@ -10,7 +10,7 @@ import torch
 
 from instantrestore.export import Maker, make_for, register_maker
 from instantrestore.export.build import MAKERS
-from instantrestore.plugin import engine, home
+from instantrestore.plugin import doctor, engine, home
 from instantrestore.runtime import files, load_restorer
 from instantrestore.runtime.backends import (
     BACKENDS,
@@ -164,6 +164,10 @@ class ToyBackend(Backend):
     def load(cls, bundle, device, dtype, engines=None, **options):
         return cls(bundle, engines, device, dtype)
 
+    @classmethod
+    def diagnose(cls) -> list:
+        return [(True, f"torch {torch.__version__} on the CPU", "")]
+
     def __init__(self, bundle, engines, device, dtype):
         if self.note_path(bundle, engines).read_text() != bundle.bundle_id:
             raise ValueError("the toy note names another bundle")
@@ -196,6 +200,7 @@ def test_a_backend_joins_by_registration_alone(toy_backend, in_state, tiny_bundl
     bundle = home.resolve_bundle(tiny_bundle)
     engines = home.engines_dir()
     assert CHOICES == ("auto", "tensorrt", "onnxruntime", "toy", "torch")
+    assert [c.topic for c in doctor.check_backends()] == ["tensorrt", "onnxruntime", "toy"]  # torch: nothing to say
     # ranked after onnxruntime, before torch: without its note "auto" on the CPU passes it over, and says why
     choice = select(bundle, "auto", "cpu", engines=engines)
     assert (choice.backend, choice.reasons[1:]) == ("torch", ["no toy note"])
