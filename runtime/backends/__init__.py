@@ -15,6 +15,11 @@ from typing import Optional
 import torch
 
 
+def device_kind(device) -> str:
+    """The kind a device string names ("cuda" of "cuda:1"), whether or not torch knows it (e.g. "dml")."""
+    return str(device).split(":")[0].lower()
+
+
 class Backend:
     """What a backend declares (class attributes and class methods, read before anything is loaded) and what
     Restorer needs of a loaded one (`enroll`, `restore`). Tensors are torch tensors; images (B,3,S,S) and noise
@@ -70,11 +75,11 @@ class Backend:
         """How "auto"'s reasons name it on `device`."""
         if cls.devices is not None and len(cls.devices) == 1:
             return cls.name
-        return f"{cls.name}-{torch.device(device).type}"
+        return f"{cls.name}-{device_kind(device)}"
 
     @classmethod
     def runs_on(cls, device: str) -> bool:
-        return cls.devices is None or torch.device(device).type in cls.devices
+        return cls.devices is None or device_kind(device) in cls.devices
 
     @classmethod
     def load(cls, bundle, device: str, dtype: torch.dtype, engines=None, **options) -> "Backend":
@@ -104,7 +109,7 @@ def register(cls: type) -> type:
 
 
 class BackendChoices(Sequence):
-    """"auto" and the registered names, read when used: every --backend's choices."""
+    """The names every --backend takes: "auto" and the registered backends, read each time they are used."""
 
     def _names(self) -> tuple:
         return ("auto", *BACKENDS)
@@ -167,4 +172,4 @@ register(OnnxRuntimeBackend)
 register(TorchBackend)
 
 __all__ = ["BACKENDS", "CHOICES", "Backend", "BackendError", "BoundReferences", "Choice", "backend_class",
-           "register", "select"]
+           "device_kind", "register", "select"]

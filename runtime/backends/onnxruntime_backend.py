@@ -17,7 +17,7 @@ import torch
 from .. import engine_cache
 from ..errors import InstantRestoreError
 from ..graphs import GRAPHS, input_names, kv_names, output_names, precision_dtype, precision_name
-from . import Backend, BoundReferences
+from . import Backend, BoundReferences, device_kind
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class OnnxRuntimeBackend(Backend):
 
     @classmethod
     def usable(cls, device: str) -> tuple:
-        if torch.device(device).type == "cuda" and "CUDAExecutionProvider" not in available_providers():
+        if device_kind(device) == "cuda" and "CUDAExecutionProvider" not in available_providers():
             return False, "CUDAExecutionProvider not available"
         return True, ""
 
@@ -163,7 +163,8 @@ class OnnxRuntimeBackend(Backend):
         if not providers:
             return [(False, "onnxruntime is not available", "pip install onnxruntime-gpu or onnxruntime")]
         accelerated = [p for p in providers if p in PROVIDER_ORDER[:-1]]
-        step = "" if accelerated else "for GPU inference install onnxruntime-gpu (NVIDIA) or onnxruntime-directml (Windows)"
+        step = ("" if accelerated
+                else "for GPU inference install onnxruntime-gpu (NVIDIA) or onnxruntime-directml (Windows)")
         return [(bool(accelerated), "providers: " + ", ".join(providers), step)]
 
     @classmethod

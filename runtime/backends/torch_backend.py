@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..network import build_nets
-from . import Backend, BoundReferences
+from . import Backend, BoundReferences, device_kind
 
 
 @dataclass
@@ -31,7 +31,7 @@ class TorchBackend(Backend):
 
     @classmethod
     def usable(cls, device: str) -> tuple:
-        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        if device_kind(device) == "cuda" and not torch.cuda.is_available():
             return False, "no CUDA GPU"
         return True, ""
 
