@@ -62,7 +62,7 @@ def select(bundle, backend: str = "auto", device: Optional[str] = None, dtype=No
         raise BackendError(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__} "
                            "(`instantrestore doctor` says what is missing)")
     if backend != "auto":
-        return _asked_for(BACKENDS[backend], bundle, device or default_device(), dtype, engines)
+        return _asked_for(BACKENDS[backend], bundle, device or _default_device_of(BACKENDS[backend]), dtype, engines)
     if device is not None and not str(device).startswith("cuda"):
         candidates = [(cls, device, dtype or default_dtype(device)) for cls in BACKENDS.values() if cls.runs_on(device)]
         return _first_ready(bundle, candidates, engines, can_build, labelled=False)
@@ -70,6 +70,12 @@ def select(bundle, backend: str = "auto", device: Optional[str] = None, dtype=No
     candidates = [(cls, gpu, torch.float16) for cls in BACKENDS.values() if cls.runs_on(gpu)]
     candidates += [(cls, "cpu", torch.float32) for cls in BACKENDS.values() if cls.runs_on("cpu")]
     return _first_ready(bundle, candidates, engines, can_build, labelled=True)
+
+
+def _default_device_of(cls) -> str:
+    """The machine's default device where the backend runs on it, else the first it declares (TensorRT: cuda)."""
+    device = default_device()
+    return device if cls.runs_on(device) else cls.devices[0]
 
 
 def _asked_for(cls, bundle, device: str, dtype, engines) -> Choice:
