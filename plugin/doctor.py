@@ -83,32 +83,17 @@ def check_gpu() -> list:
                   "(seconds per frame)", hint)]
 
 
-def check_tensorrt() -> list:
-    try:
-        import tensorrt
-    except Exception as error:  # noqa: BLE001 - any failure means it is unusable
-        reason = "not installed" if isinstance(error, ImportError) else f"does not load ({type(error).__name__})"
-        return [Check("tensorrt", WARN, f"TensorRT {reason}: the fastest backend is unavailable",
-                      "from a checkout: pip install -e '.[tensorrt]' on Linux or Windows with an NVIDIA GPU, then "
-                      "`instantrestore export --tensorrt`")]
-    from instantrestore.runtime.backends.tensorrt_backend import MAX_TRT_MAJOR, MIN_TRT_MAJOR, support_note
+def check_backend(name: str) -> list:
+    """What the backend `name` says of itself on this machine (Backend.diagnose)."""
+    from instantrestore.runtime.backends import backend_class
 
-    note = support_note(tensorrt.__version__)
-    if note:
-        return [Check("tensorrt", WARN, note, f"pip install 'tensorrt>={MIN_TRT_MAJOR},<{MAX_TRT_MAJOR + 1}'")]
-    supported_range = f"{MIN_TRT_MAJOR}.x to {MAX_TRT_MAJOR}.x"
-    return [Check("tensorrt", OK, f"TensorRT {tensorrt.__version__} (supported: {supported_range})")]
+    return [Check(name, OK if ok else WARN, detail, step) for ok, detail, step in backend_class(name).diagnose()]
 
 
-def check_onnxruntime() -> list:
-    from instantrestore.runtime.backends.onnxruntime_backend import available_providers
+def check_backends() -> list:
+    from instantrestore.runtime.backends import BACKENDS
 
-    providers = available_providers()
-    if not providers:
-        return [Check("onnxruntime", WARN, "onnxruntime is not available", "pip install onnxruntime-gpu or onnxruntime")]
-    accelerated = [p for p in providers if p in ("CUDAExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider")]
-    step = "" if accelerated else "for GPU inference install onnxruntime-gpu (NVIDIA) or onnxruntime-directml (Windows)"
-    return [Check("onnxruntime", OK if accelerated else WARN, "providers: " + ", ".join(providers), step)]
+    return [check for name in BACKENDS for check in check_backend(name)]
 
 
 def check_detector() -> list:
@@ -244,7 +229,7 @@ def check_state() -> list:
                   "first export or enroll)")]
 
 
-CHECKS = (check_python, check_packages, check_gpu, check_tensorrt, check_onnxruntime, check_detector, check_cameras,
+CHECKS = (check_python, check_packages, check_gpu, check_backends, check_detector, check_cameras,
           check_virtual_camera, check_sound_sync, check_state, check_bundle, check_profiles)
 
 

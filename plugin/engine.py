@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from instantrestore.export.build import build_for
-from instantrestore.runtime.backends import Choice, select
+from instantrestore.export.build import build_for, maker_for
+from instantrestore.runtime.backends import Choice, backend_class, select
 from instantrestore.runtime.graphs import precision_name
 
 from .home import engines_dir
@@ -43,7 +43,8 @@ def use_cpu_threads(choice: Choice) -> dict:
     model_threads = max(1, usable_cores() - 1)
     torch.set_num_threads(model_threads)
     cv2.setNumThreads(1)
-    return {"threads": model_threads} if choice.backend == "onnxruntime" else {}
+    option = backend_class(choice.backend).cpu_threads_option
+    return {option: model_threads} if option else {}
 
 
 def load_engine(bundle, backend: str = "auto", device: Optional[str] = None, dtype=None, progress=say):
@@ -55,12 +56,13 @@ def load_engine(bundle, backend: str = "auto", device: Optional[str] = None, dty
         try:
             build_for(bundle, choice, engines_dir(), progress)
         except Exception as error:  # noqa: BLE001 - auto falls back instead of failing the job
-            progress(f"TensorRT engine build failed ({' '.join(str(error).split())[:200]}); using another backend")
+            what = maker_for(choice).what
+            progress(f"{what} failed ({' '.join(str(error).split())[:200]}); using another backend")
             choice = select(bundle, backend, device, dtype, engines=engines_dir())  # the next one that is ready
     else:
         build_for(bundle, choice, engines_dir(), progress)
     note = ""
-    if backend == "auto" and not str(choice.device).startswith("cuda") and choice.backend != "tensorrt":
+    if backend == "auto" and not str(choice.device).startswith("cuda"):
         note = "; no GPU backend is usable here (`instantrestore doctor` says why)"
     progress(f"backend: {choice.backend} on {choice.device} ({precision_name(choice.dtype)}){note}")
     options = use_cpu_threads(choice)

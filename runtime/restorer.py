@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backends import BACKENDS, backend_class, select
+from .backends import backend_class, select
 from .bundle import DTYPES, load_bundle
 from .network import enroll_noise, reference_inputs, reference_statistics, restore_noise
 from .restored import RestoredCrops
@@ -158,7 +158,7 @@ def mark_demo(crops: np.ndarray) -> np.ndarray:
 
 def load_restorer(bundle_dir, backend: str = "torch", device=None, dtype=None, engines=None,
                   **options) -> Restorer:
-    """A Restorer for a model bundle folder on `backend` ("auto" or one of backends.BACKENDS), `device`
+    """A Restorer for a model bundle folder on `backend` ("auto" or a name in backends.BACKENDS), `device`
     ("cuda", "cuda:1", "cpu"; None: cuda when available) in `dtype` ("float16", torch.float16, ...; None:
     float16 on CUDA, float32 elsewhere); `engines` is the folder of exported ONNX graphs and TensorRT engines
     (the command line's is `<state>/engines`); `options` go to the backend (torch: cuda_graph, compile).
@@ -173,6 +173,4 @@ def load_restorer(bundle_dir, backend: str = "torch", device=None, dtype=None, e
     if backend == "auto":
         print(f"instantrestore: backend auto -> {choice.backend} on {choice.device} ({choice.reason or 'ready'})",
               file=sys.stderr)
-    if BACKENDS[choice.backend].builds is not None:
-        options["engines"] = engines
-    return Restorer(bundle, backend_class(choice.backend)(bundle, device=choice.device, dtype=choice.dtype, **options))
+    return Restorer(bundle, backend_class(choice.backend).load(bundle, choice.device, choice.dtype, engines, **options))

@@ -17,7 +17,7 @@ import torch
 from .. import engine_cache
 from ..errors import InstantRestoreError
 from ..graphs import GRAPHS, input_names, kv_names, output_names, precision_dtype, precision_name
-from . import BoundReferences
+from . import Backend, BoundReferences, device_kind
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +137,39 @@ class _Session:
         self._keep: dict = {}
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Backend):
     """A Backend running the exported graphs of `bundle` from the engine cache `engines` (or `onnx_dir`)."""
 
     name = "onnxruntime"
+    rank = 20
+    devices = ("cuda", "cpu")  # the ones "auto" tries (DirectML and CoreML: --backend onnxruntime --device dml)
+    builds = "graphs"
+    ready_reason = "ONNX graphs found"
+    cpu_threads_option = "threads"
+
+    @classmethod
+    def usable(cls, device: str) -> tuple:
+        if device_kind(device) == "cuda" and "CUDAExecutionProvider" not in available_providers():
+            return False, "CUDAExecutionProvider not available"
+        return True, ""
+
+    @classmethod
+    def built(cls, bundle, device: str, dtype: torch.dtype, engines) -> tuple:
+        return onnx_ready(bundle, dtype, engines)
+
+    @classmethod
+    def diagnose(cls) -> list:
+        providers = available_providers()
+        if not providers:
+            return [(False, "onnxruntime is not available", "pip install onnxruntime-gpu or onnxruntime")]
+        accelerated = [p for p in providers if p in PROVIDER_ORDER[:-1]]
+        step = ("" if accelerated
+                else "for GPU inference install onnxruntime-gpu (NVIDIA) or onnxruntime-directml (Windows)")
+        return [(bool(accelerated), "providers: " + ", ".join(providers), step)]
+
+    @classmethod
+    def load(cls, bundle, device: str, dtype: torch.dtype, engines=None, **options) -> "OnnxRuntimeBackend":
+        return cls(bundle, engines, device=device, dtype=dtype, **options)
 
     def __init__(self, bundle, engines=None, device="cpu", dtype=torch.float32, onnx_dir=None,
                  threads: Optional[int] = None, io_binding: Optional[bool] = None):

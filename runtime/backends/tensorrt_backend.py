@@ -25,7 +25,7 @@ from .. import engine_cache
 from ..engine_cache import ArtifactKey
 from ..errors import InstantRestoreError
 from ..graphs import DEFAULT_PROFILE, GRAPHS, ShapeProfile, input_names, output_names, precision_dtype, precision_name
-from . import BoundReferences
+from . import Backend, BoundReferences
 
 log = logging.getLogger(__name__)
 
@@ -272,10 +272,45 @@ class EngineRunner:
         return outs
 
 
-class TensorRTBackend:
+class TensorRTBackend(Backend):
     """A Backend running the TensorRT engines of `bundle` cached in the folder `engines`."""
 
     name = "tensorrt"
+    rank = 10
+    devices = ("cuda",)
+    builds = "engines"
+    ready_reason = "TensorRT engines found"
+
+    @classmethod
+    def require(cls, device) -> None:
+        import_tensorrt()
+        require_cuda(device)
+
+    @classmethod
+    def built(cls, bundle, device: str, dtype: torch.dtype, engines) -> tuple:
+        return tensorrt_ready(bundle, dtype=dtype, device=device, engines=engines)  # TensorRT and a GPU too
+
+    @classmethod
+    def diagnose(cls) -> list:
+        try:
+            import tensorrt as trt  # noqa: PLC0415 - optional dependency
+        except Exception as error:  # noqa: BLE001 - any failure means it is unusable
+            reason = "not installed" if isinstance(error, ImportError) else f"does not load ({type(error).__name__})"
+            return [(False, f"TensorRT {reason}: the fastest backend is unavailable",
+                     "from a checkout: pip install -e '.[tensorrt]' on Linux or Windows with an NVIDIA GPU, then "
+                     "`instantrestore export --tensorrt`")]
+        note = support_note(trt.__version__)
+        if note:
+            return [(False, note, f"pip install 'tensorrt>={MIN_TRT_MAJOR},<{MAX_TRT_MAJOR + 1}'")]
+        return [(True, f"TensorRT {trt.__version__} (supported: {MIN_TRT_MAJOR}.x to {MAX_TRT_MAJOR}.x)", "")]
+
+    @classmethod
+    def auto_builds(cls, device: str) -> bool:
+        return tensorrt_usable()  # the fast path: build its engines once (minutes) rather than skip it
+
+    @classmethod
+    def load(cls, bundle, device: str, dtype: torch.dtype, engines=None, **options) -> "TensorRTBackend":
+        return cls(bundle, engines, device=device, dtype=dtype, **options)
 
     def __init__(self, bundle, engines, device="cuda", dtype=torch.float16, profile: Optional[ShapeProfile] = None):
         self.trt = import_tensorrt()

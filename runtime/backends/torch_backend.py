@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..network import build_nets
-from . import BoundReferences
+from . import Backend, BoundReferences, device_kind
 
 
 @dataclass
@@ -22,10 +22,18 @@ class _CapturedStep:
     bound: BoundReferences  # which profile's K/V the static inputs hold
 
 
-class TorchBackend:
-    """A Backend running the network with PyTorch."""
+class TorchBackend(Backend):
+    """A Backend running the network with PyTorch: on any device torch has, nothing to build first."""
 
     name = "torch"
+    rank = 30
+    ready_reason = "device given"  # it comes first only where a device no faster backend runs on was given
+
+    @classmethod
+    def usable(cls, device: str) -> tuple:
+        if device_kind(device) == "cuda" and not torch.cuda.is_available():
+            return False, "no CUDA GPU"
+        return True, ""
 
     def __init__(self, bundle, device="cpu", dtype=torch.float32, cuda_graph=None, compile=False):
         self.device = torch.device(device)

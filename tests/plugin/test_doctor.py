@@ -83,6 +83,6 @@ def test_doctor_names_the_tensorrt_version_and_whether_it_is_supported(monkeypat
     from instantrestore.plugin import doctor
 
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=version))
-    (check,) = doctor.check_tensorrt()
+    (check,) = doctor.check_backend("tensorrt")
     assert (check.topic, check.status) == ("tensorrt", status) and words in check.detail
     assert (check.next_step == "pip install 'tensorrt>=10,<12'") == (status == "warn")

@@ -1,13 +1,28 @@
-"""Which backend a command runs on, what it builds first, and how a CPU run shares the cores."""
+"""Which backend a command runs on, what it builds first, how a CPU run shares the cores, and a fourth backend
+that joins them all by registration alone."""
 
 import shutil
+from pathlib import Path
 
 import cv2
 import pytest
 import torch
 
-from instantrestore.plugin import engine, home
-from instantrestore.runtime.backends import Choice, onnxruntime_backend, tensorrt_backend
+from instantrestore.export import Maker, make_for, register_maker
+from instantrestore.export.build import MAKERS
+from instantrestore.plugin import doctor, engine, home
+from instantrestore.runtime import files, load_restorer
+from instantrestore.runtime.backends import (
+    BACKENDS,
+    CHOICES,
+    Backend,
+    Choice,
+    onnxruntime_backend,
+    register,
+    select,
+    tensorrt_backend,
+)
+from instantrestore.runtime.backends.torch_backend import TorchBackend
 
 from tests.support.commands import CLIP_FPS, CLIP_SIZE, assert_clear_error, listing, run
 from tests.support.media_helpers import placed_face, write_clip
@@ -121,3 +136,94 @@ def test_cpu_runs_give_the_model_all_cores_but_one_and_opencv_one(in_state, tmp_
     finally:
         torch.set_num_threads(1)
         cv2.setNumThreads(opencv_threads)
+
+
+# ------------------------------------------------------------- a fourth backend, by registration alone
+
+
+class ToyBackend(Backend):
+    """A backend the project learns of only through `register`: torch's network on the CPU, which loads once
+    export has written what it `builds`, a note naming the bundle, into the engine cache."""
+
+    name = "toy"
+    rank = 25  # after onnxruntime, before torch
+    devices = ("cpu",)
+    builds = "toy notes"
+    ready_reason = "toy note found"
+
+    @staticmethod
+    def note_path(bundle, engines) -> Path:
+        return Path(engines) / f"toy-{bundle.bundle_id[:12]}.txt"
+
+    @classmethod
+    def built(cls, bundle, device, dtype, engines) -> tuple:
+        found = engines is not None and cls.note_path(bundle, engines).is_file()
+        return found, "" if found else "no toy note"
+
+    @classmethod
+    def load(cls, bundle, device, dtype, engines=None, **options):
+        return cls(bundle, engines, device, dtype)
+
+    @classmethod
+    def diagnose(cls) -> list:
+        return [(True, f"torch {torch.__version__} on the CPU", "")]
+
+    def __init__(self, bundle, engines, device, dtype):
+        if self.note_path(bundle, engines).read_text() != bundle.bundle_id:
+            raise ValueError("the toy note names another bundle")
+        self.network = TorchBackend(bundle, device=device, dtype=dtype)
+        self.device, self.dtype = self.network.device, self.network.dtype
+
+    def enroll(self, refs, noise):
+        return self.network.enroll(refs, noise)
+
+    def restore(self, images, noise, layer_inputs):
+        return self.network.restore(images, noise, layer_inputs)
+
+
+def write_toy_note(bundle, choice, engines, progress=None) -> dict:
+    return {"note": files.atomic_write_bytes(ToyBackend.note_path(bundle, engines), bundle.bundle_id.encode())}
+
+
+@pytest.fixture
+def toy_backend():
+    register(ToyBackend)
+    register_maker("toy notes", Maker(write_toy_note, "no toy note yet ({precision}); writing it", "toy note"))
+    yield ToyBackend
+    BACKENDS.pop("toy")
+    MAKERS.pop("toy notes")
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_backend_joins_by_registration_alone(toy_backend, in_state, tiny_bundle, tmp_path, capsys):
+    bundle = home.resolve_bundle(tiny_bundle)
+    engines = home.engines_dir()
+    assert CHOICES == ("auto", "tensorrt", "onnxruntime", "toy", "torch")
+    assert [c.topic for c in doctor.check_backends()] == ["tensorrt", "onnxruntime", "toy"]  # torch: nothing to say
+    # ranked after onnxruntime, before torch: without its note "auto" on the CPU passes it over, and says why
+    choice = select(bundle, "auto", "cpu", engines=engines)
+    assert (choice.backend, choice.reasons[1:]) == ("torch", ["no toy note"])
+    asked = engine.choose_engine(bundle, "toy", "cpu")
+    assert (asked.backend, asked.device, asked.dtype, asked.build) == ("toy", "cpu", torch.float32, True)
+    # the command line takes it, export makes its note first, and it restores a video
+    clip = write_clip(tmp_path / "one.mp4", [placed_face(CLIP_SIZE, 0.45, (60.0, 10.0))[0]], fps=CLIP_FPS)
+    try:
+        code, _, err = run(capsys, "video", clip, "-o", tmp_path / "out.mp4", "--profile", "me", "--backend", "toy",
+                           "--device", "cpu")
+        assert code == 0, err
+        assert err.index("no toy note yet (fp32); writing it") < err.index("backend: toy on cpu (fp32)")
+        assert listing(tmp_path) == {"one.mp4", "out.mp4"}
+        assert make_for(bundle, asked, engines) == {"note": ToyBackend.note_path(bundle, engines)}
+        assert make_for(bundle, engine.choose_engine(bundle, "torch", "cpu"), engines) == {}  # builds nothing
+        # with its note made, "auto" takes it over torch by rank, and load_restorer runs it
+        choice = select(bundle, "auto", "cpu", engines=engines)
+        assert (choice.backend, choice.device, choice.build) == ("toy", "cpu", False)
+        toy = load_restorer(bundle.path, backend="toy", device="cpu", dtype=torch.float32, engines=engines)
+        plain = load_restorer(bundle.path, backend="torch", device="cpu", dtype=torch.float32)
+        assert isinstance(toy.backend, ToyBackend)
+        g = torch.Generator().manual_seed(3)
+        refs, images = (torch.rand(n, 3, bundle.crop_size, bundle.crop_size, generator=g) * 2 - 1 for n in (2, 1))
+        assert (toy.restore(images, toy.enroll(refs)) - plain.restore(images, plain.enroll(refs))).abs().max() < 1e-5
+    finally:
+        ToyBackend.note_path(bundle, engines).unlink(missing_ok=True)

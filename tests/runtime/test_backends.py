@@ -153,6 +153,19 @@ def test_an_explicit_gpu_index_is_kept(tiny_bundle, monkeypatch):
     assert select(bundle, "torch", "cuda:1").device == "cuda:1"
 
 
+def test_a_backend_asked_for_without_a_device_runs_on_its_own(tiny_bundle, monkeypatch):
+    """TensorRT runs on CUDA only: asked for with no device, it is CUDA in fp16 even where torch's default is the
+    CPU (here TensorRT and the GPU are stand-ins); onnxruntime takes the machine's default."""
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0"))
+    monkeypatch.setattr(bt, "require_cuda", lambda device=None: torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    bundle = load_bundle(tiny_bundle)
+    choice = select(bundle, "tensorrt")
+    assert (choice.backend, choice.device, choice.dtype, choice.build) == ("tensorrt", "cuda", torch.float16, True)
+    choice = select(bundle, "onnxruntime")
+    assert (choice.backend, choice.device, choice.dtype, choice.build) == ("onnxruntime", "cpu", torch.float32, True)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_a_gpu_device_without_a_gpu_is_refused(tiny_bundle):
     with pytest.raises(BackendError, match=r"--device cuda:1: no CUDA GPU is visible to torch"):
