@@ -17,6 +17,7 @@ atomically into the engine cache (or `out_dir`) with a sidecar that commits it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -54,7 +55,7 @@ DEFAULT_OPSET = 18
 PROTOBUF_LIMIT = 2 * 1024**3  # a single protobuf cannot exceed 2 GB
 EXPORTERS = ("dynamo", "legacy")
 
-__all__ = ["export_onnx", "find_onnx", "OnnxExportError"]
+__all__ = ["ExportSettings", "export_onnx", "find_onnx", "OnnxExportError"]
 
 
 class OnnxExportError(InstantRestoreError, RuntimeError):
@@ -195,123 +196,160 @@ def _commit(tmp: Path, path: Path, key: engine_cache.ArtifactKey, info: dict) ->
     return path
 
 
-def export_onnx(
-    bundle_dir,
-    out_dir=None,
-    engines=None,
-    dtype="float32",
-    opset: int = DEFAULT_OPSET,
-    *,
-    exporter: str = "dynamo",
-    device="cpu",
-    graphs=GRAPHS,
-    force: bool = False,
-    check_tensorrt: bool = True,
-    progress: Progress = None,
-) -> dict:
+@dataclasses.dataclass(frozen=True)
+class ExportSettings:
+    """How export_onnx writes a bundle's graphs, checked once here.
+
+    dtype: "float32" or "float16" (weights and I/O of the graph). exporter: "dynamo" (torch.export based) or
+    "legacy" (TorchScript tracer); if the dynamo exporter fails, the legacy one is tried. force: export again even
+    where valid graphs exist. check_tensorrt: fail if an op is outside TensorRT's supported list (the FFT/complex
+    check always applies)."""
+
+    dtype: str = "float32"
+    opset: int = DEFAULT_OPSET
+    exporter: str = "dynamo"
+    device: str = "cpu"
+    graphs: tuple = GRAPHS
+    force: bool = False
+    check_tensorrt: bool = True
+
+    def __post_init__(self):
+        if self.opset < MIN_OPSET:
+            raise OnnxExportError(f"opset {self.opset} is too old; use {MIN_OPSET} or newer (opset 17 writes an "
+                                  "invalid Split here)")
+        if self.exporter not in EXPORTERS:
+            raise OnnxExportError(f"unknown exporter {self.exporter!r}; choose one of {EXPORTERS}")
+        bad = [g for g in self.graphs if g not in GRAPHS]
+        if bad:
+            raise OnnxExportError(f"unknown graphs {bad}; choose from {GRAPHS}")
+        precision_name(self.dtype)  # an unknown precision is said now
+
+    @property
+    def precision(self) -> str:
+        return precision_name(self.dtype)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return precision_dtype(self.precision)
+
+
+def export_onnx(bundle_dir, out_dir=None, engines=None, *, progress: Progress = None, **settings) -> dict:
     """Export the restorer and enroller of a bundle; returns {graph: path of the .onnx}.
 
-    out_dir: folder to write to (default: the bundle's folder in the engine cache `engines`). dtype: "float32" or
-    "float16" (weights and I/O of the graph). exporter: "dynamo" (torch.export based) or "legacy"
-    (TorchScript tracer); if the dynamo exporter fails, the legacy one is tried. Valid graphs
-    already present are reused unless `force`. check_tensorrt: fail if an op is outside
-    TensorRT's supported list (the FFT/complex check always applies).
+    out_dir: folder to write to (default: the bundle's folder in the engine cache `engines`). settings: the fields
+    of ExportSettings (dtype, opset, exporter, device, graphs, force, check_tensorrt). Valid graphs already present
+    are reused unless `force`.
     """
-    if opset < MIN_OPSET:
-        raise OnnxExportError(f"opset {opset} is too old; use {MIN_OPSET} or newer (opset 17 writes an invalid Split here)")
-    if exporter not in EXPORTERS:
-        raise OnnxExportError(f"unknown exporter {exporter!r}; choose one of {EXPORTERS}")
-    bad = [g for g in graphs if g not in GRAPHS]
-    if bad:
-        raise OnnxExportError(f"unknown graphs {bad}; choose from {GRAPHS}")
-    precision = precision_name(dtype)
-    torch_dtype = precision_dtype(precision)
-    device = torch.device(device)
-    if torch_dtype == torch.float16 and device.type == "cpu" and exporter == "legacy":
-        report(progress, "onnx: tracing fp16 on the CPU (slow for the full model; pass device='cuda' where there is a GPU)")
-
+    options = ExportSettings(**settings)
+    device = torch.device(options.device)
+    if options.torch_dtype == torch.float16 and device.type == "cpu" and options.exporter == "legacy":
+        report(progress, "onnx: tracing fp16 on the CPU (slow for the full model; pass device='cuda' where there is a "
+                         "GPU)")
     bundle = load_bundle(bundle_dir)
     folder = engine_cache.graph_folder(engines, bundle.bundle_id, out_dir)
-    num_layers = len(bundle.layer_shapes)
-    keys = {g: engine_cache.onnx_key(g, bundle.bundle_id, precision) for g in graphs}
-
-    out = {}
-    if not force:
-        for g in graphs:
-            found = engine_cache.find_artifact(keys[g], "onnx", folder)
-            if found is not None:
-                out[g] = found
-        if len(out) == len(graphs):
-            report(progress, f"onnx: {precision} graphs are up to date in {folder}")
-            return out
-    todo = [g for g in graphs if g not in out]
-
-    # Sample K/V of the right shapes (N = 3); their values do not shape the graph.
-    gen = torch.Generator().manual_seed(1)
-    restorer_kv = tuple(
-        torch.randn(3, t, c, generator=gen).to(device=device, dtype=torch_dtype)
-        for t, c in bundle.layer_shapes for _ in range(2)
-    )
-
+    keys = {g: engine_cache.onnx_key(g, bundle.bundle_id, options.precision) for g in options.graphs}
+    out = {} if options.force else _valid_graphs(keys, folder)
+    if len(out) == len(keys):
+        report(progress, f"onnx: {options.precision} graphs are up to date in {folder}")
+        return out
     folder.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="instantrestore-onnx-"))
+    job = _GraphExport(bundle, options, device, Path(tempfile.mkdtemp(prefix="instantrestore-onnx-")), progress)
     try:
-        for g in todo:
-            # one network at a time: the full model's are several GB each
-            report(progress, f"onnx: building the {precision} {g} of bundle {bundle.bundle_id[:12]} on {device}")
-            net = build_net(bundle, g, device, torch_dtype)
-            args = _sample_inputs(bundle, g, restorer_kv, torch_dtype, device)
-            t0 = time.monotonic()
-            used = exporter
-            report(progress, f"onnx: exporting the {g} (opset {opset}, {exporter} exporter)")
-            path = keys[g].path("onnx", folder)
-            stage = new_temp(path, folder=True)  # same filesystem: atomic renames
-            try:
-                tmp = stage / path.name
-                try:
-                    _export_file(net, args, g, num_layers, opset, exporter, tmp, workdir)
-                except Exception as exc:  # noqa: BLE001 - fall back, and report the original error if both fail
-                    if exporter != "dynamo":
-                        raise OnnxExportError(f"ONNX export of the {g} failed: {type(exc).__name__}: {exc}") from exc
-                    report(progress, f"onnx: dynamo exporter failed ({type(exc).__name__}: {str(exc)[:200]}); trying the legacy exporter")
-                    used = "legacy"
-                    for leftover in stage.iterdir():
-                        leftover.unlink()
-                    try:
-                        _export_file(net, args, g, num_layers, opset, "legacy", tmp, workdir)
-                    except Exception as exc2:  # noqa: BLE001
-                        raise OnnxExportError(f"ONNX export of the {g} failed with both exporters: {type(exc2).__name__}: {exc2}") from exc2
-                if torch_dtype == torch.float16:
-                    wrapped = _keep_fp32_islands(tmp)
-                    report(progress, f"onnx: {wrapped} normalisation, softmax and reduction nodes compute in fp32")
-                tmp_data = tmp.with_name(tmp.name + ".data")
-                if tmp_data.exists():
-                    size = tmp_data.stat().st_size / 2**30
-                    report(progress, f"onnx: the {g}'s weights ({size:.2f} GiB) go to {path.name}.data beside the graph")
-                # The path form reads external data and copes with graphs over 2 GB.
-                onnx.checker.check_model(str(tmp))
-                light = onnx.load(str(tmp), load_external_data=False)  # structure only, for the checks below
-                _check_signature(light, g, num_layers, torch_dtype)
-                assert_no_spectral_ops(light, f"{g} graph")
-                unsafe = fp16_unsafe_nodes(light) if torch_dtype == torch.float16 else []
-                if unsafe:
-                    raise OnnxExportError(f"{g} graph computes in fp16 where it must not: {', '.join(unsafe[:5])}")
-                op_report = check_ops(light)
-                del light
-                if not op_report.ok:
-                    msg = f"{g} graph: {op_report.summary()}"
-                    if check_tensorrt:
-                        raise OpCheckError(msg + " (pass check_tensorrt=False to export for onnxruntime only)")
-                    report(progress, "onnx: warning: " + msg)
-                info = {"opset": op_report.opset, "exporter": used, "torch": torch.__version__, "onnx": onnx.__version__,
-                        "inputs": input_names(g, num_layers), "outputs": output_names(g, num_layers),
-                        "max_batch": MAX_BATCH, "max_references": MAX_REFERENCES}
-                _commit(tmp, path, keys[g], info)
-            finally:
-                shutil.rmtree(stage, ignore_errors=True)
-            report(progress, f"onnx: wrote {path} ({sum(op_report.ops.values())} nodes, {time.monotonic() - t0:.0f} s)")
-            out[g] = path
-            del net, args
+        for g in (g for g in options.graphs if g not in out):
+            out[g] = job.write(g, keys[g].path("onnx", folder), keys[g])
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return {g: out[g] for g in graphs}
+        shutil.rmtree(job.workdir, ignore_errors=True)
+    return {g: out[g] for g in options.graphs}
+
+
+def _valid_graphs(keys: dict, folder: Path) -> dict:
+    found = {g: engine_cache.find_artifact(key, "onnx", folder) for g, key in keys.items()}
+    return {g: path for g, path in found.items() if path is not None}
+
+
+@dataclasses.dataclass
+class _GraphExport:
+    """One export_onnx run: each graph built, exported (with the legacy fallback), checked and committed."""
+
+    bundle: object
+    options: ExportSettings
+    device: torch.device
+    workdir: Path
+    progress: Progress
+
+    def __post_init__(self):
+        # Sample K/V of the right shapes (N = 3); their values do not shape the graph.
+        gen = torch.Generator().manual_seed(1)
+        dtype = self.options.torch_dtype
+        self.restorer_kv = tuple(torch.randn(3, t, c, generator=gen).to(device=self.device, dtype=dtype)
+                                 for t, c in self.bundle.layer_shapes for _ in range(2))
+        self.num_layers = len(self.bundle.layer_shapes)
+
+    def write(self, g: str, path: Path, key) -> Path:
+        options = self.options
+        # one network at a time: the full model's are several GB each
+        report(self.progress, f"onnx: building the {options.precision} {g} of bundle {self.bundle.bundle_id[:12]} "
+                              f"on {self.device}")
+        net = build_net(self.bundle, g, self.device, options.torch_dtype)
+        args = _sample_inputs(self.bundle, g, self.restorer_kv, options.torch_dtype, self.device)
+        t0 = time.monotonic()
+        report(self.progress, f"onnx: exporting the {g} (opset {options.opset}, {options.exporter} exporter)")
+        stage = new_temp(path, folder=True)  # same filesystem: atomic renames
+        try:
+            tmp = stage / path.name
+            used = self.export(net, args, g, tmp)
+            del net, args
+            op_report = self.check(g, tmp, path)
+            info = {"opset": op_report.opset, "exporter": used, "torch": torch.__version__, "onnx": onnx.__version__,
+                    "inputs": input_names(g, self.num_layers), "outputs": output_names(g, self.num_layers),
+                    "max_batch": MAX_BATCH, "max_references": MAX_REFERENCES}
+            _commit(tmp, path, key, info)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        nodes = sum(op_report.ops.values())
+        report(self.progress, f"onnx: wrote {path} ({nodes} nodes, {time.monotonic() - t0:.0f} s)")
+        return path
+
+    def export(self, net, args, g: str, tmp: Path) -> str:
+        """Write the graph to `tmp` (fp16: with its fp32 islands); returns the exporter that wrote it."""
+        exporter = self.options.exporter
+        try:
+            _export_file(net, args, g, self.num_layers, self.options.opset, exporter, tmp, self.workdir)
+        except Exception as exc:  # noqa: BLE001 - fall back, and report the original error if both fail
+            if exporter != "dynamo":
+                raise OnnxExportError(f"ONNX export of the {g} failed: {type(exc).__name__}: {exc}") from exc
+            report(self.progress, f"onnx: dynamo exporter failed ({type(exc).__name__}: {str(exc)[:200]}); trying the "
+                                  "legacy exporter")
+            exporter = "legacy"
+            for leftover in tmp.parent.iterdir():
+                leftover.unlink()
+            try:
+                _export_file(net, args, g, self.num_layers, self.options.opset, exporter, tmp, self.workdir)
+            except Exception as exc2:  # noqa: BLE001
+                raise OnnxExportError(f"ONNX export of the {g} failed with both exporters: "
+                                      f"{type(exc2).__name__}: {exc2}") from exc2
+        if self.options.torch_dtype == torch.float16:
+            wrapped = _keep_fp32_islands(tmp)
+            report(self.progress, f"onnx: {wrapped} normalisation, softmax and reduction nodes compute in fp32")
+        return exporter
+
+    def check(self, g: str, tmp: Path, path: Path):
+        """The written graph checked as it will be read: checker, signature, no FFT, fp16 islands, TensorRT's ops."""
+        tmp_data = tmp.with_name(tmp.name + ".data")
+        if tmp_data.exists():
+            size = tmp_data.stat().st_size / 2**30
+            report(self.progress, f"onnx: the {g}'s weights ({size:.2f} GiB) go to {path.name}.data beside the graph")
+        onnx.checker.check_model(str(tmp))  # the path form reads external data and copes with graphs over 2 GB
+        light = onnx.load(str(tmp), load_external_data=False)  # structure only, for the checks below
+        _check_signature(light, g, self.num_layers, self.options.torch_dtype)
+        assert_no_spectral_ops(light, f"{g} graph")
+        unsafe = fp16_unsafe_nodes(light) if self.options.torch_dtype == torch.float16 else []
+        if unsafe:
+            raise OnnxExportError(f"{g} graph computes in fp16 where it must not: {', '.join(unsafe[:5])}")
+        op_report = check_ops(light)
+        if not op_report.ok:
+            msg = f"{g} graph: {op_report.summary()}"
+            if self.options.check_tensorrt:
+                raise OpCheckError(msg + " (pass check_tensorrt=False to export for onnxruntime only)")
+            report(self.progress, "onnx: warning: " + msg)
+        return op_report
