@@ -6,6 +6,16 @@ import argparse
 
 from instantrestore.runtime.backends import CHOICES
 
+from .errors import PluginError
+
+
+def check_blend(blend: float, error=None) -> float:
+    """The restored face's strength, 0..1: the one check of --blend (camera, video, batch, the panel's slider).
+    `error`: the PluginError subclass the caller reports its bad options with."""
+    if not 0.0 <= blend <= 1.0:
+        raise (error or PluginError)(f"--blend must be between 0 and 1, got {blend}")
+    return float(blend)
+
 
 def add_profile_option(parser) -> None:
     """--profile, once per person to restore (camera, video, batch)."""

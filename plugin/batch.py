@@ -20,6 +20,7 @@ from typing import Callable, Optional
 from instantrestore.runtime.files import sha256_file
 
 from . import home
+from .arguments import check_blend
 from .batch_manifest import (MANIFEST_FORMAT, MANIFEST_NAME, finished_entry, is_done, read_manifest, video_key,
                              write_manifest)
 from .batch_ray import CLUSTER_EXTRA, RAY_RETRIES, BatchWorker, import_ray, run_on_ray
@@ -60,8 +61,7 @@ class BatchOptions:
         """The numbers in range, Ray there if asked for: said before any work."""
         if self.batch_size < 1:
             raise BatchError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not (0.0 <= self.blend <= 1.0):
-            raise BatchError(f"--blend must be between 0 and 1, got {self.blend}")
+        check_blend(self.blend, BatchError)
         if self.jobs is not None and self.jobs < 1:
             raise BatchError(f"--jobs must be at least 1, got {self.jobs}")
         if self.ray is not None:

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from . import audio_sync, home, vcam
+from .arguments import check_blend
 from .engine import choose_engine, load_engine
 from .errors import PluginError
 from .progress import count_text, faces_line, rate_text, say
@@ -114,9 +115,7 @@ class LiveControl:
         self._engine = self._bundle = None
 
     def set_blend(self, blend: float) -> None:
-        if not (0.0 <= blend <= 1.0):
-            raise PluginError(f"--blend must be between 0 and 1, got {blend}")
-        self.blend = float(blend)
+        self.blend = check_blend(blend)
         if self.pipeline is not None:
             self.pipeline.compositor.blend = float(blend)  # read at every frame's paste
 
@@ -151,8 +150,7 @@ def run_camera(options: CameraOptions, progress=say, control: Optional[LiveContr
         raise PluginError(f"--fps must be between 1 and 240, got {fps}")
     if max_frames is not None and max_frames < 1:
         raise PluginError(f"--max-frames must be at least 1, got {max_frames}")
-    if not (0.0 <= blend <= 1.0):
-        raise PluginError(f"--blend must be between 0 and 1, got {blend}")
+    check_blend(blend)
     if options.preview and (problem := display_problem()):
         raise PluginError(f"--preview: {problem}; run without --preview (the virtual camera needs no display)")
     bundle = home.resolve_bundle(options.bundle)

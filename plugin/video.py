@@ -12,6 +12,7 @@ from typing import Optional
 from instantrestore.runtime.errors import InstantRestoreError
 
 from . import home
+from .arguments import check_blend
 from .engine import load_engine
 from .errors import PluginError
 from .progress import ProgressBar, count_text, faces_line, rate_text, say
@@ -75,8 +76,7 @@ def restore_video(options: VideoOptions, progress=say, frame_progress=None, on_f
     blend, batch_size = options.blend, options.batch_size
     check_video_file(in_path)  # a FIFO or a device is named as such, never opened
     _check_output(in_path, out_path, options.overwrite)
-    if not (0.0 <= blend <= 1.0):
-        raise PluginError(f"--blend must be between 0 and 1, got {blend}")
+    check_blend(blend)
     if batch_size < 1:
         raise PluginError(f"--batch-size must be at least 1, got {batch_size}")
     bundle = home.resolve_bundle(options.bundle)
