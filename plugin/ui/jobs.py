@@ -22,6 +22,8 @@ from ..video import VideoOptions, restore_video
 
 # ------------------------------------------------------------------------------------------------ jobs on threads
 
+SETTLE_S = 5.0  # how long the page keeps polling a job after it ended
+
 
 class Job:
     """One long job on its own thread: its log lines, its one-line error, whether it is still running."""
@@ -32,6 +34,7 @@ class Job:
         self.shown_names = shown_names or {}  # server path -> the name the user knows it by (an upload's own)
         self.result = None
         self.latest: Optional[tuple] = None  # (raw, restored) frames for the preview
+        self.ended: Optional[float] = None  # time.monotonic() when it finished
         self._thread = threading.Thread(target=self._run, args=(target, kwargs), name="instantrestore-panel-job",
                                         daemon=True)
         self._thread.start()
@@ -45,6 +48,8 @@ class Job:
             self.error = with_names(error_line(error), self.shown_names)
             if not isinstance(error, InstantRestoreError):  # a bug: where it happened goes to the terminal, to report
                 traceback.print_exc()
+        finally:
+            self.ended = time.monotonic()
 
     def say(self, line: str) -> None:
         self.lines.append(line)
@@ -55,6 +60,13 @@ class Job:
 
     def join(self, timeout: Optional[float] = None) -> None:
         self._thread.join(timeout)
+
+    @property
+    def settled(self) -> bool:
+        """Finished a while ago: the page's timer may stop polling it. Not at once: a poll answered just after a
+        Stop could arrive after the next Start's answer and switch the new job's timer off (the page would freeze
+        on the old job's last line)."""
+        return self.ended is not None and time.monotonic() - self.ended > SETTLE_S
 
 
 class Cancelled(Exception):

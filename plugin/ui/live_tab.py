@@ -104,7 +104,7 @@ def running_handlers(gr, panel) -> tuple:
         if session.live is None or not session.live.running:
             return "not live", gr.update()
         session.stop_live()
-        return live_line(session.live), gr.Timer(active=session.live.running)  # a camera slow to let go
+        return live_line(session.live), gr.Timer(active=True)  # polled until it has settled
 
     def on_live_tick(with_raw, request: gr.Request):
         job = panel.find(request).live
@@ -115,7 +115,7 @@ def running_handlers(gr, panel) -> tuple:
             raw, shown = job.latest
             image = side_by_side(raw, shown) if with_raw else thumbnail(shown)
         stats = job.counters() if job.running else ""
-        return image, stats, live_line(job), gr.Timer(active=job.running)
+        return image, stats, live_line(job), gr.Timer(active=not job.settled)
 
     return on_stop, on_live_tick
 
