@@ -262,6 +262,7 @@ def test_in_the_browser_the_page_asks_for_the_password_then_shows_the_panel(loca
         pytest.skip(_browser_missing())
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
@@ -273,11 +274,20 @@ def test_in_the_browser_the_page_asks_for_the_password_then_shows_the_panel(loca
     try:
         chrome.set_page_load_timeout(60)
         chrome.get(f"http://localhost:{local_panel.port}/")
-        fields = WebDriverWait(chrome, 60).until(lambda _: chrome.find_elements("css selector", "input"))
+        WebDriverWait(chrome, 60).until(lambda _: len(chrome.find_elements("css selector", "input")) >= 2)
         assert "Enroll" not in body()  # nothing of the panel before signing in
-        fields[0].send_keys("instantrestore")
-        fields[1].send_keys(PASSWORD)
-        chrome.find_elements("css selector", "button")[-1].click()
+
+        def sign_in(_):  # the login form may still redraw once after it first appears: find it afresh then
+            try:
+                fields = chrome.find_elements("css selector", "input")
+                fields[0].clear(), fields[0].send_keys("instantrestore")
+                fields[1].clear(), fields[1].send_keys(PASSWORD)
+                chrome.find_elements("css selector", "button")[-1].click()
+                return True
+            except StaleElementReferenceException:
+                return False
+
+        WebDriverWait(chrome, 60).until(sign_in)
         WebDriverWait(chrome, 60).until(lambda _: "Recordings" in body())
         assert "Give 1 to 8 photos of your face" in body()
     finally:
