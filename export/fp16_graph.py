@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .opcheck import DEFAULT_DOMAINS, FP32_OPS, fp16_unsafe_nodes, tensor_types
+from .opcheck import DEFAULT_DOMAINS, FP32_OPS, tensor_types
 
 
 class _Fp32Constants:
@@ -68,10 +68,7 @@ def keep_fp32(model: onnx.ModelProto, base_dir: Optional[str] = None) -> int:
         wrapped += 1
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    left = fp16_unsafe_nodes(model)
-    if left:  # what we wrote is checked, not assumed
-        raise ValueError(f"fp16 nodes left after keep_fp32: {', '.join(left[:5])}")
-    return wrapped
+    return wrapped  # export_onnx checks the graph it wrote with opcheck.fp16_unsafe_nodes when it reads it back
 
 
 __all__ = ["keep_fp32"]

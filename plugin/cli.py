@@ -39,9 +39,9 @@ def cmd_export(args) -> int:
 
     home.read_settings()  # a corrupt settings file is reported now, not after minutes of export
     if args.tensorrt:  # no TensorRT or no GPU is said before minutes of import
-        from instantrestore.runtime.backends.tensorrt_backend import import_tensorrt, require_cuda
+        from instantrestore.runtime.backends import backend_class
 
-        import_tensorrt(), require_cuda()
+        backend_class("tensorrt").require(None)
     checkpoint = args.checkpoint
     if checkpoint is None and not (args.onnx or args.tensorrt):
         from instantrestore.export.checkpoint import DEFAULT_CHECKPOINT
