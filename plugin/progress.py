@@ -24,23 +24,6 @@ def count_text(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def quiet_when_the_reader_leaves(run):
-    """`run(args)` for a command whose output is made for pipes: when the reader stops early
-    (`instantrestore profiles | head -1`), it ends quietly with status 141, as Unix tools do on SIGPIPE."""
-
-    def guarded(args) -> int:
-        try:
-            code = run(args)
-            sys.stdout.flush()  # a closed pipe shows here, not in Python's own flush at exit
-            return code
-        except BrokenPipeError:
-            # stdout's buffer still holds lines; Python would report failing to flush them at exit
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 141  # 128 + SIGPIPE (13), what a shell reports for a tool stopped that way
-
-    return guarded
-
-
 def clock(seconds: float) -> str:
     """A duration as the panel shows it (as tqdm does): mm:ss, or h:mm:ss."""
     seconds = max(0, int(round(seconds)))
@@ -104,6 +87,24 @@ class ProgressBar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class Progress:
+    """How a command reports while it runs, whoever runs it: lines (`progress("...")`), how far a long job is
+    (`progress.work(label)`: a callable (done, total) with close()), and each finished frame for a front end that
+    shows pictures (`on_frame(raw, restored)`, None where nobody looks, so no frame is kept for it). This one is the
+    terminal's: lines on stderr and tqdm's bar. The panel's jobs map all three onto the page (ui/jobs.py)."""
+
+    on_frame = None
+
+    def __call__(self, message: str) -> None:
+        say(message)
+
+    def work(self, label: str, unit: str = "frames") -> ProgressBar:
+        return ProgressBar(label, unit)
+
+
+TERMINAL = Progress()  # what the command line reports through
 
 
 LEFT_ALONE = ("not enrolled", "too small", "identity unsure")  # the pipeline's reasons for not restoring a face

@@ -11,15 +11,22 @@ from typing import Optional
 
 from instantrestore.runtime.errors import InstantRestoreError
 
-from . import home
-from .arguments import check_blend
-from .engine import load_engine
-from .errors import PluginError
-from .progress import ProgressBar, count_text, faces_line, rate_text, say
+from .. import home
+from ..arguments import add_model_options, add_profile_option, check_blend
+from ..engine import load_engine
+from ..errors import PluginError
+from ..progress import TERMINAL, Progress, count_text, faces_line, rate_text
+from . import Outcome
+
+NAME = "video"
+SUMMARY = "restore a recorded video file (audio kept)"
+DESCRIPTION = ("Restore a recorded video file frame by frame; frame count, rate and audio are kept, and the input is "
+               "never modified.")
+EXAMPLES = ("instantrestore video talk.mp4 -o talk.restored.mp4 --profile me",)
 
 
 @dataclasses.dataclass
-class VideoOptions:
+class Options:
     """What `video` was asked: the recording, the file to write, whose faces to restore (one profile name or
     several), the model (bundle, backend, device), frames per restorer call, strength, replacing the output."""
 
@@ -32,6 +39,21 @@ class VideoOptions:
     batch_size: int = 1
     blend: float = 1.0
     overwrite: bool = False
+
+    def __post_init__(self):
+        self.blend = check_blend(self.blend)
+        if self.batch_size < 1:
+            raise PluginError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("input", metavar="IN", help="the video to restore (never modified)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="the restored video to write")
+    add_profile_option(parser)
+    parser.add_argument("--batch-size", type=int, help="frames per restorer call (GPU throughput; default 1)")
+    parser.add_argument("--blend", type=float, help="strength of the restored face, 0..1 (default 1)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)")
+    add_model_options(parser)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -64,21 +86,17 @@ def _check_output(in_path: Path, out_path: Path, overwrite: bool) -> None:
         raise PluginError(f"cannot write {out_path}: {error.strerror or error}") from None
 
 
-def restore_video(options: VideoOptions, progress=say, frame_progress=None, on_frame=None) -> dict:
+def run(options: Options, progress: Progress = TERMINAL) -> Outcome:
     """Restore every frame of the input into the output (audio copied), each enrolled person's face with their
-    profile; an existing output is replaced only with `overwrite`. Returns a summary dict. frame_progress(done,
-    total) replaces the terminal's progress bar and on_frame(raw, restored) sees each frame (the panel); an
-    exception either raises cancels the run, leaving no output."""
+    profile; an existing output is replaced only with `overwrite`. The Outcome's line: the output; its value: a
+    summary. An exception raised by progress.work's callable or progress.on_frame cancels the run, leaving no
+    output."""
     from instantrestore.runtime.media import FileSink, FileSource, check_video_file
     from instantrestore.runtime.frames.file_run import restore_recording
 
     in_path, out_path = Path(options.input), Path(options.output)
-    blend, batch_size = options.blend, options.batch_size
     check_video_file(in_path)  # a FIFO or a device is named as such, never opened
     _check_output(in_path, out_path, options.overwrite)
-    check_blend(blend)
-    if batch_size < 1:
-        raise PluginError(f"--batch-size must be at least 1, got {batch_size}")
     bundle = home.resolve_bundle(options.bundle)
     profiles = home.load_profiles(options.profile, bundle)
     source = FileSource(in_path)
@@ -99,17 +117,16 @@ def restore_video(options: VideoOptions, progress=say, frame_progress=None, on_f
         sink.abort()
         raise
     started = time.monotonic()
-    bar = ProgressBar(f"restoring {in_path.name}") if frame_progress is None else None
+    bar = progress.work(f"restoring {in_path.name}")
     try:
         restorers = {name: restorer.crop_restorer(profile) for name, profile in profiles.items()}
-        stats = restore_recording(restorers, profiles, restorer.crop_size, source, sink, blend, batch_size,
-                                  progress=bar if bar is not None else frame_progress, on_frame=on_frame)
+        stats = restore_recording(restorers, profiles, restorer.crop_size, source, sink, options.blend,
+                                  options.batch_size, progress=bar, on_frame=progress.on_frame)
     except BaseException:
         sink.abort()  # covers a failure before the recording starts (the restorers)
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     summary = stats.summary()
     frames = sink.frames_written
     elapsed = time.monotonic() - started
@@ -121,4 +138,5 @@ def restore_video(options: VideoOptions, progress=say, frame_progress=None, on_f
              f"({frames / elapsed if elapsed else 0:.2f} frames/s); face restored in {frames - no_face - not_finite} "
              f"of {frames}")
     progress(faces_line(summary))
-    return {"frames": frames, "no_face": no_face, "not_finite": not_finite, "seconds": elapsed, "stats": summary}
+    return Outcome([str(out_path)], value={"frames": frames, "no_face": no_face, "not_finite": not_finite,
+                                           "seconds": elapsed, "stats": summary})

@@ -10,10 +10,12 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from . import home
-from .engine import load_engine
-from .errors import PluginError
-from .progress import count_text, say
+from .. import home
+from ..arguments import add_model_options
+from ..engine import load_engine
+from ..errors import PluginError
+from ..progress import TERMINAL, Progress, count_text
+from . import Outcome
 
 RECOMMENDED_SELFIES = 4
 MAX_SELFIES = 8  # the exported graphs and engines take 1..8 references
@@ -23,15 +25,45 @@ MIN_FACE_PIXELS = 64
 SECOND_FACE_RATIO = 0.4
 
 
+NAME = "enroll"
+SUMMARY = "create your identity profile from a few selfies (4 recommended)"
+DESCRIPTION = ("Make your identity profile from 1 to 8 selfies (4 is best): each photo is checked for one clear, large "
+               "enough face, then the reference network runs once and the profile is saved under --name.")
+EXAMPLES = ("instantrestore enroll me1.jpg me2.jpg me3.jpg me4.jpg --name me",)
+
+
 @dataclasses.dataclass
-class EnrollOptions:
-    """What `enroll` was asked: the photos, the profile's name, the model bundle (None: the last exported) and
-    the device the references are encoded on (None: cuda when available)."""
+class Options:
+    """What `enroll` was asked: the photos (1 to 8, each once), the profile's name, the model bundle (None: the
+    default one) and the device the references are encoded on (None: cuda when available)."""
 
     images: list
     name: str
     bundle: Optional[str] = None
     device: Optional[str] = None
+
+    def __post_init__(self):
+        from instantrestore.runtime.graphs import MAX_REFERENCES
+
+        self.name = home.check_profile_name((self.name or "").strip())
+        self.images = [Path(p) for p in self.images]
+        if not self.images:
+            raise PluginError("give at least one photo of your face")
+        limit = min(MAX_SELFIES, MAX_REFERENCES)
+        if len(self.images) > limit:
+            raise PluginError(f"{len(self.images)} photos given; use at most {limit} ({RECOMMENDED_SELFIES} is best)")
+        seen = {}
+        for path in self.images:
+            key = os.path.realpath(path)
+            if key in seen:
+                raise PluginError(f"{path}: given twice (also as {seen[key]})")
+            seen[key] = path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMG", help="photos of your face, one person per photo")
+    parser.add_argument("--name", required=True, help="profile name, used as --profile NAME later")
+    add_model_options(parser, backend=False)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -131,24 +163,10 @@ def one_person(paths, images, faces) -> np.ndarray:
     return embeddings
 
 
-def enroll(options: EnrollOptions, progress=say) -> Path:
-    """Detect, align and enroll the selfies; write the profile `options.name`; returns its path."""
-    from instantrestore.runtime.graphs import MAX_REFERENCES
-
-    name, device = options.name, options.device
-    home.check_profile_name(name)
-    paths = [Path(p) for p in options.images]
-    if not paths:
-        raise PluginError("give at least one photo of your face")
-    limit = min(MAX_SELFIES, MAX_REFERENCES)
-    if len(paths) > limit:
-        raise PluginError(f"{len(paths)} photos given; use at most {limit} ({RECOMMENDED_SELFIES} is best)")
-    seen = {}
-    for path in paths:
-        key = os.path.realpath(path)
-        if key in seen:
-            raise PluginError(f"{path}: given twice (also as {seen[key]})")
-        seen[key] = path
+def run(options: Options, progress: Progress = TERMINAL) -> Outcome:
+    """Detect, align and enroll the selfies; write the profile `options.name`. The Outcome's line and value: its
+    path."""
+    name, device, paths = options.name, options.device, options.images
     bundle = home.resolve_bundle(options.bundle)
     home.check_writable(home.profiles_dir())
 
@@ -183,4 +201,5 @@ def enroll(options: EnrollOptions, progress=say) -> Path:
     if len(paths) < RECOMMENDED_SELFIES:
         progress(f"tip: {RECOMMENDED_SELFIES} selfies (different angles, expressions and light) keep your identity "
                  f"best; you gave {len(paths)}. Enroll again with more to improve it.")
-    return path
+    progress(f"profile {name!r} saved to {path}")
+    return Outcome([str(path)], value=path)

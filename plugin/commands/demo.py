@@ -5,13 +5,21 @@ so on stderr and carries a DEMO MODEL mark on the faces it restores (home.resolv
 
 from __future__ import annotations
 
-import argparse
-import textwrap
+import dataclasses
 
 from instantrestore.runtime import BundleError, load_bundle
 
-from . import bundles, home
-from .progress import say
+from .. import home
+from ..progress import TERMINAL, Progress
+from . import Outcome
+from .bundles import make_default
+
+NAME = "demo"
+SUMMARY = "try every command without the hub: a tiny random-weight model as the default bundle"
+DESCRIPTION = ("Make a tiny model with random weights (seconds, no download, no GPU) the default bundle, so enroll, "
+               "video, camera, the panel and bench can be tried on any machine. Its output is noise, marked DEMO "
+               "MODEL; `instantrestore export` gets the real model.")
+EXAMPLES = ("instantrestore demo", "instantrestore bundles use final_model_ckpt-float16   # back")
 
 DEMO_BUNDLE = "demo-tiny"  # its folder under bundles/ in the state folder
 DEMO_PROFILE = "demo"
@@ -27,37 +35,32 @@ marked DEMO MODEL):
 The real model: `instantrestore export` (it becomes the default bundle)."""
 
 
-def demo_bundle():
+@dataclasses.dataclass
+class Options:
+    """`demo` takes no options."""
+
+
+def add_arguments(parser) -> None:
+    pass
+
+
+def demo_bundle(progress):
     """The demo bundle under bundles/, written unless a readable one is already there."""
     from instantrestore.export.random_bundle import write_random_bundle
 
     folder = home.check_writable(home.bundles_dir()) / DEMO_BUNDLE
     try:
         if load_bundle(folder).random_weights:
-            say(f"the demo bundle is already there: {folder}")
+            progress(f"the demo bundle is already there: {folder}")
             return folder
     except BundleError:  # not written yet, or damaged: written (again)
         pass
-    return write_random_bundle("tiny", folder, dtype="float32", progress=say)
+    return write_random_bundle("tiny", folder, dtype="float32", progress=progress)
 
 
-def cmd_demo(args) -> int:
+def run(options: Options, progress: Progress = TERMINAL) -> Outcome:
     home.read_settings()  # a corrupt settings file is reported before anything is written
     previous = home.last_bundle_dir()
-    folder = demo_bundle()
-    bundles.make_default(folder, previous)  # says how to switch back to the previous default
-    print(NEXT_STEPS)
-    return 0
-
-
-def register(commands) -> None:
-    # its own help screen (plugin/cli.py's HELP_SCREENS has the built-in commands')
-    demo = commands.add_parser(
-        "demo", help="try every command without the hub: a tiny random-weight model as the default bundle",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=textwrap.fill("Make a tiny model with random weights (seconds, no download, no GPU) the default "
-                                  "bundle, so enroll, video, camera, the panel and bench can be tried on any machine. "
-                                  "Its output is noise, marked DEMO MODEL; `instantrestore export` gets the real "
-                                  "model.", 100),
-        epilog="examples:\n  instantrestore demo\n  instantrestore bundles use final_model_ckpt-float16   # back")
-    demo.set_defaults(run=cmd_demo)
+    folder = demo_bundle(progress)
+    make_default(folder, previous, progress)  # says how to switch back to the previous default
+    return Outcome(NEXT_STEPS.splitlines(), value=folder)

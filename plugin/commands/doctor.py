@@ -12,9 +12,16 @@ import platform
 import sys
 from typing import Optional
 
-from . import home, vcam
-from .cameras import OPENCV_INDICES, probe_opencv_cameras
-from .progress import quiet_when_the_reader_leaves
+from .. import home, vcam
+from ..cameras import OPENCV_INDICES, probe_opencv_cameras
+from ..progress import TERMINAL, Progress
+from . import Outcome
+
+NAME = "doctor"
+SUMMARY = "check this machine: packages, GPU, backends, cameras, bundle, profiles"
+DESCRIPTION = ("Check this machine: packages, GPU, backends, face detector, cameras, virtual camera, state folder, "
+               "bundle and profiles, with the next step for anything missing. Exits 1 while the camera cannot run.")
+EXAMPLES = ("instantrestore doctor",)
 
 OK, WARN, MISSING = "ok", "warn", "missing"
 PACKAGES = ("torch", "diffusers", "transformers", "safetensors", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu",
@@ -244,23 +251,32 @@ def run_checks() -> list:
     return results
 
 
-def report(results, stream=None) -> int:
-    stream = stream if stream is not None else sys.stdout
+def report_lines(results) -> list:
+    """The checks as the terminal shows them, one line each (and its next step), then the verdict."""
+    lines = []
     for item in results:
-        print(f"{item.status:<8} {item.topic:<16} {item.detail}", file=stream)
-        if item.next_step and item.status != OK:
-            print(f"{'':<8} {'':<16} next: {item.next_step}", file=stream)
-        elif item.next_step:
-            print(f"{'':<8} {'':<16} note: {item.next_step}", file=stream)
+        lines.append(f"{item.status:<8} {item.topic:<16} {item.detail}")
+        if item.next_step:
+            lines.append(f"{'':<8} {'':<16} {'note' if item.status == OK else 'next'}: {item.next_step}")
     missing = [item for item in results if item.status == MISSING]
     if missing:
-        print(f"{len(missing)} thing{'s' if len(missing) != 1 else ''} to fix before the camera can run: "
-              + ", ".join(dict.fromkeys(item.topic for item in missing)), file=stream)
-        return 1
-    print("ready: `instantrestore camera --profile NAME`", file=stream)
-    return 0
+        lines.append(f"{len(missing)} thing{'s' if len(missing) != 1 else ''} to fix before the camera can run: "
+                     + ", ".join(dict.fromkeys(item.topic for item in missing)))
+    else:
+        lines.append("ready: `instantrestore camera --profile NAME`")
+    return lines
 
 
-def register(commands) -> None:
-    parser = commands.add_parser("doctor", help="check this machine: packages, GPU, backends, cameras, bundle, profiles")
-    parser.set_defaults(run=quiet_when_the_reader_leaves(lambda args: report(run_checks())))
+@dataclasses.dataclass
+class Options:
+    """`doctor` takes no options."""
+
+
+def add_arguments(parser) -> None:
+    pass
+
+
+def run(options: Options, progress: Progress = TERMINAL) -> Outcome:
+    """Exit status 1 while something the camera needs is missing."""
+    results = run_checks()
+    return Outcome(report_lines(results), status=int(any(item.status == MISSING for item in results)), value=results)
