@@ -28,7 +28,7 @@ def add_model_options(parser, backend: bool = True) -> None:
     """--bundle, --backend (unless backend=False) and --device."""
     parser.add_argument("--bundle", help="model bundle folder (default: the last exported)")
     if backend:
-        parser.add_argument("--backend", default="auto", choices=CHOICES,
+        parser.add_argument("--backend", choices=CHOICES,
                             help="inference backend (default auto: TensorRT, then onnxruntime/torch on CUDA, then CPU)")
     parser.add_argument("--device", type=device_name, help="cuda, cuda:1 or cpu (default: cuda when available)")
 

@@ -11,9 +11,9 @@ import time
 import warnings
 from pathlib import Path
 
-from .batch_videos import BatchError, Video, remove_partials, restore_file
+from . import home
+from .batch_videos import BatchError, BatchWork, LoadedModel, Video, remove_partials, restore_file
 from .messages import error_reason
-from .progress import say
 
 RAY_RETRIES = 2  # a video whose worker died is tried this many more times
 CLUSTER_EXTRA = 'pip install -e ".[cluster]" (from a checkout)'
@@ -42,22 +42,22 @@ class BatchWorker:
         for name, data in bundle_files.items():
             (bundle_dir / name).write_bytes(data)
         bundle = load_bundle(bundle_dir)
-        self.profiles = {}
+        profiles = {}
         for index, (name, data) in enumerate(profile_bytes.items()):
             path = bundle_dir.parent / f"profile{index}.safetensors"
             path.write_bytes(data)
-            self.profiles[name] = Profile.load(path, bundle_id=bundle.bundle_id)
+            profiles[name] = Profile.load(path, bundle_id=bundle.bundle_id)
         restorer = load_engine(bundle, backend, device, None, progress=lambda message: None)
-        self.restorers = {name: restorer.crop_restorer(profile) for name, profile in self.profiles.items()}
-        self.crop_size = restorer.crop_size
+        self.model = LoadedModel({name: restorer.crop_restorer(profile) for name, profile in profiles.items()},
+                                 profiles, restorer.crop_size)
 
     def pid(self) -> int:
         return os.getpid()
 
-    def restore(self, in_path: str, out_path: str, blend: float, batch_size: int) -> dict:
+    def restore(self, video: Video, blend: float, batch_size: int) -> dict:
         started = time.monotonic()
         try:
-            result = restore_file(self.restorers, self.profiles, self.crop_size, in_path, out_path, blend, batch_size)
+            result = restore_file(self.model, video, blend, batch_size)
         except Exception as error:  # noqa: BLE001 - the driver reports it and goes on
             return {"error": error_reason(error), "seconds": time.monotonic() - started}
         return {**result, "seconds": time.monotonic() - started}
@@ -81,22 +81,23 @@ def connect(ray, address: str) -> None:
 class RayRun:
     """The driver's side of one batch on Ray: the workers, the videos queued and those at work."""
 
-    def __init__(self, ray, options, bundle, profile_paths: dict, pending: list[Video], record, events):
-        self.ray, self.options, self.record, self.events = ray, options, record, events
-        self.queue = collections.deque(pending)
+    def __init__(self, ray, work: BatchWork):
+        self.ray, self.work, self.options = ray, work, work.options
+        self.record, self.events = work.record, work.events
+        self.queue = collections.deque(work.pending)
         self.running: dict = {}  # task -> (worker, video)
         self.attempts: collections.Counter = collections.Counter()
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        self.workers = min(len(pending), options.jobs or max(1, gpus))
+        self.workers = min(len(work.pending), self.options.jobs or max(1, gpus))
         on = "a GPU each" if gpus else "CPUs (the cluster has no GPUs)"
-        say(f"ray: {self.workers} worker{'s' if self.workers != 1 else ''} on {on}")
+        work.progress(f"ray: {self.workers} worker{'s' if self.workers != 1 else ''} on {on}")
         # shipped once through the object store; every worker loads the model from it
-        self.bundle_ref = ray.put({path.name: path.read_bytes() for path in Path(bundle.path).iterdir()
+        self.bundle_ref = ray.put({path.name: path.read_bytes() for path in Path(work.bundle.path).iterdir()
                                    if path.is_file()})
-        self.profile_ref = ray.put({name: path.read_bytes() for name, path in profile_paths.items()})
+        self.profile_ref = ray.put({name: home.profile_path(name).read_bytes() for name in work.profiles})
         resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
         self.actor_class = ray.remote(max_restarts=0, **resources)(BatchWorker)
-        self.device = options.device if gpus else (options.device or "cpu")
+        self.device = self.options.device if gpus else (self.options.device or "cpu")
 
     def new_worker(self) -> tuple:
         actor = self.actor_class.remote(self.bundle_ref, self.profile_ref, self.options.backend, self.device)
@@ -111,7 +112,7 @@ class RayRun:
         video = self.queue.popleft()
         actor, pid = worker
         self.events("started", video=video, pid=pid)
-        ref = actor.restore.remote(str(video.source), str(video.output), self.options.blend, self.options.batch_size)
+        ref = actor.restore.remote(video, self.options.blend, self.options.batch_size)
         self.running[ref] = (worker, video)
 
     def run(self) -> None:
@@ -140,7 +141,7 @@ class RayRun:
         remove_partials(video.output)
         self.attempts[video.name] += 1
         if self.attempts[video.name] <= RAY_RETRIES:
-            say(f"a worker died while restoring {video.name}; retrying it on another")
+            self.work.progress(f"a worker died while restoring {video.name}; retrying it on another")
             self.queue.appendleft(video)
         else:
             video.status = "failed"
@@ -156,14 +157,14 @@ class RayRun:
             self.ray.kill(actor)
 
 
-def run_on_ray(options, bundle, profile_paths: dict, pending: list[Video], record, events) -> None:
+def run_on_ray(work: BatchWork) -> None:
     ray = import_ray()
     started_here = not ray.is_initialized()
     if started_here:
-        connect(ray, options.ray)
+        connect(ray, work.options.ray)
     run = None
     try:
-        run = RayRun(ray, options, bundle, profile_paths, pending, record, events)
+        run = RayRun(ray, work)
         run.run()
     except BaseException:
         if run is not None:

@@ -88,17 +88,43 @@ def expand_input(path: Path, out_dir: Path, listed_in: Optional[Path]) -> list[t
 # ------------------------------------------------------------------------------------- one video
 
 
-def restore_file(restorers: dict, profiles: dict, crop_size: int, in_path, out_path, blend: float = 1.0,
-                 batch_size: int = 1, progress: Optional[Callable] = None) -> dict:
-    """Restore one recording with a loaded model's crop restorers (name -> `Restorer.crop_restorer(profile)`),
-    each recognised person with their own: frames, faces restored. No partial output on failure."""
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A loaded model as `batch` shares it between videos: one crop restorer per profile (name ->
+    `Restorer.crop_restorer(profile)`), the profiles themselves, and the crop size."""
+
+    restorers: dict
+    profiles: dict
+    crop_size: int
+
+
+@dataclasses.dataclass
+class BatchWork:
+    """What the runner (here or on Ray) is handed: the command's options, the bundle and profiles, the videos to
+    restore, `record(video)` to call as each one ends (manifest, progress), `events(kind, **info)` for the caller
+    ("worker", "started", "finished") and the command's progress for its lines."""
+
+    options: object
+    bundle: object
+    profiles: dict
+    pending: list
+    record: Callable
+    events: Callable
+    progress: Callable
+
+
+def restore_file(model: LoadedModel, video: Video, blend: float = 1.0, batch_size: int = 1,
+                 progress: Optional[Callable] = None) -> dict:
+    """Restore one recording, each recognised person with their own profile: frames, faces restored. No partial
+    output on failure."""
     from instantrestore.runtime.media import FileSink, FileSource
     from instantrestore.runtime.frames.file_run import restore_recording
 
-    source = FileSource(in_path)
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)  # a folder's videos keep their sub-folders
-    sink = FileSink(out_path, like=source)
-    stats = restore_recording(restorers, profiles, crop_size, source, sink, blend, batch_size, progress=progress)
+    source = FileSource(video.source)
+    video.output.parent.mkdir(parents=True, exist_ok=True)  # a folder's videos keep their sub-folders
+    sink = FileSink(video.output, like=source)
+    stats = restore_recording(model.restorers, model.profiles, model.crop_size, source, sink, blend, batch_size,
+                              progress=progress)
     # the pipeline counts each face it pasted (not a stranger's, nor one whose restored crop was not finite)
     return {"frames": sink.frames_written, "faces_restored": int(stats.summary().get("faces_restored", 0))}
 

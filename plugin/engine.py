@@ -47,8 +47,10 @@ def use_cpu_threads(choice: Choice) -> dict:
     return {option: model_threads} if option else {}
 
 
-def load_engine(bundle, backend: str = "auto", device: Optional[str] = None, dtype=None, progress=say):
-    """A Restorer for `bundle` on the chosen backend, building what that backend needs first."""
+def load_engine(bundle, backend: str = "auto", device: Optional[str] = None, dtype=None, progress=say,
+                **backend_options):
+    """A Restorer for `bundle` on the chosen backend, building what that backend needs first; `backend_options`
+    are the backend's own load options (bench: its compile_option)."""
     from instantrestore.runtime import load_restorer
 
     choice = choose_engine(bundle, backend, device, dtype)
@@ -65,6 +67,6 @@ def load_engine(bundle, backend: str = "auto", device: Optional[str] = None, dty
     if backend == "auto" and not str(choice.device).startswith("cuda"):
         note = "; no GPU backend is usable here (`instantrestore doctor` says why)"
     progress(f"backend: {choice.backend} on {choice.device} ({precision_name(choice.dtype)}){note}")
-    options = use_cpu_threads(choice)
+    options = {**use_cpu_threads(choice), **backend_options}
     return load_restorer(bundle.path, backend=choice.backend, device=choice.device, dtype=choice.dtype,
                          engines=engines_dir(), **options)

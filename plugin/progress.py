@@ -3,7 +3,6 @@ words and lines the commands report with."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -97,8 +96,11 @@ class Progress:
 
     on_frame = None
 
+    def __init__(self, say_line=say):
+        self.say_line = say_line  # where the lines go: stderr here; a list, a log, a page elsewhere
+
     def __call__(self, message: str) -> None:
-        say(message)
+        self.say_line(message)
 
     def work(self, label: str, unit: str = "frames") -> ProgressBar:
         return ProgressBar(label, unit)

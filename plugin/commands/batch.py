@@ -19,21 +19,24 @@ from typing import Callable, Optional
 
 from instantrestore.runtime.files import sha256_file
 
-from . import home
-from .arguments import check_blend
-from .batch_manifest import (MANIFEST_FORMAT, MANIFEST_NAME, finished_entry, is_done, read_manifest, video_key,
-                             write_manifest)
-from .batch_ray import CLUSTER_EXTRA, RAY_RETRIES, BatchWorker, import_ray, run_on_ray
-from .batch_videos import (LIST_SUFFIXES, OUTPUT_SUFFIXES, VIDEO_SUFFIXES, BatchError, Video, collect_inputs,
-                           remove_partials, restore_file)
-from .messages import error_reason
-from .progress import ProgressBar, say
+from .. import home
+from ..arguments import add_model_options, add_profile_option, check_blend
+from ..batch_manifest import finished_entry, is_done, read_manifest, video_key, write_manifest
+from ..batch_ray import CLUSTER_EXTRA, import_ray, run_on_ray
+from ..batch_videos import BatchError, BatchWork, LoadedModel, Video, collect_inputs, restore_file
+from ..messages import error_reason
+from ..progress import TERMINAL, Progress
+from . import Outcome
 
-__all__ = ["BatchError", "BatchOptions", "BatchProgress", "BatchStopped", "BatchWorker", "CLUSTER_EXTRA",
-           "LIST_SUFFIXES", "LOCAL_VIDEOS_IN_FLIGHT", "MANIFEST_FORMAT", "MANIFEST_NAME", "OUTPUT_SUFFIXES",
-           "RAY_RETRIES", "VIDEO_SUFFIXES", "Video", "cmd_batch", "collect_inputs", "is_done", "read_manifest",
-           "register", "remove_partials", "restore_file", "run_batch", "summary_table", "video_key",
-           "write_manifest"]
+NAME = "batch"
+SUMMARY = "restore many recordings, resumable; on this machine or a Ray cluster"
+DESCRIPTION = ("Restore every video given (files, folders searched recursively, or .txt files listing paths) into "
+               "OUTDIR, keeping each one's relative path and name. A rerun skips what is done (same input, bundle, "
+               "profile and options; the output intact). One bad file does not stop the others; the exit code is 2 "
+               "if any failed.")
+EXAMPLES = ("instantrestore batch talks/ -o restored/ --profile me",
+            "instantrestore batch list.txt -o /shared/restored --profile me --ray auto",
+            "instantrestore batch /shared/talks -o /shared/restored --profile me --ray ray://head:10001")
 
 LOCAL_VIDEOS_IN_FLIGHT = 2  # the next video's decode overlaps the last one's encode
 
@@ -43,7 +46,12 @@ class BatchStopped(BaseException):
 
 
 @dataclasses.dataclass
-class BatchOptions:
+class Options:
+    """What `batch` was asked: the inputs (files, folders, .txt lists), the folder to write into, whose faces to
+    restore (one profile name or several), the model, the strength and frames per restorer call, where to run,
+    and whether to redo what is done or replace files this batch did not write. The numbers are checked, and Ray
+    looked for when asked for, before any work."""
+
     inputs: list
     out_dir: Path
     profile: object  # one profile name, or several (each recognised person restored with their own)
@@ -57,24 +65,42 @@ class BatchOptions:
     force: bool = False  # restore again what is done
     overwrite: bool = False  # replace files at output paths that this batch did not write
 
-    def check(self) -> None:
-        """The numbers in range, Ray there if asked for: said before any work."""
+    def __post_init__(self):
+        self.out_dir = Path(self.out_dir).expanduser()
         if self.batch_size < 1:
             raise BatchError(f"--batch-size must be at least 1, got {self.batch_size}")
-        check_blend(self.blend, BatchError)
+        self.blend = check_blend(self.blend, BatchError)
         if self.jobs is not None and self.jobs < 1:
             raise BatchError(f"--jobs must be at least 1, got {self.jobs}")
         if self.ray is not None:
             import_ray()  # before any work: say how to install it
 
 
+def add_arguments(parser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders of videos, or .txt lists")
+    parser.add_argument("-o", "--output", dest="out_dir", required=True, metavar="OUTDIR",
+                        help="the folder to write into")
+    add_profile_option(parser)
+    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                        help="run on Ray: alone, a local Ray runtime; `auto` or ray://HOST:PORT, a running cluster "
+                             f"(inputs and outputs on storage every node sees; needs {CLUSTER_EXTRA})")
+    parser.add_argument("--jobs", type=int, help="with --ray: how many workers (default: one per GPU of the cluster, "
+                                                 "or 1 without GPUs)")
+    parser.add_argument("--force", action="store_true", help="restore every video again, even those already done")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files at the output paths that this batch did not write (default: refuse)")
+    parser.add_argument("--batch-size", type=int, help="frames per restorer call (default 1)")
+    parser.add_argument("--blend", type=float, help="strength of the restored face, 0..1 (default 1)")
+    add_model_options(parser)
+
+
 class BatchProgress:
     """The overall bar (videos done, frames done, time left) labelled with the current video."""
 
-    def __init__(self, videos: list[Video]):
+    def __init__(self, videos: list[Video], progress: Progress):
         self.todo = [v for v in videos if v.status == "pending"]
         self.total_frames = sum(v.frames for v in self.todo)
-        self.bar = ProgressBar("batch")
+        self.bar = progress.work("batch")
         self.done_frames, self.done_videos = 0, 0
         self.current: dict[str, int] = {}
         self.lock = threading.Lock()
@@ -103,7 +129,7 @@ class BatchProgress:
 
 
 def sort_videos(videos: list[Video], manifest: dict, bundle_id: str, profile_sha256: str,
-                options: BatchOptions) -> None:
+                options: Options) -> None:
     """Mark each video skipped (done before, intact), failed (unreadable, or its output is not ours to
     replace) or left pending."""
     from instantrestore.runtime.media import FileSource, MediaError
@@ -135,12 +161,11 @@ def plan_line(videos: list[Video], out_dir: Path) -> str:
             f"{', ' + str(unreadable) + ' unreadable' if unreadable else ''} -> {out_dir}")
 
 
-def run_batch(options: BatchOptions, events: Optional[Callable] = None) -> list[Video]:
+def run_batch(options: Options, progress: Progress = TERMINAL, events: Optional[Callable] = None) -> list[Video]:
     """Restore every input video into options.out_dir; returns the videos with their outcome.
     events(kind, **info), if given, hears "worker" (pid), "started" (video, pid), "finished" (video)."""
     events = events or (lambda kind, **info: None)
-    options.check()
-    out_dir = Path(options.out_dir).expanduser()
+    out_dir = options.out_dir
     if out_dir.exists() and not out_dir.is_dir():
         raise BatchError(f"the output {out_dir} is a file; give a folder")
     videos = collect_inputs(options.inputs, out_dir)
@@ -150,12 +175,12 @@ def run_batch(options: BatchOptions, events: Optional[Callable] = None) -> list[
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(out_dir)
     sort_videos(videos, manifest, bundle.bundle_id, profile_sha256, options)
-    say(plan_line(videos, out_dir))
+    progress(plan_line(videos, out_dir))
     pending = [v for v in videos if v.status == "pending"]
     if not pending:
         return videos
 
-    progress = BatchProgress(videos)
+    bar = BatchProgress(videos, progress)
     lock = threading.Lock()
 
     def record(video: Video) -> None:
@@ -166,16 +191,17 @@ def run_batch(options: BatchOptions, events: Optional[Callable] = None) -> list[
             else:
                 manifest.pop(video.name, None)
             write_manifest(out_dir, manifest)
-        progress.finished(video)
+        bar.finished(video)
         events("finished", video=video)
 
+    work = BatchWork(options, bundle, profiles, pending, record, events, progress)
     try:
         if options.ray is None:
-            run_here(options, bundle, profiles, pending, progress, record, events)
+            run_here(work, bar)
         else:
-            run_on_ray(options, bundle, {name: home.profile_path(name) for name in profiles}, pending, record, events)
+            run_on_ray(work)
     finally:
-        progress.close()
+        bar.close()
     return videos
 
 
@@ -192,34 +218,35 @@ def shared_restorers(restorer, profiles: dict) -> dict:
     return {name: shared(restorer.crop_restorer(profile)) for name, profile in profiles.items()}
 
 
-def run_here(options, bundle, profiles, pending, progress, record, events) -> None:
+def run_here(work: BatchWork, bar: BatchProgress) -> None:
     """In this process: the model loaded once, LOCAL_VIDEOS_IN_FLIGHT videos at a time."""
-    from .engine import load_engine
+    from ..engine import load_engine
 
-    restorer = load_engine(bundle, options.backend, options.device, None, say)
-    restorers = shared_restorers(restorer, profiles)
+    options = work.options
+    restorer = load_engine(work.bundle, options.backend, options.device, None, work.progress)
+    model = LoadedModel(shared_restorers(restorer, work.profiles), work.profiles, restorer.crop_size)
     stop = threading.Event()
 
     def frame_written(video: Video, done: int) -> None:
         if stop.is_set():
             raise BatchStopped()  # inside the video's pipeline: its sink is aborted
-        progress.frame(video, done)
+        bar.frame(video, done)
 
     def one(video: Video) -> None:
-        events("started", video=video, pid=os.getpid())
+        work.events("started", video=video, pid=os.getpid())
         started = time.monotonic()
         try:
-            result = restore_file(restorers, profiles, restorer.crop_size, video.source, video.output, options.blend,
-                                  options.batch_size, progress=lambda done, total: frame_written(video, done))
+            result = restore_file(model, video, options.blend, options.batch_size,
+                                  progress=lambda done, total: frame_written(video, done))
             video.status, video.frames, video.faces_restored = "done", result["frames"], result["faces_restored"]
         except Exception as error:  # noqa: BLE001 - reported in the summary; the other videos go on
             video.status, video.reason = "failed", error_reason(error)
         video.seconds = time.monotonic() - started
-        record(video)
+        work.record(video)
 
     pool = ThreadPoolExecutor(max_workers=LOCAL_VIDEOS_IN_FLIGHT, thread_name_prefix="batch-video")
     try:
-        for future in [pool.submit(one, video) for video in pending]:
+        for future in [pool.submit(one, video) for video in work.pending]:
             future.result()
     except BaseException:  # Ctrl+C, SIGTERM: the videos at work stop at their next frame, leaving nothing
         stop.set()
@@ -228,28 +255,9 @@ def run_here(options, bundle, profiles, pending, progress, record, events) -> No
     pool.shutdown()
 
 
-# ------------------------------------------------------------------------------------- the command
-
-
-def summary_table(videos: list[Video]) -> str:
-    rows = [("video", "result", "frames", "faces restored", "seconds")]
-    for v in videos:
-        if v.status == "failed":
-            rows.append((v.name, f"failed: {v.reason}", "", "", ""))
-        else:
-            seconds = f"{v.seconds:.1f}" if v.status == "done" else "-"
-            rows.append((v.name, v.status, str(v.frames), str(v.faces_restored), seconds))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(row[:4], widths)), row[4]]).rstrip()
-                     for row in rows)
-
-
-def cmd_batch(args) -> int:
-    ray = args.ray
-    options = BatchOptions(inputs=args.inputs, out_dir=Path(args.output), profile=args.profile,
-                           bundle=args.bundle, backend=args.backend, device=args.device, blend=args.blend,
-                           batch_size=args.batch_size, ray=ray, jobs=args.jobs, force=args.force,
-                           overwrite=args.overwrite)
+def run(options: Options, progress: Progress = TERMINAL) -> Outcome:
+    """The batch, then its table (one row per video) on standard output and the totals said; status 2 if any video
+    failed. The Outcome's value: the videos with their outcome."""
     started = time.monotonic()
     restoring: list[float] = []  # from the first video started to the last finished: after the model loads
 
@@ -257,8 +265,7 @@ def cmd_batch(args) -> int:
         if kind in ("started", "finished"):
             restoring.append(time.monotonic())
 
-    videos = run_batch(options, events=timing)
-    print(summary_table(videos))
+    videos = run_batch(options, progress, events=timing)
     failed = [v for v in videos if v.status == "failed"]
     done = [v for v in videos if v.status == "done"]
     frames = sum(v.frames for v in done)
@@ -268,27 +275,19 @@ def cmd_batch(args) -> int:
         busy = restoring[-1] - restoring[0]
         rates = (f"; {len(done) / busy:.2f} videos/s, {frames / busy:.1f} frames/s once the model was loaded "
                  f"({elapsed - busy:.1f} s of start-up)")
-    say(f"{len(done)} restored ({frames} frames in {elapsed:.1f} s{rates}), "
-        f"{sum(v.status == 'skipped' for v in videos)} already done, {len(failed)} failed")
-    return 2 if failed else 0
+    progress(f"{len(done)} restored ({frames} frames in {elapsed:.1f} s{rates}), "
+             f"{sum(v.status == 'skipped' for v in videos)} already done, {len(failed)} failed")
+    return Outcome(summary_table(videos), status=2 if failed else 0, value=videos)
 
 
-def register(commands) -> None:
-    from .arguments import add_model_options, add_profile_option
-
-    batch = commands.add_parser("batch", help="restore many recordings, resumable; on this machine or a Ray cluster")
-    batch.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders of videos, or .txt lists")
-    batch.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="the folder to write into")
-    add_profile_option(batch)
-    batch.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                       help="run on Ray: alone, a local Ray runtime; `auto` or ray://HOST:PORT, a running cluster "
-                            f"(inputs and outputs on storage every node sees; needs {CLUSTER_EXTRA})")
-    batch.add_argument("--jobs", type=int, help="with --ray: how many workers (default: one per GPU of the cluster, "
-                                                "or 1 without GPUs)")
-    batch.add_argument("--force", action="store_true", help="restore every video again, even those already done")
-    batch.add_argument("--overwrite", action="store_true",
-                       help="replace files at the output paths that this batch did not write (default: refuse)")
-    batch.add_argument("--batch-size", type=int, default=1, help="frames per restorer call (default 1)")
-    batch.add_argument("--blend", type=float, default=1.0, help="strength of the restored face, 0..1 (default 1)")
-    add_model_options(batch)
-    batch.set_defaults(run=cmd_batch)
+def summary_table(videos: list[Video]) -> list[str]:
+    """The table `batch` prints: one row per video, its result, frames, faces restored and seconds."""
+    rows = [("video", "result", "frames", "faces restored", "seconds")]
+    for v in videos:
+        if v.status == "failed":
+            rows.append((v.name, f"failed: {v.reason}", "", "", ""))
+        else:
+            seconds = f"{v.seconds:.1f}" if v.status == "done" else "-"
+            rows.append((v.name, v.status, str(v.frames), str(v.faces_restored), seconds))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return ["  ".join([*(cell.ljust(w) for cell, w in zip(row[:4], widths)), row[4]]).rstrip() for row in rows]

@@ -5,9 +5,10 @@ import dataclasses
 from pathlib import Path
 
 from .. import home
-from ..enroll import EnrollOptions, check_selfies, enroll
+from ..commands import enroll
 from ..errors import PluginError
 from ..messages import error_line
+from ..progress import Progress
 from .widgets import NO_PROFILES_ROW, profile_names, profile_rows
 
 
@@ -61,7 +62,7 @@ def check_photos(paths) -> tuple[list, list]:
     the same checks as `enroll`. Lines name the file as the user called it, not the upload's temp path."""
     bundle = home.resolve_bundle()
     gallery, lines = [], []
-    for path, result in check_selfies([Path(p) for p in paths], bundle.crop_size).items():
+    for path, result in enroll.check_selfies([Path(p) for p in paths], bundle.crop_size).items():
         if isinstance(result, str):
             lines.append("refused: " + result.replace(str(path), path.name))
             continue
@@ -99,18 +100,14 @@ def shot_handler(gr, panel):
 def save_profile(paths, profile_name) -> str:
     """Enroll the photos as `profile_name`: what the page says about it, a failure included."""
     try:
-        if not paths:
-            raise PluginError("give at least one photo of your face")
-        home.check_profile_name((profile_name or "").strip())
-        log = []
-        path = enroll(EnrollOptions(paths, profile_name.strip()), progress=log.append)
+        options, log = enroll.Options(paths or [], profile_name), []
+        path = enroll.run(options, Progress(log.append)).value
         photos_text = f"{len(paths)} photo{'s' if len(paths) != 1 else ''}"
-        message = (f"profile {profile_name.strip()!r} saved from {photos_text}"
-                   f" ({path}); choose it in Live and Recordings")
+        message = f"profile {options.name!r} saved from {photos_text} ({path}); choose it in Live and Recordings"
         return message + "".join(f"  \n{line}" for line in log if line.startswith("tip:"))
     except Exception as error:  # noqa: BLE001
         message = error_line(error)
-        for path in paths:  # the photo as the user named it, not the upload's temp path
+        for path in paths or []:  # the photo as the user named it, not the upload's temp path
             message = message.replace(str(path), Path(path).name)
         return message
 

@@ -14,34 +14,38 @@ from typing import Optional
 
 from instantrestore.runtime.errors import InstantRestoreError
 
-from ..camera import CameraOptions, LiveControl, run_camera
+from ..commands import camera, video
 from ..messages import error_line
-from ..progress import clock
-from ..video import VideoOptions, restore_video
+from ..progress import Progress, clock
 
 
 # ------------------------------------------------------------------------------------------------ jobs on threads
 
 SETTLE_S = 5.0  # how long the page keeps polling a job after it ended
+PREVIEW_EVERY = 10  # a recording's before/after is refreshed every this many frames: often enough to watch
 
 
-class Job:
-    """One long job on its own thread: its log lines, its one-line error, whether it is still running."""
+class Job(Progress):
+    """One command run on a thread of its own, and the progress it reports through, as the page shows it: its
+    lines (the last 50), how far its work is (done of total frames, counted from the first: the model load is not
+    part of the rate), a cancel honoured at the next frame, the latest (raw, restored) frames for the preview, its
+    one-line error, and whether it is still running. `work(progress)` is the command's run, its options given."""
 
-    def __init__(self, target, shown_names: Optional[dict] = None, **kwargs):
+    def __init__(self, work, shown_names: Optional[dict] = None):
         self.lines: collections.deque = collections.deque(maxlen=50)
         self.error: Optional[str] = None
         self.shown_names = shown_names or {}  # server path -> the name the user knows it by (an upload's own)
-        self.result = None
+        self.result = None  # the Outcome's value
         self.latest: Optional[tuple] = None  # (raw, restored) frames for the preview
+        self.cancel = threading.Event()
+        self.done, self.total, self.started = 0, 0, time.monotonic()
         self.ended: Optional[float] = None  # time.monotonic() when it finished
-        self._thread = threading.Thread(target=self._run, args=(target, kwargs), name="instantrestore-panel-job",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(work,), name="instantrestore-panel-job", daemon=True)
         self._thread.start()
 
-    def _run(self, target, kwargs):
+    def _run(self, work):
         try:
-            self.result = target(progress=self.say, **kwargs)
+            self.result = work(self).value
         except Cancelled:
             self.error = "cancelled; nothing was written"
         except Exception as error:  # noqa: BLE001 - shown in the page as the CLI's one line; the server goes on
@@ -51,8 +55,22 @@ class Job:
         finally:
             self.ended = time.monotonic()
 
-    def say(self, line: str) -> None:
+    def __call__(self, line: str) -> None:
         self.lines.append(line)
+
+    def work(self, label: str, unit: str = "frames") -> "JobCount":
+        return JobCount(self)
+
+    def count(self, done: int, total: int = 0) -> None:
+        if self.cancel.is_set():
+            raise Cancelled()  # raised inside the command's run: its half-written output is removed
+        if self.done == 0:
+            self.started = time.monotonic()
+        self.done, self.total = done, total
+
+    def on_frame(self, raw, restored) -> None:
+        if self.done % PREVIEW_EVERY == 0:
+            self.latest = (raw, restored)  # one reference swap: the work never waits for the page
 
     @property
     def running(self) -> bool:
@@ -69,17 +87,33 @@ class Job:
         return self.ended is not None and time.monotonic() - self.ended > SETTLE_S
 
 
+class JobCount:
+    """What a job's progress.work() hands the command: called with (done, total) after each frame."""
+
+    def __init__(self, job: Job):
+        self.job = job
+
+    def __call__(self, done: int, total: int = 0) -> None:
+        self.job.count(done, total)
+
+    def close(self) -> None:
+        pass
+
+
 class Cancelled(Exception):
     """The user cancelled a recording's restore (raised from its progress callback)."""
 
 
 class LiveJob(Job):
-    def __init__(self, options: CameraOptions):
-        self.control = LiveControl(on_frame=self._frame)
-        super().__init__(run_camera, options=options, control=self.control)
+    """`camera` run for the page: stopped, its strength and profiles changed and its frames shown through a
+    LiveControl."""
+
+    def __init__(self, options: camera.Options):
+        self.control = camera.LiveControl(on_frame=self._frame)
+        super().__init__(lambda progress: camera.run(options, progress, self.control))
 
     def _frame(self, raw, shown, latency_s):
-        self.latest = (raw, shown)  # one reference swap: the output loop never waits for the page
+        self.latest = (raw, shown)  # every frame: the output loop never waits for the page
 
     def stop(self) -> None:
         self.control.stop.set()
@@ -99,23 +133,11 @@ class LiveJob(Job):
 
 
 class RecordingJob(Job):
-    def __init__(self, options: VideoOptions, shown_names: Optional[dict] = None):
-        self.cancel = threading.Event()
-        self.done, self.total, self.started = 0, 0, time.monotonic()
+    """`video` run for the page: its progress, a before/after now and then, cancel."""
+
+    def __init__(self, options: video.Options, shown_names: Optional[dict] = None):
         self.output = options.output
-        super().__init__(restore_video, shown_names=shown_names, options=options, frame_progress=self._progress,
-                         on_frame=self._frame)
-
-    def _progress(self, done, total):
-        if self.cancel.is_set():
-            raise Cancelled()  # run_file stops and the half-written output is removed
-        if self.done == 0:
-            self.started = time.monotonic()  # the model load is not part of the rate
-        self.done, self.total = done, total
-
-    def _frame(self, raw, restored):
-        if self.done % 10 == 0:  # a new before/after now and then is enough
-            self.latest = (raw, restored)
+        super().__init__(lambda progress: video.run(options, progress), shown_names=shown_names)
 
     def progress_text(self) -> str:
         if not self.done:

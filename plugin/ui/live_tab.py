@@ -5,8 +5,8 @@ import dataclasses
 
 from instantrestore.runtime.backends import CHOICES
 
-from ..camera import CameraOptions
 from ..cameras import list_cameras
+from ..commands import camera
 from ..errors import PluginError
 from ..messages import error_line
 from .jobs import LiveJob
@@ -75,22 +75,25 @@ def live_line(job) -> str:
     return job.lines[-1] if job.lines else "starting..."
 
 
-def start_handler(gr, panel):
-    def on_start(camera_spec, file_spec, profile_name, blend, backend, sync_audio, request: gr.Request):
+def start_handler(gr, panel, tab: LiveTab):
+    """on_start, given the tab's inputs as {component: value}: the session's live job started, or why not."""
+
+    def on_start(values: dict, request: gr.Request):
         session = panel.session(request)
         if session.live is not None and session.live.running:
             return "the camera is already live; Stop it first", gr.update(), gr.update()
         try:
-            file_spec = (file_spec or "").strip()
-            spec = str(check_server_path(file_spec, panel.allowed_dirs)) if file_spec else camera_spec
-            if not profile_name:
+            file_spec = (values[tab.camera_file] or "").strip()
+            spec = str(check_server_path(file_spec, panel.allowed_dirs)) if file_spec else values[tab.camera]
+            if not values[tab.profile]:
                 raise PluginError("enroll a profile first (Enroll tab)")
             if spec is None:
                 raise PluginError("no camera found; plug one in, or give a video file")
+            options = camera.Options(values[tab.profile], input=spec, backend=values[tab.backend],
+                                     blend=float(values[tab.strength]), sync_audio=bool(values[tab.sync]))
         except PluginError as error:
             return error_line(error), gr.update(), gr.update()
-        session.live = LiveJob(CameraOptions(profile_name, input=spec, backend=backend, blend=float(blend),
-                                             sync_audio=bool(sync_audio)))
+        session.live = LiveJob(options)
         return "starting...", gr.Timer(active=True), ""
 
     return on_start
@@ -153,8 +156,8 @@ def settings_handlers(gr, panel) -> tuple:
 def wire(gr, panel, tab: LiveTab) -> None:
     on_stop, on_live_tick = running_handlers(gr, panel)
     on_strength, on_live_profile, needs_restart = settings_handlers(gr, panel)
-    tab.start.click(start_handler(gr, panel),
-                    [tab.camera, tab.camera_file, tab.profile, tab.strength, tab.backend, tab.sync],
+    tab.start.click(start_handler(gr, panel, tab),
+                    {tab.camera, tab.camera_file, tab.profile, tab.strength, tab.backend, tab.sync},
                     [tab.status, tab.timer, tab.settings])
     tab.stop.click(on_stop, None, [tab.status, tab.timer])
     tab.timer.tick(on_live_tick, [tab.side], [tab.preview, tab.stats, tab.status, tab.timer])

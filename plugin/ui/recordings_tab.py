@@ -6,8 +6,8 @@ from pathlib import Path
 
 from .. import home
 from ..errors import PluginError
+from ..commands import video
 from ..messages import error_line
-from ..video import VideoOptions
 from .jobs import RecordingJob, with_names
 from .serving import check_output_name, check_server_path
 from .widgets import TICK_S, outputs_dir, paths_note, profiles_picker, side_by_side, strength_slider
@@ -79,21 +79,24 @@ def output_path(source: Path, output_name: str) -> Path:
     return folder / output_name
 
 
-def restore_handler(gr, panel):
-    def on_restore(upload, path_text, profile_name, blend, output_name, overwrite, request: gr.Request):
+def restore_handler(gr, panel, tab: RecordingsTab):
+    """on_restore, given the tab's inputs as {component: value}: the session's recording started, or why not."""
+
+    def on_restore(values: dict, request: gr.Request):
         session = panel.session(request)
         if session.recording is not None and session.recording.running:
             return "a recording is being restored; wait or cancel it", gr.update(), gr.update()
         shown_names = {}
         try:
-            source = chosen_source(panel, upload, (path_text or "").strip(), shown_names)
-            if not profile_name:
+            source = chosen_source(panel, values[tab.video], (values[tab.video_path] or "").strip(), shown_names)
+            if not values[tab.profile]:
                 raise PluginError("enroll a profile first (Enroll tab)")
-            output = output_path(source, (output_name or "").strip())
+            output = output_path(source, (values[tab.out_name] or "").strip())
+            options = video.Options(source, output, values[tab.profile], blend=float(values[tab.strength]),
+                                    overwrite=bool(values[tab.replace]))
         except Exception as error:  # noqa: BLE001
             return with_names(error_line(error), shown_names), gr.update(), gr.update()
-        session.recording = RecordingJob(VideoOptions(source, output, profile_name, blend=float(blend),
-                                                      overwrite=bool(overwrite)), shown_names=shown_names)
+        session.recording = RecordingJob(options, shown_names=shown_names)
         return "starting...", None, gr.Timer(active=True)
 
     return on_restore
@@ -131,8 +134,8 @@ def running_handlers(gr, panel) -> tuple:
 
 def wire(gr, panel, tab: RecordingsTab) -> None:
     on_cancel, on_rec_tick = running_handlers(gr, panel)
-    tab.restore.click(restore_handler(gr, panel),
-                      [tab.video, tab.video_path, tab.profile, tab.strength, tab.out_name, tab.replace],
+    tab.restore.click(restore_handler(gr, panel, tab),
+                      {tab.video, tab.video_path, tab.profile, tab.strength, tab.out_name, tab.replace},
                       [tab.status, tab.result, tab.timer])
     tab.cancel.click(on_cancel, None, [tab.status])
     tab.timer.tick(on_rec_tick, None, [tab.progress, tab.status, tab.before_after, tab.result, tab.timer])

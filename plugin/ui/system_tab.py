@@ -2,7 +2,8 @@
 
 import dataclasses
 
-from .. import doctor, engine, home, vcam
+from .. import engine, home, vcam
+from ..commands import doctor
 from ..messages import error_line
 
 

@@ -33,6 +33,7 @@ class Backend:
     builds: Optional[str] = None
     ready_reason: str = ""  # what "auto" says when it is the first backend tried and is ready
     cpu_threads_option: Optional[str] = None  # its load option taking the model's CPU thread count, if any
+    compile_option: Optional[str] = None  # its load option that compiles the model (bench --compile), if any
 
     device: torch.device
     dtype: torch.dtype

@@ -28,6 +28,7 @@ class TorchBackend(Backend):
     name = "torch"
     rank = 30
     ready_reason = "device given"  # it comes first only where a device no faster backend runs on was given
+    compile_option = "compile"  # torch.compile under the CUDA graph
 
     @classmethod
     def usable(cls, device: str) -> tuple:

@@ -177,10 +177,9 @@ def test_where_it_cannot_be_automatic_it_says_the_number_and_where(monkeypatch):
 
 
 def test_doctor_says_whether_sound_sync_is_automatic_and_why_not(sound_server, monkeypatch, capsys):
-    from instantrestore.plugin import doctor
+    from instantrestore.plugin.commands import doctor
 
-    doctor.report(doctor.check_sound_sync())
-    out = capsys.readouterr().out
+    out = "\n".join(doctor.report_lines(doctor.check_sound_sync()))
     assert "sound sync" in out and 'automatic: PulseAudio' in out and MICROPHONE_NAME in out
     monkeypatch.setenv("PULSE_SERVER", "unix:/nonexistent/pulse/native")
     results = doctor.run_checks()

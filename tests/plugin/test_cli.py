@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from instantrestore.plugin import camera as camera_command
-from instantrestore.plugin import enroll, home, video
+from instantrestore.plugin import home
+from instantrestore.plugin.commands import camera as camera_command
+from instantrestore.plugin.commands import enroll, video
 from instantrestore.plugin.cli import main
 from instantrestore.plugin.errors import PluginError
 from instantrestore.runtime import load_restorer
@@ -121,7 +122,7 @@ def test_version_and_a_description_and_examples_on_every_help_screen(capsys):
     assert capsys.readouterr().out.strip() == f"instantrestore {importlib.metadata.version('instantrestore')}"
     from instantrestore.plugin.cli import build_parser
 
-    (commands,) = [action for action in build_parser()._actions if action.dest == "command"]
+    (commands,) = [action for action in build_parser()._actions if action.dest == "command_name"]
     assert {"export", "bundles", "enroll", "profiles", "camera", "video", "batch", "doctor", "bench"} <= set(commands.choices)
     for command in commands.choices:
         with pytest.raises(SystemExit) as exit_info:
@@ -150,7 +151,7 @@ def video_fails_with(monkeypatch, error: BaseException) -> None:
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(video, "restore_video", fail)
+    monkeypatch.setattr(video, "run", fail)
 
 
 @pytest.mark.timeout(240)

@@ -10,7 +10,8 @@ import torch
 
 from instantrestore.export import Maker, make_for, register_maker
 from instantrestore.export.build import MAKERS
-from instantrestore.plugin import doctor, engine, home
+from instantrestore.plugin import engine, home
+from instantrestore.plugin.commands import doctor
 from instantrestore.runtime import files, load_restorer
 from instantrestore.runtime.backends import (
     BACKENDS,

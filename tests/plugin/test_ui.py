@@ -258,10 +258,10 @@ def screenshot(driver, folder, name):
 
 def test_cancel_leaves_no_partial_file(panel_home, media, selfies_profile):
     from instantrestore.plugin import ui
-    from instantrestore.plugin.video import VideoOptions
+    from instantrestore.plugin.commands import video
 
     ui.outputs_dir().mkdir(parents=True, exist_ok=True)
-    job = ui.RecordingJob(VideoOptions(media["clip"], ui.outputs_dir() / "cancelled.mp4", selfies_profile,
+    job = ui.RecordingJob(video.Options(media["clip"], ui.outputs_dir() / "cancelled.mp4", selfies_profile,
                                        blend=1.0, overwrite=False))
     job.cancel.set()  # taken at the first written frame
     job.join(timeout=240)

@@ -12,7 +12,7 @@ import torch
 
 from instantrestore.export import tensorrt_build
 from instantrestore.export.onnx_export import export_onnx
-from instantrestore.plugin import bench
+from instantrestore.plugin.commands import bench
 from instantrestore.plugin.cli import build_parser
 from instantrestore.runtime import engine_cache, files, load_bundle, load_restorer
 from instantrestore.runtime.backends import tensorrt_backend as bt

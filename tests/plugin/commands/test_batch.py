@@ -1,4 +1,4 @@
-"""`instantrestore batch` (plugin/batch.py, batch_videos.py, batch_manifest.py, batch_ray.py) on the miniature
+"""`instantrestore batch` (plugin/commands/batch.py, batch_videos.py, batch_manifest.py, batch_ray.py) on the miniature
 model: three short clips of a real face, one of them corrupt, restored in one process and on a local Ray runtime;
 outputs equal what `video` makes, a rerun skips what is done, and a worker killed mid-video leaves no partial file
 and its video is finished by another."""
@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instantrestore.plugin import batch, home
-from instantrestore.plugin.batch import BatchError, BatchOptions, collect_inputs, run_batch
+from instantrestore.plugin import home
+from instantrestore.plugin.batch_manifest import MANIFEST_NAME
+from instantrestore.plugin.batch_videos import BatchError, collect_inputs
+from instantrestore.plugin.commands import batch
 from instantrestore.plugin.cli import main
 from instantrestore.runtime.files import temp_files
 
@@ -101,7 +103,7 @@ def video_outputs(batch_home, talks, tmp_path_factory):
     return {"a.mp4": out / "a.mp4", "2024/b.mp4": out / "2024_b.mp4"}
 
 
-MANIFEST = batch.MANIFEST_NAME
+MANIFEST = MANIFEST_NAME
 
 
 @pytest.mark.timeout(600)
@@ -204,8 +206,8 @@ def test_batch_on_ray_survives_a_killed_worker(in_home, talks, video_outputs, tm
             if info["video"].name == "a.mp4" and not killed:
                 threading.Thread(target=kill_when_writing, args=(info["pid"], info["video"].output), daemon=True).start()
 
-    options = BatchOptions(inputs=[talks], out_dir=out, profile="me", backend="torch", ray="local", jobs=2)
-    videos = {v.name: v for v in run_batch(options, events=events)}
+    options = batch.Options(inputs=[talks], out_dir=out, profile="me", backend="torch", ray="local", jobs=2)
+    videos = {v.name: v for v in batch.run_batch(options, events=events)}
     assert killed, "the worker was never caught writing"
     assert [name for name, _ in started].count("a.mp4") == 2  # retried ...
     (first_pid,) = [pid for name, pid in started if name == "a.mp4"][:1]
@@ -216,7 +218,7 @@ def test_batch_on_ray_survives_a_killed_worker(in_home, talks, video_outputs, tm
     for name, single in video_outputs.items():
         assert_same_video(out / name, single)
     # a rerun, in one process or on Ray, finds everything done
-    again = {v.name: v.status for v in run_batch(options)}
+    again = {v.name: v.status for v in batch.run_batch(options)}
     assert again == {"2024/b.mp4": "skipped", "2024/broken.mp4": "failed", "a.mp4": "skipped"}
 
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from instantrestore.plugin import bench
+from instantrestore.plugin import benchmarks
 from instantrestore.plugin.cli import main
 
 from tests.support.searches import noting_searches
@@ -86,7 +86,7 @@ def test_bench_enrolls_its_test_face_with_the_same_search(monkeypatch):
             return lambda crops: crops
 
     restorer = Restorer()
-    monkeypatch.setattr(bench, "device_name", lambda device: "cpu")
-    restore, crop_size, _ = bench.bench_restorer(restorer, 10.0, 512)
+    monkeypatch.setattr(benchmarks, "device_name", lambda device: "cpu")
+    restore, crop_size, _ = benchmarks.bench_restorer(restorer, benchmarks.StandIn(10.0, 512))
     assert searched == [(512, 512, 3)] and crop_size == 64
     assert restorer.enrolled.shape == (1, 64, 64, 3) and restore(np.zeros((1, 64, 64, 3), np.uint8)).shape[0] == 1

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from instantrestore.plugin import camera as camera_command
+from instantrestore.plugin.commands import camera as camera_command
 from instantrestore.plugin import vcam
 from instantrestore.plugin.cli import main
 from instantrestore.plugin.errors import PluginError

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("one_torch_threa
 
 @pytest.mark.parametrize("setup", ["good", "chrome-cannot-see-it", "not-loaded"])
 def test_doctor_checks_the_linux_virtual_camera_setup(tmp_path, monkeypatch, setup):
-    from instantrestore.plugin import doctor
+    from instantrestore.plugin.commands import doctor
 
     classes, module = fake_sysfs(tmp_path, "Dummy video device" if setup != "good" else "InstantRestore Camera",
                                  "N" if setup != "good" else "Y")
@@ -80,7 +80,7 @@ def test_doctor_names_the_tensorrt_version_and_whether_it_is_supported(monkeypat
     import sys
     import types
 
-    from instantrestore.plugin import doctor
+    from instantrestore.plugin.commands import doctor
 
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=version))
     (check,) = doctor.check_backend("tensorrt")

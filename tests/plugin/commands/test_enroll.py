@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from instantrestore.plugin import enroll, home
+from instantrestore.plugin import home
+from instantrestore.plugin.commands import enroll
 from instantrestore.plugin.cli import main
 from instantrestore.runtime import Profile
 from instantrestore.runtime.identity import MATCH_DISTANCE

@@ -56,8 +56,8 @@ def test_every_source_is_a_source(tmp_path, monkeypatch):
 
 
 def test_every_sink_is_a_sink(tmp_path, monkeypatch):
-    from instantrestore.plugin.bench import CountingSink
-    from instantrestore.plugin.camera import StatsLog
+    from instantrestore.plugin.benchmarks import CountingSink
+    from instantrestore.plugin.commands.camera import StatsLog
     from instantrestore.runtime.frames.stats import PipelineStats
 
     pyvirtualcam.register_backend("instantrestore-test-recorder", RecordingVirtualCamera)
