@@ -7,7 +7,7 @@ cache. Only the plugin decides where it is (the runtime and export take folders 
     <state>/bundles/<name>/            where `export` writes when no --out is given
     <state>/engines/                   ONNX graphs and TensorRT engines (runtime/engine_cache.py)
     <state>/restored/                  recordings restored from the panel (plugin/ui.py)
-    <state>/bench/                     the random-weight bundles of `bench --random` (plugin/bench.py)
+    <state>/bench/                     the random-weight bundles of `bench --random` (plugin/benchmarks.py)
 """
 
 from __future__ import annotations

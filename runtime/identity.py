@@ -173,7 +173,6 @@ class Identities:
         self.threshold = float(threshold)
         self._states: dict[int, _TrackState] = {}
         self._frame = 0
-        self.recognitions = 0
         self._pool = (concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="instantrestore-identity")
                       if background else None)
         self._jobs: list = []
@@ -219,7 +218,6 @@ class Identities:
                 state = self._states.setdefault(
                     track.track_id, _TrackState(collections.deque(maxlen=CONFIRMATIONS), 0, track.raw_keypoints))
                 state.pending = True
-            self.recognitions += len(due)
             work = ([t.box for t in due], [t.track_id for t in due])
             if self._pool is None:
                 self._record(*self._recognise(frame, *work))

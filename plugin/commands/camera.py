@@ -130,13 +130,13 @@ def _camera_device_path(source) -> Optional[str]:
 class StatsLog:
     """A sink that writes no frame: it says the pipeline's stats line every `every_s` seconds (--stats)."""
 
-    def __init__(self, stats, every_s: float = 2.0):
-        self.stats, self.every_s = stats, every_s
+    def __init__(self, stats, progress=say, every_s: float = 2.0):
+        self.stats, self.progress, self.every_s = stats, progress, every_s
         self._last = time.monotonic()
 
     def write(self, image, timestamp=None):
         if time.monotonic() - self._last >= self.every_s:
-            say("stats: " + self.stats.format_line())
+            self.progress("stats: " + self.stats.format_line())
             self._last = time.monotonic()
 
     def close(self):
@@ -187,7 +187,7 @@ def run(options: Options, progress: Progress = TERMINAL, control: Optional[LiveC
     """Live restore from a camera or a file into the virtual camera until Ctrl+C, the end of the file,
     `max_frames` captured frames, or control.stop; each enrolled person with their own profile. The Outcome's
     value: {"sent": frames sent, "report": the LiveReport (None when stopped by Ctrl+C), "stats": a summary}."""
-    from instantrestore.runtime.media import display_problem
+    from instantrestore.runtime.media import FittedSink, display_problem
 
     if options.preview and (problem := display_problem()):
         raise PluginError(f"--preview: {problem}; run without --preview (the virtual camera needs no display)")
@@ -210,8 +210,8 @@ def run(options: Options, progress: Progress = TERMINAL, control: Optional[LiveC
         microphone = open_delayed_microphone(options, progress)
         if microphone is not None:
             stack.callback(microphone.close)
-        engine, restorers = load_showing_the_camera(options, bundle, profiles, source, camera_sink, out_size, progress)
         live = LiveCall(options, stack, control, progress)
+        engine, restorers = live.load(bundle, profiles, source, FittedSink(camera_sink, out_size))
         pipeline = live.start(engine, bundle, profiles, restorers)
         output = live.output(camera_sink, out_size)
         follower = audio_sync.DelayFollower(pipeline.stats.recent_latency_s, microphone, progress,
@@ -258,35 +258,6 @@ def check_not_a_loop(source, camera_sink) -> None:
         raise PluginError(f"the input {input_device} is the virtual camera itself; pick your real camera with --input")
 
 
-def load_showing_the_camera(options: Options, bundle, profiles: dict, source, camera_sink, out_size, progress):
-    """The engine and a warmed-up crop restorer per profile. From a live camera, its own frames go to the virtual
-    camera meanwhile (seconds; minutes when TensorRT engines are built), so call apps can already list and select
-    the device: with v4l2loopback's exclusive_caps=1 it is only listed while it receives frames. Failures of that
-    passthrough are not reported: the restoring run meets them again and says them."""
-    from instantrestore.runtime.frames.live_run import run_live
-    from instantrestore.runtime.frames.stages import Stages
-    from instantrestore.runtime.media import FittedSink
-
-    def load_and_warm_up():
-        engine = load_engine(bundle, options.backend, options.device, None, progress)
-        restorers = {name: engine.crop_restorer(profile) for name, profile in profiles.items()}
-        # the first restore pays for CUDA-graph capture, autotuning or the first engine run: not on air
-        for restore_crops in restorers.values():
-            restore_crops(np.zeros((1, engine.crop_size, engine.crop_size, 3), np.uint8))
-        return engine, restorers
-
-    if not source.live:
-        return load_and_warm_up()
-    progress("it shows your camera as it is until the model is loaded")
-    loaded, passthrough = threading.Event(), Stages()
-    passthrough.start(lambda: run_live(None, source, FittedSink(camera_sink, out_size), halt=loaded), "passthrough")
-    try:
-        return load_and_warm_up()
-    finally:
-        loaded.set()
-        passthrough.join(timeout=5.0)
-
-
 class LiveCall:
     """The restoring part of one `camera` run: its pipeline (entered on the run's exit stack), its outputs, the
     run itself and the closing lines."""
@@ -294,6 +265,36 @@ class LiveCall:
     def __init__(self, options: Options, stack: contextlib.ExitStack, control: Optional[LiveControl], progress):
         self.options, self.stack, self.control, self.progress = options, stack, control, progress
         self.pipeline = None
+
+    def load(self, bundle, profiles: dict, source, shown) -> tuple:
+        """The engine and a warmed-up crop restorer per profile. From a live camera, its own frames go to the
+        virtual camera (`shown`) meanwhile (seconds; minutes when TensorRT engines are built), so call apps can
+        already list and select the device: with v4l2loopback's exclusive_caps=1 it is only listed while it
+        receives frames. Failures of that passthrough are not reported: the restoring run meets them again and
+        says them."""
+        from instantrestore.runtime.frames.live_run import run_live
+        from instantrestore.runtime.frames.stages import Stages
+
+        options, progress = self.options, self.progress
+
+        def load_and_warm_up():
+            engine = load_engine(bundle, options.backend, options.device, None, progress)
+            restorers = {name: engine.crop_restorer(profile) for name, profile in profiles.items()}
+            # the first restore pays for CUDA-graph capture, autotuning or the first engine run: not on air
+            for restore_crops in restorers.values():
+                restore_crops(np.zeros((1, engine.crop_size, engine.crop_size, 3), np.uint8))
+            return engine, restorers
+
+        if not source.live:
+            return load_and_warm_up()
+        progress("it shows your camera as it is until the model is loaded")
+        loaded, passthrough = threading.Event(), Stages()
+        passthrough.start(lambda: run_live(None, source, shown, halt=loaded), "passthrough")
+        try:
+            return load_and_warm_up()
+        finally:
+            loaded.set()
+            passthrough.join(timeout=5.0)
 
     def start(self, engine, bundle, profiles: dict, restorers: dict):
         from instantrestore.runtime.frames.pipeline import face_pipeline
@@ -313,7 +314,7 @@ class LiveCall:
             overlay = self.pipeline.stats.draw if self.options.show_stats else None
             sinks.append(self.stack.enter_context(contextlib.closing(PreviewSink(overlay=overlay))))
         if self.options.show_stats:
-            sinks.append(StatsLog(self.pipeline.stats))
+            sinks.append(StatsLog(self.pipeline.stats, self.progress))
         return FittedSink(TeeSink(*sinks), out_size)
 
     def run(self, source, output, out_fps: float) -> tuple:

@@ -45,7 +45,7 @@ class Options:
     def __post_init__(self):
         from instantrestore.runtime.graphs import MAX_REFERENCES
 
-        self.name = home.check_profile_name((self.name or "").strip())
+        self.name = home.check_profile_name(self.name)
         self.images = [Path(p) for p in self.images]
         if not self.images:
             raise PluginError("give at least one photo of your face")

@@ -100,7 +100,7 @@ def shot_handler(gr, panel):
 def save_profile(paths, profile_name) -> str:
     """Enroll the photos as `profile_name`: what the page says about it, a failure included."""
     try:
-        options, log = enroll.Options(paths or [], profile_name), []
+        options, log = enroll.Options(paths or [], (profile_name or "").strip()), []
         path = enroll.run(options, Progress(log.append)).value
         photos_text = f"{len(paths)} photo{'s' if len(paths) != 1 else ''}"
         message = f"profile {options.name!r} saved from {photos_text} ({path}); choose it in Live and Recordings"

@@ -84,14 +84,22 @@ def test_recognition_runs_per_track_not_per_frame():
     frames = [two_people() for _ in range(20)] + [two_people(shift=60) for _ in range(3)]
     with FaceDetector(mode="image", timeout_s=MEDIAPIPE_TIMEOUT_S) as detector:
         gallery = {"eileen": descriptor(astronaut(), detector)[None]}
+    class CountingRecognizer:  # the real recogniser, counting the faces it is asked to describe
+        faces = 0
+
+        def embed(self, image, boxes):
+            self.faces += len(boxes)
+            return shared_recognizer().embed(image, boxes)
+
     tracker = Tracker(FaceDetector(mode="video", timeout_s=MEDIAPIPE_TIMEOUT_S))
-    identities = Identities(gallery)
+    recognizer = CountingRecognizer()
+    identities = Identities(gallery, recognizer=recognizer)
     pipeline = FramePipeline({"eileen": lambda crops: 255 - crops}, 128, tracker=tracker, identities=identities)
     try:
         counts = []
         for index, frame in enumerate(frames):
             pipeline.process(frame, index / 25.0)
-            counts.append(identities.recognitions)
+            counts.append(recognizer.faces)
     finally:
         tracker.close()
     assert counts[:2] == [2, 3]  # both tracks start; the stranger's "no one" is confirmed on the next frame

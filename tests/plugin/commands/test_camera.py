@@ -18,7 +18,7 @@ from tests.support.media_helpers import FakeCamera, FakeVideoCapture, FaultyCame
 from tests.support.recognition import change, face_boxes, two_people
 from tests.support.sound_server import loaded_modules, measured_delay_ms, sound_server  # noqa: F401
 
-REPOSITORY = Path(__file__).parents[2]  # the child process imports tests.support from here
+REPOSITORY = Path(__file__).parents[3]  # the child process imports tests.support from here
 
 
 @pytest.mark.timeout(300)
