@@ -158,7 +158,7 @@ def check_virtual_camera() -> list:
 
 def check_sound_sync() -> list:
     """Whether `camera --sync-audio` can delay the microphone by itself here (a WARN: the camera runs without)."""
-    from . import audio_sync
+    from .. import audio_sync
 
     reason = audio_sync.unavailable_reason()
     if reason is None:
