@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 from instantrestore.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, CONFIG_NAME, DTYPES, WEIGHTS_NAME, content_id
 from instantrestore.runtime.errors import InstantRestoreError
 from instantrestore.runtime.files import new_temp, sha256_file
-from instantrestore.runtime.network import ModelConfig, shared_layer_names, up_block_resolution
+from instantrestore.runtime.model_config import ModelConfig
+from instantrestore.runtime.network import shared_layer_names, up_block_resolution
 
 # adapter name of each LoRA-wrapped net in the release
 ADAPTERS = {"unet": "default", "vae": "vae_skip"}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from instantrestore.runtime.network import ModelConfig
+from instantrestore.runtime.model_config import ModelConfig
 
 from .checkpoint import write_bundle
 

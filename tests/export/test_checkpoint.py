@@ -22,7 +22,7 @@ from instantrestore.export.checkpoint import hub_file, write_bundle
 from instantrestore.export.random_bundle import SD_TURBO_SCHEDULER, TINY_UNET, TINY_VAE
 from instantrestore.runtime import load_bundle, load_restorer
 from instantrestore.runtime.bundle import CONFIG_NAME
-from instantrestore.runtime.network import FreeUFactors, ModelConfig
+from instantrestore.runtime.model_config import FreeUFactors, ModelConfig
 
 from tests.support.inputs import crops
 from tests.support.miniature import CROP_SIZE, VAE_CONFIG, VAE_LORA_TARGETS, write_release

@@ -16,7 +16,7 @@ from instantrestore.runtime import bundle as bundle_module
 from instantrestore.runtime import files, load_bundle
 from instantrestore.runtime.bundle import CONFIG_NAME, WEIGHTS_NAME, BundleError, content_id
 from instantrestore.runtime.files import sha256_file
-from instantrestore.runtime.network import ModelConfig
+from instantrestore.runtime.model_config import ModelConfig
 
 from tests.support.damage import data_offset, patch_bytes
 
