@@ -44,7 +44,7 @@ from ..runtime.graphs import (
     precision_name,
 )
 from ..runtime.network import build_net
-from .checkpoint import report
+from .progress import report
 from .fp16_graph import keep_fp32
 from .opcheck import OpCheckError, assert_no_spectral_ops, check_ops, fp16_unsafe_nodes
 

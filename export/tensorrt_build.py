@@ -27,7 +27,7 @@ from ..runtime.backends.tensorrt_backend import (
 )
 from ..runtime.files import atomic_write_bytes
 from ..runtime.graphs import DEFAULT_PROFILE, GRAPHS, ShapeProfile, precision_name
-from .checkpoint import report
+from .progress import report
 
 Progress = Optional[Callable[[str], None]]
 

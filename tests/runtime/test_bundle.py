@@ -170,7 +170,7 @@ def test_an_old_format_bundle_still_loads(tmp_path):
 
 
 def exporters_bundle_id(config, weights) -> str:
-    """The id export/checkpoint.py writes: the config without its source notes and id, then the weights' hash."""
+    """The id export/bundle_writer.py writes: the config without its source notes and id, then the weights' hash."""
     identity = {k: v for k, v in config.items() if k not in ("source", "bundle_id")}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
     digest.update(files.sha256_file(weights).encode())
