@@ -93,12 +93,13 @@ def restore_file(restorers: dict, profiles: dict, crop_size: int, in_path, out_p
     """Restore one recording with a loaded model's crop restorers (name -> `Restorer.crop_restorer(profile)`),
     each recognised person with their own: frames, faces restored. No partial output on failure."""
     from instantrestore.runtime.media import FileSink, FileSource
-    from instantrestore.runtime.frames.file_run import restore_recording
+    from instantrestore.runtime.frames.file_run import RecordingOptions, restore_recording
 
     source = FileSource(in_path)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)  # a folder's videos keep their sub-folders
     sink = FileSink(out_path, like=source)
-    stats = restore_recording(restorers, profiles, crop_size, source, sink, blend, batch_size, progress=progress)
+    stats = restore_recording(restorers, profiles, crop_size, source, sink,
+                              RecordingOptions(blend, batch_size, progress))
     # the pipeline counts each face it pasted (not a stranger's, nor one whose restored crop was not finite)
     return {"frames": sink.frames_written, "faces_restored": int(stats.summary().get("faces_restored", 0))}
 
