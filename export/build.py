@@ -11,7 +11,7 @@ from instantrestore.runtime.backends import Choice, backend_class
 from instantrestore.runtime.errors import InstantRestoreError
 from instantrestore.runtime.graphs import precision_name
 
-from .checkpoint import report
+from .progress import report
 
 
 @dataclasses.dataclass(frozen=True)

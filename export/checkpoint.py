@@ -3,23 +3,21 @@ model bundle: LoRA merged into plain weights, only what restore and enroll need,
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
-import os
 import pickle
-import shutil
-import time
 import zipfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from instantrestore.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, CONFIG_NAME, DTYPES, WEIGHTS_NAME, content_id
-from instantrestore.runtime.errors import InstantRestoreError
-from instantrestore.runtime.files import new_temp, sha256_file
-from instantrestore.runtime.network import ModelConfig, shared_layer_names, up_block_resolution
+from instantrestore.runtime.bundle import DTYPES
+from instantrestore.runtime.files import sha256_file
+from instantrestore.runtime.model_config import ModelConfig
+
+from .bundle_writer import BundleContents, check_bundle_destination, write_bundle
+from .errors import CheckpointError
+from .hub import OFFLINE_NEXT_STEP, HubUnavailable, from_hub, hub_file
+from .progress import report
 
 # adapter name of each LoRA-wrapped net in the release
 ADAPTERS = {"unet": "default", "vae": "vae_skip"}
@@ -37,28 +35,7 @@ KNOWN_MODEL_CFG = {"lora_rank_unet", "lora_rank_vae", "use_shortcuts", *AUTHORS_
 TEXT_MODEL_LEVEL = "text_model."
 
 
-class CheckpointError(InstantRestoreError):
-    """The checkpoint, base or VAE given to the importer is not what the importer expects."""
-
-
-def report(progress, message) -> None:
-    """Pass a progress message on to the caller's callback, if any."""
-    if progress:
-        progress(message)
-
-
 # ------------------------------------------------------------------------------------------- reading
-
-
-def hub_file(spec) -> tuple[str, str] | None:
-    """(repo id, file) for a hub path OWNER/REPO/FILE; None for anything that names a local file."""
-    text = str(spec)
-    parts = text.split("/")
-    if len(parts) < 3 or Path(text).exists() or text.startswith(("/", ".", "~")) or "\\" in text:
-        return None
-    if not all(parts) or Path(parts[0]).exists():  # "a//b", or a relative path into a local folder
-        return None
-    return "/".join(parts[:2]), "/".join(parts[2:])
 
 
 def fetch_checkpoint(spec=DEFAULT_CHECKPOINT, progress=None) -> Path:
@@ -77,75 +54,6 @@ def fetch_checkpoint(spec=DEFAULT_CHECKPOINT, progress=None) -> Path:
     except HubUnavailable as e:
         raise CheckpointError(f"could not fetch {filename} from the hub repository {repo} ({e}); {OFFLINE_NEXT_STEP}") \
             from None
-
-
-class HubUnavailable(Exception):
-    """The hub could not give what was asked and the hub cache does not hold it; the message says why."""
-
-
-# What to do when the hub cannot be reached: the three sources, fetched elsewhere and passed together (the
-# README's "Get the weights" gives the download commands)
-OFFLINE_NEXT_STEP = ("download the checkpoint, the base and the VAE where the hub is reachable and pass all three: "
-                     "--checkpoint FILE --base DIR --vae DIR")
-# How long the reachability check waits for the hub before using only the hub cache
-HUB_CONNECT_TIMEOUT_S = 5
-
-
-def from_hub(function: str, repo: str, progress=None, saying="", **options) -> str:
-    """huggingface_hub's `function` ("hf_hub_download" or "snapshot_download") for `repo`, without the hub's
-    retry messages (minutes of them when offline): a hub that cannot be reached is found in seconds, and
-    only its cache is used then. HubUnavailable says why nothing came back."""
-    import huggingface_hub
-
-    unreachable = hub_unreachable()
-    if unreachable is None and saying:
-        report(progress, saying)
-    hub_logger = logging.getLogger("huggingface_hub")
-    level = hub_logger.level
-    hub_logger.setLevel(logging.ERROR)  # its retry warnings; our error says what failed
-    try:
-        return getattr(huggingface_hub, function)(repo, local_files_only=unreachable is not None, **options)
-    except Exception as e:  # noqa: BLE001 - offline, proxy, missing file, gated repo: all say the same
-        raise HubUnavailable(unreachable or _hub_reason(e)) from None
-    finally:
-        hub_logger.setLevel(level)
-
-
-def hub_unreachable() -> str | None:
-    """Why the hub cannot be used now (HF_HUB_OFFLINE, or no answer from its address), or None. Any HTTP
-    answer counts as reachable; proxies set in the environment are used as the hub would use them."""
-    import socket
-    import ssl
-    import urllib.error
-    import urllib.request
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-    try:
-        with urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"),
-                                    timeout=HUB_CONNECT_TIMEOUT_S):
-            return None
-    except urllib.error.HTTPError:  # it answered
-        return None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        if isinstance(reason, ssl.SSLError):  # something answered; the hub's own TLS settings may differ from ours
-            return None
-        if isinstance(reason, (socket.timeout, TimeoutError)):
-            reason = f"no answer in {HUB_CONNECT_TIMEOUT_S} s"
-        elif isinstance(reason, OSError) and reason.strerror:
-            reason = reason.strerror.lower()
-        return f"{constants.ENDPOINT} cannot be reached: {reason}"
-
-
-def _hub_reason(error: Exception) -> str:
-    """A hub error in a few words for a one-line message: its first line, or its first sentence when long."""
-    line = next((part.strip() for part in str(error).splitlines() if part.strip()), type(error).__name__)
-    if len(line) > 160:
-        line = line.split(". ")[0].rstrip(".")
-    return line if len(line) <= 160 else line[:160].rsplit(" ", 1)[0] + " ..."
 
 
 def read_checkpoint(path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
@@ -347,118 +255,5 @@ def import_checkpoint(checkpoint=DEFAULT_CHECKPOINT, base="stabilityai/sd-turbo"
     }
     nets = {"restorer.unet.": unet, "restorer.vae.": vae_weights, "enroller.unet.": nets["original_unet"],
             "enroller.vae.": original_vae}
-    return write_bundle(out, unet_module, vae_module, scheduler_config, model, nets, prompt_embedding, dtype,
-                        source, progress)
-
-
-def write_bundle(out, unet, vae, scheduler_config: dict, model: ModelConfig, nets: dict, prompt_embedding,
-                 dtype: str, source: dict, progress=None) -> Path:
-    """Write a bundle: `nets` maps a key prefix ("restorer.unet.", ...) to plain merged weights; `unet` and
-    `vae` are modules (meta is fine) of the architecture; `model` is written with the noise schedule's
-    values at its timesteps taken from `scheduler_config`, the base's."""
-    from diffusers import DDPMScheduler
-
-    if dtype not in DTYPES:
-        raise CheckpointError(f"unknown dtype {dtype!r}; choose float16 or float32")
-    out = Path(out)
-    scheduler = DDPMScheduler.from_config(scheduler_config)
-    if scheduler.config.thresholding:
-        raise CheckpointError("the base's scheduler uses dynamic thresholding, which a one-step restorer cannot apply")
-    alphas = scheduler.alphas_cumprod
-    model = dataclasses.replace(
-        model,
-        restore_alpha_cumprod=float(alphas[model.restore_timestep]),
-        reference_alpha_cumprod=float(alphas[model.reference_timestep]),
-        prediction_type=scheduler.config.prediction_type,
-        clip_sample=bool(scheduler.config.clip_sample),
-        clip_sample_range=float(scheduler.config.clip_sample_range),
-    )
-    unet_config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
-    vae_config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
-    scale_factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
-    latent_size = int(unet_config["sample_size"])
-    reversed_channels = list(reversed(unet_config["block_out_channels"]))
-    layers = []
-    for name in shared_layer_names(unet):
-        block = int(name.split(".")[1])
-        size = up_block_resolution(unet_config, latent_size, block)
-        layers.append({"name": name, "tokens": size * size, "channels": reversed_channels[block]})
-
-    tensors = {"prompt_embedding": prompt_embedding}
-    for prefix, weights in nets.items():
-        tensors.update({prefix + k: v for k, v in weights.items()})
-    tensors = {k: v.to(DTYPES[dtype]).contiguous() for k, v in tensors.items()}
-
-    config = {
-        "format": BUNDLE_FORMAT,
-        "version": BUNDLE_VERSION,
-        "dtype": dtype,
-        "crop_size": latent_size * scale_factor,
-        "latent_size": latent_size,
-        "vae_scale_factor": scale_factor,
-        "unet_config": unet_config,
-        "vae_config": vae_config,
-        **model.to_dict(),
-        "shared_layers": layers,
-        "source": {**source, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-    }
-    report(progress, f"writing {len(tensors)} tensors ({dtype}) to {out}")
-    try:
-        _write_bundle(out, config, tensors)
-    except OSError as error:  # the file system's refusal (no space, read-only, a file where a folder must be)
-        raise CheckpointError(f"cannot write the bundle to {out}: {error.strerror or error}") from None
-    report(progress, f"bundle {config['bundle_id'][:12]} written to {out}")
-    return out
-
-
-def check_bundle_destination(out: Path) -> None:
-    """`export` replaces only a bundle it wrote; any other existing file or folder (a diffusers model folder
-    has a config.json too) is refused, never deleted."""
-    if not out.exists() and not out.is_symlink():
-        return
-    if out.is_dir() and not out.is_symlink() and (not any(out.iterdir()) or _is_bundle_folder(out)):
-        return
-    raise CheckpointError(f"{out} exists and is not a model bundle (export replaces only a bundle it wrote); "
-                          "choose another --out")
-
-
-def _is_bundle_folder(folder: Path) -> bool:
-    try:
-        config = json.loads((folder / CONFIG_NAME).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and config.get("format") == BUNDLE_FORMAT
-
-
-def _write_bundle(out: Path, config: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """Write into a temporary folder beside `out`, then swap it in: a failure or a signal leaves no partial
-    bundle, and what a killed export left behind (its temp folder, the previous bundle moved aside) is removed
-    or put back by the next one."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    old = out.with_name(f".{out.name}.old")
-    if not out.exists() and _is_bundle_folder(old):
-        os.replace(old, out)  # killed between the two renames below: the previous bundle comes back
-    check_bundle_destination(out)
-    tmp = new_temp(out, folder=True)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would carry over: a bundle is an ordinary folder
-    try:
-        save_file(tensors, str(tmp / WEIGHTS_NAME))
-        config["bundle_id"] = content_id(config, sha256_file(tmp / WEIGHTS_NAME))
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-        if out.exists():
-            check_bundle_destination(out)  # again: the folder may have changed during the minutes of work
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            try:
-                os.replace(tmp, out)
-            except BaseException:
-                os.replace(old, out)  # put the previous bundle back
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    contents = BundleContents(unet_module, vae_module, scheduler_config, model, nets, prompt_embedding, source)
+    return write_bundle(out, contents, dtype, progress)

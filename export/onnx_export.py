@@ -44,9 +44,9 @@ from ..runtime.graphs import (
     precision_name,
 )
 from ..runtime.network import build_net
-from .checkpoint import report
 from .fp16_graph import keep_fp32
 from .opcheck import OpCheckError, assert_no_spectral_ops, check_ops, fp16_unsafe_nodes
+from .progress import report
 
 Progress = Optional[Callable[[str], None]]
 
@@ -109,47 +109,6 @@ def _quiet_exporter_log():
         yield
     finally:
         log.setLevel(level)
-
-
-def _export_file(net, args, graph: str, num_layers: int, opset: int, exporter: str, path: Path, workdir: Path) -> None:
-    """Write the graph to `path`, with weights in `path.name + '.data'` when over 2 GB."""
-    names_in, names_out = input_names(graph, num_layers), output_names(graph, num_layers)
-    large = _is_large(_weight_bytes(net))
-    with warnings.catch_warnings(), _quiet_exporter_log():
-        warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes are expected
-        if exporter == "dynamo":
-            from torch.export import Dim  # noqa: PLC0415
-
-            batch = Dim("batch", min=1, max=MAX_BATCH)
-            refs = Dim("refs", min=1, max=MAX_REFERENCES)
-            if graph == "restorer":
-                shapes = ({0: batch}, {0: batch}, tuple({0: refs} for _ in range(2 * num_layers)))
-            else:
-                shapes = ({0: refs}, {0: refs})
-            program = torch.onnx.export(
-                net, args, input_names=names_in, output_names=names_out, opset_version=opset,
-                dynamic_shapes=shapes, dynamo=True, optimize=True, verbose=False,
-            )
-            if program is None:
-                raise OnnxExportError(f"torch.onnx.export returned nothing for the {graph}")
-            # Streams the weights to disk; the external-data file is named <file>.data, like ours.
-            program.save(str(path), external_data=large)
-            return
-        # TorchScript tracer: runs the model once and keeps the declared axes symbolic.
-        dynamic = {n: {0: "batch" if graph == "restorer" else "refs"} for n in names_in}
-        if graph == "restorer":
-            dynamic.update({n: {0: "refs"} for n in names_in[2:]})
-            dynamic["restored"] = {0: "batch"}
-        else:
-            dynamic.update({n: {0: "refs"} for n in names_out})
-        traced = workdir / f"{graph}.traced" / "model.onnx"
-        traced.parent.mkdir(parents=True, exist_ok=True)
-        torch.onnx.export(
-            net, args, str(traced), input_names=names_in, output_names=names_out, opset_version=opset,
-            dynamic_axes=dynamic, dynamo=False, do_constant_folding=True,
-        )
-        # The tracer scatters large weights over one file per tensor: gather them into one.
-        _save_proto(onnx.load(str(traced), load_external_data=True), path, large)
 
 
 def _keep_fp32_islands(path: Path) -> int:
@@ -314,7 +273,7 @@ class _GraphExport:
         """Write the graph to `tmp` (fp16: with its fp32 islands); returns the exporter that wrote it."""
         exporter = self.options.exporter
         try:
-            _export_file(net, args, g, self.num_layers, self.options.opset, exporter, tmp, self.workdir)
+            self.export_file(net, args, g, exporter, tmp)
         except Exception as exc:  # noqa: BLE001 - fall back, and report the original error if both fail
             if exporter != "dynamo":
                 raise OnnxExportError(f"ONNX export of the {g} failed: {type(exc).__name__}: {exc}") from exc
@@ -324,7 +283,7 @@ class _GraphExport:
             for leftover in tmp.parent.iterdir():
                 leftover.unlink()
             try:
-                _export_file(net, args, g, self.num_layers, self.options.opset, exporter, tmp, self.workdir)
+                self.export_file(net, args, g, exporter, tmp)
             except Exception as exc2:  # noqa: BLE001
                 raise OnnxExportError(f"ONNX export of the {g} failed with both exporters: "
                                       f"{type(exc2).__name__}: {exc2}") from exc2
@@ -332,6 +291,47 @@ class _GraphExport:
             wrapped = _keep_fp32_islands(tmp)
             report(self.progress, f"onnx: {wrapped} normalisation, softmax and reduction nodes compute in fp32")
         return exporter
+
+    def export_file(self, net, args, graph: str, exporter: str, path: Path) -> None:
+        """Write the graph to `path` with `exporter`, with weights in `path.name + '.data'` when over 2 GB."""
+        num_layers, opset = self.num_layers, self.options.opset
+        names_in, names_out = input_names(graph, num_layers), output_names(graph, num_layers)
+        large = _is_large(_weight_bytes(net))
+        with warnings.catch_warnings(), _quiet_exporter_log():
+            warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes are expected
+            if exporter == "dynamo":
+                from torch.export import Dim  # noqa: PLC0415
+
+                batch = Dim("batch", min=1, max=MAX_BATCH)
+                refs = Dim("refs", min=1, max=MAX_REFERENCES)
+                if graph == "restorer":
+                    shapes = ({0: batch}, {0: batch}, tuple({0: refs} for _ in range(2 * num_layers)))
+                else:
+                    shapes = ({0: refs}, {0: refs})
+                program = torch.onnx.export(
+                    net, args, input_names=names_in, output_names=names_out, opset_version=opset,
+                    dynamic_shapes=shapes, dynamo=True, optimize=True, verbose=False,
+                )
+                if program is None:
+                    raise OnnxExportError(f"torch.onnx.export returned nothing for the {graph}")
+                # Streams the weights to disk; the external-data file is named <file>.data, like ours.
+                program.save(str(path), external_data=large)
+                return
+            # TorchScript tracer: runs the model once and keeps the declared axes symbolic.
+            dynamic = {n: {0: "batch" if graph == "restorer" else "refs"} for n in names_in}
+            if graph == "restorer":
+                dynamic.update({n: {0: "refs"} for n in names_in[2:]})
+                dynamic["restored"] = {0: "batch"}
+            else:
+                dynamic.update({n: {0: "refs"} for n in names_out})
+            traced = self.workdir / f"{graph}.traced" / "model.onnx"
+            traced.parent.mkdir(parents=True, exist_ok=True)
+            torch.onnx.export(
+                net, args, str(traced), input_names=names_in, output_names=names_out, opset_version=opset,
+                dynamic_axes=dynamic, dynamo=False, do_constant_folding=True,
+            )
+            # The tracer scatters large weights over one file per tensor: gather them into one.
+            _save_proto(onnx.load(str(traced), load_external_data=True), path, large)
 
     def check(self, g: str, tmp: Path, path: Path):
         """The written graph checked as it will be read: checker, signature, no FFT, fp16 islands, TensorRT's ops."""

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from instantrestore.runtime.network import ModelConfig
+from instantrestore.runtime.model_config import ModelConfig
 
-from .checkpoint import write_bundle
+from .bundle_writer import BundleContents, write_bundle
 
 SD_TURBO_UNET = dict(
     sample_size=64,
@@ -67,5 +67,6 @@ def write_random_bundle(kind: str, out, dtype="float16", seed=0, device="cpu", p
     encoder = {k: v.clone() for k, v in vae_weights.items() if not k.startswith(("decoder.", "post_quant_conv."))}
     nets = {"restorer.unet.": unet_weights, "restorer.vae.": vae_weights,
             "enroller.unet.": {k: v.clone() for k, v in unet_weights.items()}, "enroller.vae.": encoder}
-    return write_bundle(out, unet, vae, SD_TURBO_SCHEDULER, ModelConfig(), nets, prompt.cpu(), dtype,
-                        {"random": kind, "seed": seed}, progress)
+    contents = BundleContents(unet, vae, SD_TURBO_SCHEDULER, ModelConfig(), nets, prompt.cpu(),
+                              {"random": kind, "seed": seed})
+    return write_bundle(out, contents, dtype, progress)

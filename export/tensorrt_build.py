@@ -10,6 +10,7 @@ cached, removes stale ones, and writes atomically into the engine cache.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -27,11 +28,12 @@ from ..runtime.backends.tensorrt_backend import (
 )
 from ..runtime.files import atomic_write_bytes
 from ..runtime.graphs import DEFAULT_PROFILE, GRAPHS, ShapeProfile, precision_name
-from .checkpoint import report
+from .progress import report
 
 Progress = Optional[Callable[[str], None]]
 
-__all__ = ["build_engine", "build_engines", "TensorRTBuildError", "TensorRTUnavailableError", "profile_shapes"]
+__all__ = ["build_engine", "build_engines", "EngineBuildSettings", "TensorRTBuildError", "TensorRTUnavailableError",
+           "profile_shapes"]
 
 
 class TensorRTBuildError(TensorRTError):
@@ -189,48 +191,55 @@ def timing_cache_path(engines, trt_version: str, gpu_name: str, compute_capabili
     return engine_cache.timing_cache_dir(engines) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.cache"
 
 
-def build_engines(
-    bundle_dir,
-    engines,
-    *,
-    precision: str = "fp16",
-    profile: Optional[ShapeProfile] = None,
-    onnx_dir=None,
-    force: bool = False,
-    progress: Progress = None,
-    device=None,
-) -> dict:
+@dataclasses.dataclass(frozen=True)
+class EngineBuildSettings:
+    """How build_engines builds a bundle's plans. precision: that of the ONNX graphs they are built from;
+    profile: the optimisation profile (None: graphs.DEFAULT_PROFILE); onnx_dir: a folder of graphs to use
+    instead of the engine cache's; force: build again even where valid plans exist; device: the CUDA device
+    to build for (None: the current one)."""
+
+    precision: str = "fp16"
+    profile: Optional[ShapeProfile] = None
+    onnx_dir: Optional[Path] = None
+    force: bool = False
+    device: object = None
+
+
+def build_engines(bundle_dir, engines, *, progress: Progress = None, **settings) -> dict:
     """Build (or find cached) TensorRT plans for a bundle in the engine cache `engines`; returns {graph: plan path}.
 
-    The ONNX graphs come from `onnx_dir` or the cache and are exported first if missing. Valid
-    cached plans are reused unless `force`; stale plans of the same slot are removed.
+    settings: the fields of EngineBuildSettings. The ONNX graphs come from `onnx_dir` or the cache and are
+    exported first if missing. Valid cached plans are reused unless `force`; stale plans of the same slot are
+    removed.
     """
     from ..runtime.bundle import load_bundle  # noqa: PLC0415
     from .onnx_export import export_onnx, find_onnx  # noqa: PLC0415
 
+    options = EngineBuildSettings(**settings)
     trt = import_tensorrt()
-    dev = require_cuda(device)
+    dev = require_cuda(options.device)
     bundle = load_bundle(bundle_dir)
-    precision = precision_name(precision)
-    profile = profile or DEFAULT_PROFILE
+    precision = precision_name(options.precision)
+    profile = options.profile or DEFAULT_PROFILE
     gpu_name, cc = engine_cache.cuda_identity(dev)
     report(progress, f"tensorrt: {trt.__version__} on {gpu_name} (sm {cc}), {precision}, profile {profile.tag}")
 
-    graphs = find_onnx(bundle, precision, engines, onnx_dir)
+    graphs = find_onnx(bundle, precision, engines, options.onnx_dir)
     if graphs is None:
         report(progress, "tensorrt: no ONNX graphs cached for this bundle; exporting them first")
-        graphs = export_onnx(bundle_dir, out_dir=onnx_dir, engines=engines, dtype=precision, device=dev,
+        graphs = export_onnx(bundle_dir, out_dir=options.onnx_dir, engines=engines, dtype=precision, device=dev,
                              progress=progress)
 
     tcache = timing_cache_path(engines, trt.__version__, gpu_name, cc)
     folder = engine_cache.bundle_cache_dir(engines, bundle.bundle_id)
+    target = engine_cache.BuildTarget(trt.__version__, gpu_name, cc)
     out = {}
     for graph in GRAPHS:
-        key = engine_key(graph, bundle.bundle_id, precision, profile, trt.__version__, gpu_name, cc)
+        key = engine_key(graph, bundle.bundle_id, precision, profile, target)
         for path, reason in engine_cache.prune_slot(key, PLAN_EXT, folder):
             report(progress, f"tensorrt: removed stale engine {path.name} ({reason})")
         cached = engine_cache.find_artifact(key, PLAN_EXT, folder)
-        if cached is not None and not force:
+        if cached is not None and not options.force:
             report(progress, f"tensorrt: {graph} engine is cached: {cached}")
             out[graph] = cached
             continue

@@ -118,13 +118,13 @@ def restore_file(model: LoadedModel, video: Video, blend: float = 1.0, batch_siz
     """Restore one recording, each recognised person with their own profile: frames, faces restored. No partial
     output on failure."""
     from instantrestore.runtime.media import FileSink, FileSource
-    from instantrestore.runtime.frames.file_run import restore_recording
+    from instantrestore.runtime.frames.file_run import RecordingOptions, restore_recording
 
     source = FileSource(video.source)
     video.output.parent.mkdir(parents=True, exist_ok=True)  # a folder's videos keep their sub-folders
     sink = FileSink(video.output, like=source)
-    stats = restore_recording(model.restorers, model.profiles, model.crop_size, source, sink, blend, batch_size,
-                              progress=progress)
+    stats = restore_recording(model.restorers, model.profiles, model.crop_size, source, sink,
+                              RecordingOptions(blend, batch_size, progress))
     # the pipeline counts each face it pasted (not a stranger's, nor one whose restored crop was not finite)
     return {"frames": sink.frames_written, "faces_restored": int(stats.summary().get("faces_restored", 0))}
 

@@ -232,7 +232,7 @@ def bench_soak(restorer=None, frames: int = 14_400, size=(1280, 720), fps: float
     growth is measured from the end of the first tenth (after warm-up) to the end: a leak shows as growth
     in proportion to the run's length."""
     from instantrestore.runtime.media import MemorySource
-    from instantrestore.runtime.frames.live_run import run_live
+    from instantrestore.runtime.frames.live_run import LiveOptions, run_live
     from instantrestore.runtime.frames.pipeline import FramePipeline
 
     width, height = size
@@ -255,7 +255,7 @@ def bench_soak(restorer=None, frames: int = 14_400, size=(1280, 720), fps: float
     with FramePipeline(restore_crops, crop_size) as pipeline:
         sampler.start()
         try:
-            report = run_live(pipeline, MemorySource(clip, fps, total=frames), sink, max_frames=frames)
+            report = run_live(pipeline, MemorySource(clip, fps, total=frames), sink, LiveOptions(max_frames=frames))
         finally:
             done.set()
             sampler.join()

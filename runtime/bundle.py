@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 
 from .errors import InstantRestoreError
 from .files import remembered_sha256, sha256_remembered
-from .network import ModelConfig, ModelConfigError
+from .model_config import ModelConfig, ModelConfigError
 from .schema import instance_of, schema_problem, whole
 
 BUNDLE_FORMAT = "instantrestore-bundle"
@@ -31,7 +31,7 @@ class BundleError(InstantRestoreError):
     """A model bundle is missing, incomplete, damaged or of another format."""
 
 
-# config.json's schema besides the model config's (network.MODEL_SCHEMA): dotted field -> (check, what it must
+# config.json's schema besides the model config's (model_config.MODEL_SCHEMA): dotted field -> (check, what it must
 # be). Cross-field rules are in _config_problem.
 SCHEMA = {
     "bundle_id": (lambda v: isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v), "a 64-digit hex content hash"),

@@ -9,6 +9,7 @@ grow with the frame size, and every pixel the mask does not touch is left exactl
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Optional
 
 import cv2
@@ -25,6 +26,19 @@ MASK_FEATHER = 0.045  # Gaussian sigma as a fraction of the crop size
 
 class CompositeError(ValueError):
     """Bad input to compositing (shapes, dtypes, blend strength)."""
+
+
+@dataclass(frozen=True)
+class Blending:
+    """How a restored face is pasted: `strength` 0 keeps the frame, 1 uses the restored face fully;
+    `color_match` matches the restored crop's colour to the original crop's first."""
+
+    strength: float = 1.0
+    color_match: bool = True
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.strength) <= 1.0:
+            raise CompositeError(f"blend strength must be within 0..1, got {self.strength}")
 
 
 @functools.lru_cache(maxsize=8)
@@ -124,15 +138,14 @@ def paste_back(
     matrix,
     *,
     original_crop=None,
-    blend: float = 1.0,
-    color_match: bool = True,
+    blending: Blending = Blending(),
     out: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Composite a restored (S, S, 3) uint8 crop into an RGB uint8 frame.
 
     matrix: the 2x3 frame->crop alignment matrix the crop was made with. original_crop: the crop
-    before restoration, needed for colour matching. blend: 0 keeps the frame, 1 uses the restored
-    face fully. Returns a new frame (or writes into out, which may be frame itself).
+    before restoration, needed for colour matching. Returns a new frame (or writes into out, which may
+    be frame itself).
     """
     frame = np.asarray(frame)
     restored_crop = np.asarray(restored_crop)
@@ -141,15 +154,14 @@ def paste_back(
     size = restored_crop.shape[0]
     if restored_crop.dtype != np.uint8 or restored_crop.shape != (size, size, 3):
         raise CompositeError(f"expected a square RGB uint8 crop, got {restored_crop.dtype} {restored_crop.shape}")
-    if not 0.0 <= float(blend) <= 1.0:
-        raise CompositeError(f"blend strength must be within 0..1, got {blend}")
+    blend = blending.strength
     result = frame.copy() if out is None else out
     if out is not None and out is not frame:
         np.copyto(result, frame)
     if blend == 0.0:
         return result
     mask = face_mask(size)
-    if color_match and original_crop is not None:
+    if blending.color_match and original_crop is not None:
         restored_crop = match_color(restored_crop, np.asarray(original_crop), mask)
     region = mask_region(matrix, size, frame.shape)
     if region is None:
@@ -179,7 +191,7 @@ def paste_many(frame, faces, *, blend: float = 1.0, color_match: bool = True,
     frame = np.asarray(frame)
     if len(faces) == 1:
         crop, matrix, original, strength = faces[0]
-        return paste_back(frame, crop, matrix, original_crop=original, blend=blend * strength, color_match=color_match,
+        return paste_back(frame, crop, matrix, original_crop=original, blending=Blending(blend * strength, color_match),
                           out=out)
     layers = []
     for crop, matrix, original, strength in faces:
@@ -221,8 +233,7 @@ class Compositor:
     """paste_back with fixed options, for the frame pipeline."""
 
     def __init__(self, blend: float = 1.0, color_match: bool = True):
-        if not 0.0 <= float(blend) <= 1.0:
-            raise CompositeError(f"blend strength must be within 0..1, got {blend}")
+        Blending(blend, color_match)  # checks the strength
         self.blend = float(blend)
         self.color_match = bool(color_match)
 
@@ -237,7 +248,6 @@ class Compositor:
             restored_crop,
             matrix,
             original_crop=original_crop,
-            blend=self.blend * float(strength),
-            color_match=self.color_match,
+            blending=Blending(self.blend * float(strength), self.color_match),
             out=out,
         )

@@ -119,13 +119,22 @@ class ArtifactKey:
         return Path(folder) / self.filename(ext)
 
 
-def trt_key(kind: str, bundle_id: str, precision, profile: ShapeProfile, trt_version: str,
-            gpu_name: str, compute_capability) -> ArtifactKey:
-    cc = compute_capability
+@dataclasses.dataclass(frozen=True)
+class BuildTarget:
+    """What a TensorRT plan is built for: the TensorRT version and the GPU (its name and compute capability,
+    "major.minor" or (major, minor))."""
+
+    trt_version: str
+    gpu_name: str
+    compute_capability: object
+
+
+def trt_key(kind: str, bundle_id: str, precision, profile: ShapeProfile, target: BuildTarget) -> ArtifactKey:
+    cc = target.compute_capability
     if isinstance(cc, (tuple, list)):
         cc = f"{cc[0]}.{cc[1]}"
     return ArtifactKey(kind=kind, bundle_id=bundle_id, precision=precision, profile=profile,
-                       trt_version=str(trt_version), gpu_name=str(gpu_name), compute_capability=str(cc))
+                       trt_version=str(target.trt_version), gpu_name=str(target.gpu_name), compute_capability=str(cc))
 
 
 def onnx_key(graph: str, bundle_id: str, precision) -> ArtifactKey:

@@ -1,7 +1,7 @@
 """The InstantRestore network: a one-step restorer with shared-image attention, and the enroller that
-computes the reference keys and values it attends to. The whole method is here: its configuration (the
-paper's values), FreeU, both halves of AdaIN, the reference padding, the noise rule and the two attention
-processors, so checking it against the paper takes this one file.
+computes the reference keys and values it attends to. The whole method is here: FreeU, both halves of
+AdaIN, the reference padding, the noise rule and the two attention processors, so checking it against the
+paper takes this file and its configuration (the paper's values, model_config.py).
 
 Both nets are built from plain diffusers modules (UNet2DConditionModel, AutoencoderKL) holding merged
 weights. Shared attention and FreeU are added with attention processors and forward pre-hooks, so the
@@ -12,122 +12,18 @@ must export to ONNX and TensorRT.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InstantRestoreError
-from .graphs import MAX_REFERENCES
-from .schema import instance_of, real, schema_problem, whole
+from .model_config import ModelConfig
 
-PROMPT = "A high-quality photo of a person; professional, 8k"
 # The authors' code hard-codes AdaIN's epsilon; no checkpoint varies it, so bundles do not store it.
 ADAIN_EPS = 1e-5
 NOISE_SEED = 0
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-
-# ------------------------------------------------------------------------------------- configuration
-
-
-class ModelConfigError(InstantRestoreError, ValueError):
-    """A model configuration value is missing or not what the method can run with."""
-
-
-@dataclass(frozen=True)
-class FreeUFactors:
-    """FreeU's backbone (b) and skip (s) factors for the first two decoder blocks."""
-
-    b1: float = 1.4
-    b2: float = 1.6
-    s1: float = 0.9
-    s2: float = 0.2
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything the nets compute with besides their weights and architecture; the defaults are the
-    paper's and the release's. The noise schedule's values at the two timesteps are the base scheduler's
-    (defaults: SD-Turbo's scaled-linear DDPM schedule); export writes its base's own.
-
-    A bundle's config.json holds it under the names bundles have always used (to_dict, from_dict)."""
-
-    prompt: str = PROMPT
-    restore_timestep: int = 249
-    reference_timestep: int = 1
-    freeu: FreeUFactors = FreeUFactors()
-    use_adain: bool = True
-    train_input: bool = False  # the input's own K/V are attended to before the references'
-    reference_slots: int = 4  # fewer references are repeated in turn up to this (the release trains with 4)
-    restore_alpha_cumprod: float = 0.6754320859909058  # alphas_cumprod[restore_timestep]
-    reference_alpha_cumprod: float = 0.9982960224151611  # alphas_cumprod[reference_timestep]
-    prediction_type: str = "epsilon"
-    clip_sample: bool = False
-    clip_sample_range: float = 1.0
-
-    def __post_init__(self):
-        problem = schema_problem(self.to_dict(), MODEL_SCHEMA)
-        if problem:
-            raise ModelConfigError(problem)
-
-    def to_dict(self) -> dict:
-        """The config as config.json holds it."""
-        return {
-            "restorer": {
-                "timestep": self.restore_timestep,
-                "alpha_cumprod": self.restore_alpha_cumprod,
-                "prediction_type": self.prediction_type,
-                "clip_sample": self.clip_sample,
-                "clip_sample_range": self.clip_sample_range,
-            },
-            "enroller": {"timestep": self.reference_timestep, "alpha_cumprod": self.reference_alpha_cumprod},
-            "freeu": asdict(self.freeu),
-            "use_adain": self.use_adain,
-            "train_input": self.train_input,
-            "max_references": self.reference_slots,
-            "prompt": self.prompt,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        """The config in `data`, a bundle's config.json (whose other keys are the bundle's own); a missing or
-        bad value is a ModelConfigError naming its field."""
-        problem = schema_problem(data, MODEL_SCHEMA)
-        if problem:
-            raise ModelConfigError(problem)
-        restorer, enroller = data["restorer"], data["enroller"]
-        return cls(
-            prompt=data["prompt"],
-            restore_timestep=restorer["timestep"],
-            reference_timestep=enroller["timestep"],
-            freeu=FreeUFactors(**{f.name: float(data["freeu"][f.name]) for f in fields(FreeUFactors)}),
-            use_adain=data["use_adain"],
-            train_input=data["train_input"],
-            reference_slots=data["max_references"],
-            restore_alpha_cumprod=float(restorer["alpha_cumprod"]),
-            reference_alpha_cumprod=float(enroller["alpha_cumprod"]),
-            prediction_type=restorer["prediction_type"],
-            clip_sample=restorer["clip_sample"],
-            clip_sample_range=float(restorer["clip_sample_range"]),
-        )
-
-
-# config.json's model fields: dotted field -> (check, what it must be)
-MODEL_SCHEMA = {
-    "max_references": (whole(1, MAX_REFERENCES), f"a whole number from 1 to {MAX_REFERENCES}"),
-    "use_adain": (instance_of(bool), "true or false"),
-    "train_input": (instance_of(bool), "true or false"),
-    "prompt": (instance_of(str), "text"),
-    "restorer.timestep": (whole(0, 999), "a whole number from 0 to 999"),
-    "restorer.alpha_cumprod": (real(1e-6, 1.0), "a number in (0, 1]"),
-    "restorer.prediction_type": (lambda v: v in PREDICTION_TYPES, "epsilon, v_prediction or sample"),
-    "restorer.clip_sample": (instance_of(bool), "true or false"),
-    "restorer.clip_sample_range": (real(1e-6, 1e6), "a positive number"),
-    "enroller.timestep": (whole(0, 999), "a whole number from 0 to 999"),
-    "enroller.alpha_cumprod": (real(1e-6, 1.0), "a number in (0, 1]"),
-    **{f"freeu.{k}": (real(0.0, 10.0), "a number from 0 to 10") for k in ("b1", "b2", "s1", "s2")},
-}
 
 
 # ------------------------------------------------------------------------------------------- layers
@@ -324,25 +220,34 @@ def enroll_noise(count: int, latent_shape, seed: int = NOISE_SEED) -> torch.Tens
 # ------------------------------------------------------------------------------------------ the nets
 
 
+@dataclass(frozen=True)
+class DiffusionStep:
+    """What sets restorer and enroller apart: the timestep each runs at, the noise schedule's alpha_cumprod
+    there, and what makes the processor of each of its shared layers."""
+
+    timestep: int
+    alpha_cumprod: float
+    processor: Callable[[], object]
+
+
 class _Diffusion(nn.Module):
     """What restorer and enroller share: a VAE encoder to latent means, the noise schedule at one
-    timestep, a UNet with FreeU and a processor (made by `processor`) in each shared layer, the stored
+    timestep, a UNet with FreeU and a processor (made by `step.processor`) in each shared layer, the stored
     prompt embedding."""
 
-    def __init__(self, unet, vae, prompt_embedding, config: ModelConfig, latent_size: int, timestep: int,
-                 alpha_cumprod: float, processor):
+    def __init__(self, unet, vae, prompt_embedding, config: ModelConfig, latent_size: int, step: DiffusionStep):
         super().__init__()
         self.unet = unet
         self.vae = vae
         self.register_buffer("prompt_embedding", prompt_embedding, persistent=False)
-        self.register_buffer("timestep", torch.tensor(timestep, dtype=torch.int64), persistent=False)
-        self.sqrt_alpha = math.sqrt(alpha_cumprod)
-        self.sqrt_one_minus_alpha = math.sqrt(1.0 - alpha_cumprod)
+        self.register_buffer("timestep", torch.tensor(step.timestep, dtype=torch.int64), persistent=False)
+        self.sqrt_alpha = math.sqrt(step.alpha_cumprod)
+        self.sqrt_one_minus_alpha = math.sqrt(1.0 - step.alpha_cumprod)
         self.scaling_factor = float(vae.config.scaling_factor)
         f = config.freeu
         self.freeu = FreeU(unet, latent_size, f.b1, f.b2, f.s1, f.s2)
         self.layer_names = shared_layer_names(unet)
-        self.processors = [processor() for _ in self.layer_names]
+        self.processors = [step.processor() for _ in self.layer_names]
         modules = dict(unet.named_modules())
         for name, layer_processor in zip(self.layer_names, self.processors):
             modules[name].set_processor(layer_processor)
@@ -364,9 +269,9 @@ class RestorerNet(_Diffusion):
     """forward(images, noise, k_0, v_0, ..., k_{L-1}, v_{L-1}) -> restored images in [-1, 1]."""
 
     def __init__(self, unet, vae, prompt_embedding, config: ModelConfig, latent_size: int):
-        super().__init__(unet, vae, prompt_embedding, config, latent_size, config.restore_timestep,
-                         config.restore_alpha_cumprod,
-                         lambda: SharedAttnProcessor(config.use_adain, config.train_input))
+        step = DiffusionStep(config.restore_timestep, config.restore_alpha_cumprod,
+                             lambda: SharedAttnProcessor(config.use_adain, config.train_input))
+        super().__init__(unet, vae, prompt_embedding, config, latent_size, step)
         self.prediction_type = config.prediction_type
         self.clip_sample_range = config.clip_sample_range if config.clip_sample else None
 
@@ -408,8 +313,8 @@ class EnrollerNet(_Diffusion):
     self-attention keys and values of the shared layers for each reference at the reference timestep."""
 
     def __init__(self, unet, vae, prompt_embedding, config: ModelConfig, latent_size: int):
-        super().__init__(unet, vae, prompt_embedding, config, latent_size, config.reference_timestep,
-                         config.reference_alpha_cumprod, RecordAttnProcessor)
+        step = DiffusionStep(config.reference_timestep, config.reference_alpha_cumprod, RecordAttnProcessor)
+        super().__init__(unet, vae, prompt_embedding, config, latent_size, step)
 
     def forward(self, refs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,16 +24,27 @@ class ProfileError(InstantRestoreError):
     """A profile file is unreadable, of another format, or made for another model bundle."""
 
 
-class Profile:
-    """Per shared layer l: keys[l], values[l] (N, T_l, C_l) of the N enrolled references, the values'
-    mean and std over tokens (N, 1, C_l), the aligned references as uint8 thumbnails (N, H, W, 3), and the
-    references' identity descriptors (N, 128) (identity.py; None in profiles made before recognition)."""
+@dataclass(frozen=True)
+class ReferenceKV:
+    """What enrollment computes, per shared layer l: keys[l], values[l] (N, T_l, C_l) of the N references, and
+    the values' mean and std over tokens (N, 1, C_l)."""
 
-    def __init__(self, bundle_id, keys, values, value_means, value_stds, thumbnails, metadata=None, embeddings=None):
+    keys: list
+    values: list
+    value_means: list
+    value_stds: list
+
+
+class Profile:
+    """The enrolled references' keys, values and value statistics per shared layer (a ReferenceKV, kept as
+    the same four lists), the aligned references as uint8 thumbnails (N, H, W, 3), and the references'
+    identity descriptors (N, 128) (identity.py; None in profiles made before recognition)."""
+
+    def __init__(self, bundle_id, kv: ReferenceKV, thumbnails, metadata=None, embeddings=None):
         self.bundle_id = bundle_id
         self.embeddings = embeddings
-        self.keys, self.values = list(keys), list(values)
-        self.value_means, self.value_stds = list(value_means), list(value_stds)
+        self.keys, self.values = list(kv.keys), list(kv.values)
+        self.value_means, self.value_stds = list(kv.value_means), list(kv.value_stds)
         self.thumbnails = thumbnails
         self.metadata = dict(metadata or {})
 
@@ -94,12 +106,15 @@ class Profile:
             layers = int(metadata["layers"])
             info = json.loads(metadata.get("info", "{}"))
             info["created"] = metadata.get("created")
-            profile = cls(
-                metadata["bundle_id"],
+            kv = ReferenceKV(
                 [tensors[f"layer{i}.k"] for i in range(layers)],
                 [tensors[f"layer{i}.v"] for i in range(layers)],
                 [tensors[f"layer{i}.v_mean"] for i in range(layers)],
                 [tensors[f"layer{i}.v_std"] for i in range(layers)],
+            )
+            profile = cls(
+                metadata["bundle_id"],
+                kv,
                 tensors["thumbnails"],
                 info,
                 tensors.get("embeddings"),

@@ -13,7 +13,7 @@ from .backends import backend_class, select
 from .bundle import DTYPES, load_bundle
 from .network import enroll_noise, reference_inputs, reference_statistics, restore_noise
 from .restored import RestoredCrops
-from .profile import Profile, ProfileError
+from .profile import Profile, ProfileError, ReferenceKV
 
 THUMBNAIL_SIZE = 128
 # Written across every face a random-weight bundle restores, so no output of it passes for the real model's
@@ -70,7 +70,8 @@ class Restorer:
         stats = [reference_statistics(v) for v in values]
         thumbs = F.interpolate(refs.detach().float().cpu(), size=min(self.crop_size, THUMBNAIL_SIZE), mode="area")
         thumbs = ((thumbs.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
-        return Profile(self.bundle.bundle_id, keys, values, [m for m, _ in stats], [s for _, s in stats], thumbs)
+        enrolled = ReferenceKV(keys, values, [m for m, _ in stats], [s for _, s in stats])
+        return Profile(self.bundle.bundle_id, enrolled, thumbs)
 
     def enroll_crops(self, crops: np.ndarray) -> Profile:
         """enroll() for uint8 RGB crops (N, S, S, 3), as align.face_crops makes them."""

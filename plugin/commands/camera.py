@@ -272,7 +272,7 @@ class LiveCall:
         already list and select the device: with v4l2loopback's exclusive_caps=1 it is only listed while it
         receives frames. Failures of that passthrough are not reported: the restoring run meets them again and
         says them."""
-        from instantrestore.runtime.frames.live_run import run_live
+        from instantrestore.runtime.frames.live_run import LiveOptions, run_live
         from instantrestore.runtime.frames.stages import Stages
 
         options, progress = self.options, self.progress
@@ -289,7 +289,7 @@ class LiveCall:
             return load_and_warm_up()
         progress("it shows your camera as it is until the model is loaded")
         loaded, passthrough = threading.Event(), Stages()
-        passthrough.start(lambda: run_live(None, source, shown, halt=loaded), "passthrough")
+        passthrough.start(lambda: run_live(None, source, shown, LiveOptions(halt=loaded)), "passthrough")
         try:
             return load_and_warm_up()
         finally:
@@ -319,13 +319,14 @@ class LiveCall:
 
     def run(self, source, output, out_fps: float) -> tuple:
         """(the LiveReport or None when the user stopped it with Ctrl+C or the preview, what stopped it)."""
-        from instantrestore.runtime.frames.live_run import run_live
+        from instantrestore.runtime.frames.live_run import LiveOptions, run_live
         from instantrestore.runtime.media import PreviewClosed
 
         control, max_frames = self.control, self.options.max_frames
         try:
-            report = run_live(self.pipeline, source, output, max_frames=max_frames, fps=out_fps,
-                              halt=control.stop if control else None, on_frame=control.on_frame if control else None)
+            report = run_live(self.pipeline, source, output, LiveOptions(
+                max_frames=max_frames, fps=out_fps, halt=control.stop if control else None,
+                on_frame=control.on_frame if control else None))
         except (KeyboardInterrupt, PreviewClosed):
             return None, "user"
         if max_frames is not None and report.captured >= max_frames:

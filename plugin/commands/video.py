@@ -92,7 +92,7 @@ def run(options: Options, progress: Progress = TERMINAL) -> Outcome:
     summary. An exception raised by progress.work's callable or progress.on_frame cancels the run, leaving no
     output."""
     from instantrestore.runtime.media import FileSink, FileSource, check_video_file
-    from instantrestore.runtime.frames.file_run import restore_recording
+    from instantrestore.runtime.frames.file_run import RecordingOptions, restore_recording
 
     in_path, out_path = Path(options.input), Path(options.output)
     check_video_file(in_path)  # a FIFO or a device is named as such, never opened
@@ -120,8 +120,8 @@ def run(options: Options, progress: Progress = TERMINAL) -> Outcome:
     bar = progress.work(f"restoring {in_path.name}")
     try:
         restorers = {name: restorer.crop_restorer(profile) for name, profile in profiles.items()}
-        stats = restore_recording(restorers, profiles, restorer.crop_size, source, sink, options.blend,
-                                  options.batch_size, progress=bar, on_frame=progress.on_frame)
+        stats = restore_recording(restorers, profiles, restorer.crop_size, source, sink,
+                                  RecordingOptions(options.blend, options.batch_size, bar, progress.on_frame))
     except BaseException:
         sink.abort()  # covers a failure before the recording starts (the restorers)
         raise

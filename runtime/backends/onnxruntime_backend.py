@@ -8,6 +8,7 @@ inputs and outputs are bound as torch device pointers (IO binding), so no host c
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -137,8 +138,19 @@ class _Session:
         self._keep: dict = {}
 
 
+@dataclass(frozen=True)
+class OnnxRuntimeOptions:
+    """The backend's own options (the keyword options `load` takes): `onnx_dir`, a folder of graphs to use
+    instead of the engine cache's; `threads`, onnxruntime's intra-op thread count (None: its default);
+    `io_binding`, bind torch tensors' memory directly (None: on CUDA, where it saves host copies)."""
+
+    onnx_dir: Optional[Path] = None
+    threads: Optional[int] = None
+    io_binding: Optional[bool] = None
+
+
 class OnnxRuntimeBackend(Backend):
-    """A Backend running the exported graphs of `bundle` from the engine cache `engines` (or `onnx_dir`)."""
+    """A Backend running the exported graphs of `bundle` from the engine cache `engines` (or `options.onnx_dir`)."""
 
     name = "onnxruntime"
     rank = 20
@@ -169,11 +181,10 @@ class OnnxRuntimeBackend(Backend):
 
     @classmethod
     def load(cls, bundle, device: str, dtype: torch.dtype, engines=None, **options) -> "OnnxRuntimeBackend":
-        return cls(bundle, engines, device=device, dtype=dtype, **options)
+        return cls(bundle, engines, device=device, dtype=dtype, options=OnnxRuntimeOptions(**options))
 
-    def __init__(self, bundle, engines=None, device="cpu", dtype=torch.float32, onnx_dir=None,
-                 threads: Optional[int] = None, io_binding: Optional[bool] = None):
-        """io_binding: bind torch tensors' memory directly (default: on CUDA, where it saves host copies)."""
+    def __init__(self, bundle, engines=None, device="cpu", dtype=torch.float32,
+                 options: OnnxRuntimeOptions = OnnxRuntimeOptions()):
         self.bundle = bundle
         self.precision = precision_name(dtype)
         self.dtype = precision_dtype(dtype)
@@ -186,13 +197,13 @@ class OnnxRuntimeBackend(Backend):
         else:
             self.device = torch.device("cpu")
         self.num_layers = len(bundle.layer_shapes)
-        folder = engine_cache.graph_folder(engines, bundle.bundle_id, onnx_dir)
+        folder = engine_cache.graph_folder(engines, bundle.bundle_id, options.onnx_dir)
         paths = find_graphs(bundle, self.precision, folder)
         self.paths = paths
-        self.io_binding = self.device.type == "cuda" if io_binding is None else bool(io_binding)
-        self._threads = threads
+        self.io_binding = self.device.type == "cuda" if options.io_binding is None else bool(options.io_binding)
+        self._threads = options.threads
         # The enroller's session is opened on first use: a live session with a stored profile never needs it.
-        self._sessions = {"restorer": _Session(paths["restorer"], self.providers, threads, self.io_binding)}
+        self._sessions = {"restorer": _Session(paths["restorer"], self.providers, self._threads, self.io_binding)}
         expect_in = input_names("restorer", self.num_layers)
         got = self._sessions["restorer"].inputs
         if got != expect_in:

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from .. import engine_cache
-from ..engine_cache import ArtifactKey
+from ..engine_cache import ArtifactKey, BuildTarget
 from ..errors import InstantRestoreError
 from ..graphs import DEFAULT_PROFILE, GRAPHS, ShapeProfile, input_names, output_names, precision_dtype, precision_name
 from . import Backend, BoundReferences
@@ -115,12 +115,10 @@ def tensorrt_usable() -> bool:
     return torch.cuda.is_available()
 
 
-def engine_key(graph: str, bundle_id: str, precision, profile: ShapeProfile,
-               trt_version: str, gpu_name: str, compute_capability) -> ArtifactKey:
+def engine_key(graph: str, bundle_id: str, precision, profile: ShapeProfile, target: BuildTarget) -> ArtifactKey:
     if graph not in GRAPHS:
         raise ValueError(f"unknown graph {graph!r} (expected one of {GRAPHS})")
-    return engine_cache.trt_key(f"trt-{graph}", bundle_id, precision, profile, trt_version, gpu_name,
-                             compute_capability)
+    return engine_cache.trt_key(f"trt-{graph}", bundle_id, precision, profile, target)
 
 
 def current_engine_keys(bundle_id: str, precision="fp16", profile=None, device=None) -> dict:
@@ -129,7 +127,8 @@ def current_engine_keys(bundle_id: str, precision="fp16", profile=None, device=N
     dev = require_cuda(device)
     name, cc = engine_cache.cuda_identity(dev)
     profile = profile or DEFAULT_PROFILE
-    return {g: engine_key(g, bundle_id, precision, profile, trt.__version__, name, cc) for g in GRAPHS}
+    target = BuildTarget(trt.__version__, name, cc)
+    return {g: engine_key(g, bundle_id, precision, profile, target) for g in GRAPHS}
 
 
 def missing_engine_message(key: ArtifactKey, where, slot_report=()) -> str:

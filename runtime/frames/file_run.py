@@ -4,6 +4,8 @@ so the restorer (the GPU) never waits for decoding or encoding."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 from ..media import Sink, Source
 from .pipeline import FramePipeline, face_pipeline
@@ -12,13 +14,25 @@ from .stats import PipelineStats
 from .work import Batch, PipelineError
 
 
-def restore_recording(restorers: dict, profiles: dict, crop_size: int, source, sink, blend: float = 1.0,
-                      batch_size: int = 1, progress=None, on_frame=None) -> PipelineStats:
+@dataclass(frozen=True)
+class RecordingOptions:
+    """How restore_recording runs: `blend` the restored faces' strength (0..1), `batch_size` frames restored
+    together, `progress` and `on_frame` as run_file calls them."""
+
+    blend: float = 1.0
+    batch_size: int = 1
+    progress: Optional[Callable] = None
+    on_frame: Optional[Callable] = None
+
+
+def restore_recording(restorers: dict, profiles: dict, crop_size: int, source, sink,
+                      options: RecordingOptions = RecordingOptions()) -> PipelineStats:
     """One recording through the face pipeline into an open sink (`video`, `batch`, the panel): the sink is
     finished, or aborted on any failure so no partial file is left. Returns the pipeline's stats."""
     try:
-        with face_pipeline(profiles, restorers, crop_size, blend, recording=True) as pipeline:
-            return run_file(pipeline, source, sink, progress=progress, batch_size=batch_size, on_frame=on_frame)
+        with face_pipeline(profiles, restorers, crop_size, options.blend, recording=True) as pipeline:
+            return run_file(pipeline, source, sink, progress=options.progress, batch_size=options.batch_size,
+                            on_frame=options.on_frame)
     except BaseException:
         sink.abort()  # run_file aborts too; this covers a failure before it starts
         raise

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -35,8 +35,19 @@ class LiveReport:
     p95_latency_s: float = 0.0
 
 
-def run_live(pipeline: Optional[FramePipeline], source: Source, sink: Sink, max_frames: Optional[int] = None,
-             stats=None, fps=None, halt: Optional[threading.Event] = None, on_frame=None) -> LiveReport:
+@dataclasses.dataclass(frozen=True)
+class LiveOptions:
+    """How run_live runs: `max_frames` captured frames at most; `fps` the output rate (None: the source's);
+    `halt`, set by another thread, stops the run; `on_frame(raw, shown, latency_s)` sees each newly shown frame."""
+
+    max_frames: Optional[int] = None
+    fps: Optional[float] = None
+    halt: Optional[threading.Event] = None
+    on_frame: Optional[Callable] = None
+
+
+def run_live(pipeline: Optional[FramePipeline], source: Source, sink: Sink, options: LiveOptions = LiveOptions(),
+             stats=None) -> LiveReport:
     """Camera-style run: capture + track + align, restore, and composite + output on separate threads.
 
     The capture thread tracks every frame and keeps only the newest for the restorer (older ones are
@@ -52,8 +63,8 @@ def run_live(pipeline: Optional[FramePipeline], source: Source, sink: Sink, max_
     list and pick the virtual camera) each captured frame is sent as it is, from the capture thread.
     """
     stats = stats if stats is not None else pipeline.stats if pipeline is not None else PipelineStats()
-    run = LiveRun(pipeline, source, sink, stats, period=1.0 / float(fps or source.fps or 30.0))
-    return run.run(max_frames, halt, on_frame)
+    run = LiveRun(pipeline, source, sink, stats, period=1.0 / float(options.fps or source.fps or 30.0))
+    return run.run(options.max_frames, options.halt, options.on_frame)
 
 
 class LiveRun:

@@ -3,6 +3,7 @@ which the runners (file_run, live_run) spread over their threads; face_pipeline 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Optional
 
 import numpy as np
@@ -20,6 +21,19 @@ from .work import LocatedFace, PipelineError, restorer_batch
 MIN_FACE_PIXELS = 40
 
 
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How a FramePipeline pastes and what it makes for itself. blend: 0..1 strength of the restored face.
+    color_match: match the restored crop's colour to the original crop. stats: where the timings and counts
+    go (default: a new PipelineStats). far: the tracker the pipeline makes (when given none) also finds faces
+    far from the camera (full-range BlazeFace, for recordings)."""
+
+    blend: float = 1.0
+    color_match: bool = True
+    stats: Optional[PipelineStats] = None
+    far: bool = False
+
+
 class FramePipeline:
     """Restores the faces in each frame.
 
@@ -31,9 +45,8 @@ class FramePipeline:
         that person's profile and every other face passes through untouched. Without it, the tracker's main
         face is restored (no recognition: for callers that have no enrolled photos).
     crop_size: S, from the model bundle. tracker: a tracking.Tracker (default: vendored BlazeFace short-range;
-        with far=True, for recordings, full-range too, which finds faces far from the camera).
-    blend: 0..1 strength of the restored face. color_match: match the restored crop's colour to the
-        original crop. Frames without a face are returned as they are (the same array).
+        with options.far, full-range too). options: a PipelineOptions. Frames without a face are returned as
+        they are (the same array).
     """
 
     def __init__(
@@ -41,11 +54,8 @@ class FramePipeline:
         restore,
         crop_size: int,
         tracker: Optional[Tracker] = None,
-        blend: float = 1.0,
-        color_match: bool = True,
-        stats: Optional[PipelineStats] = None,
         identities=None,
-        far: bool = False,
+        options: PipelineOptions = PipelineOptions(),
     ):
         if identities is None and not callable(restore):
             raise PipelineError("restore must be a callable taking a (B, S, S, 3) uint8 batch")
@@ -60,9 +70,9 @@ class FramePipeline:
         if self.crop_size < 8:
             raise PipelineError(f"crop size must be at least 8, got {crop_size}")
         self._owns_tracker = tracker is None
-        self.tracker = tracker if tracker is not None else Tracker(far=far)
-        self.compositor = Compositor(blend=blend, color_match=color_match)
-        self.stats = stats if stats is not None else PipelineStats()
+        self.tracker = tracker if tracker is not None else Tracker(far=options.far)
+        self.compositor = Compositor(blend=options.blend, color_match=options.color_match)
+        self.stats = options.stats if options.stats is not None else PipelineStats()
 
     def check_frame(self, frame) -> np.ndarray:
         frame = np.asarray(frame)
@@ -215,5 +225,5 @@ def face_pipeline(profiles: dict, restorers: dict, crop_size: int, blend: float 
     """The frame pipeline restoring each recognised face with its own profile (profiles: name -> Profile;
     restorers: name -> crop restorer); faces of no one enrolled pass through untouched. A recording also looks
     for faces far from the camera (full-range BlazeFace); live, faces are recognised on a worker thread."""
-    return FramePipeline(restorers, crop_size, blend=blend, identities=identities_of(profiles, live=not recording),
-                         far=recording)
+    return FramePipeline(restorers, crop_size, identities=identities_of(profiles, live=not recording),
+                         options=PipelineOptions(blend=blend, far=recording))

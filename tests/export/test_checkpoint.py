@@ -18,11 +18,12 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from safetensors import safe_open
 
 from instantrestore.export import CheckpointError, import_checkpoint, merge_lora
-from instantrestore.export.checkpoint import hub_file, write_bundle
+from instantrestore.export.bundle_writer import BundleContents, write_bundle
+from instantrestore.export.hub import hub_file
 from instantrestore.export.random_bundle import SD_TURBO_SCHEDULER, TINY_UNET, TINY_VAE
 from instantrestore.runtime import load_bundle, load_restorer
 from instantrestore.runtime.bundle import CONFIG_NAME
-from instantrestore.runtime.network import FreeUFactors, ModelConfig
+from instantrestore.runtime.model_config import FreeUFactors, ModelConfig
 
 from tests.support.inputs import crops
 from tests.support.miniature import CROP_SIZE, VAE_CONFIG, VAE_LORA_TARGETS, write_release
@@ -45,8 +46,9 @@ def test_export_writes_the_config_it_is_given_and_the_base_schedule(tmp_path):
                         "clip_sample_range": 2.0}
     with torch.device("meta"):
         unet, vae = UNet2DConditionModel(**TINY_UNET), AutoencoderKL(**TINY_VAE)
-    out = write_bundle(tmp_path / "b", unet, vae, scheduler_config, model, {"restorer.unet.": {"w": torch.zeros(1)}},
-                       torch.zeros(1, 77, 32), "float32", {})
+    contents = BundleContents(unet, vae, scheduler_config, model, {"restorer.unet.": {"w": torch.zeros(1)}},
+                              torch.zeros(1, 77, 32), {})
+    out = write_bundle(tmp_path / "b", contents, "float32")
     alphas = DDPMScheduler.from_config(scheduler_config).alphas_cumprod
     expected = dataclasses.replace(model, restore_alpha_cumprod=float(alphas[500]),
                                    reference_alpha_cumprod=float(alphas[10]), prediction_type="v_prediction",

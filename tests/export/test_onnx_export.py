@@ -10,7 +10,7 @@ from instantrestore.export import onnx_export
 from instantrestore.export.onnx_export import OnnxExportError, export_onnx
 from instantrestore.export.opcheck import assert_trt_compatible, fp16_unsafe_nodes
 from instantrestore.runtime import engine_cache, load_bundle
-from instantrestore.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+from instantrestore.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend, OnnxRuntimeOptions
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_fp16_graphs_export_and_pass_checks(fp16_graphs, tiny_bundle, onnx_home)
 def test_fp16_graph_runs_close_to_fp32(fp16_graphs, ort_restorer, tiny_bundle):
     paths, out = fp16_graphs
     bundle = load_bundle(tiny_bundle)
-    backend = OnnxRuntimeBackend(bundle, device="cpu", dtype=torch.float16, onnx_dir=out)
+    backend = OnnxRuntimeBackend(bundle, device="cpu", dtype=torch.float16, options=OnnxRuntimeOptions(onnx_dir=out))
     g = torch.Generator().manual_seed(3)
     S = bundle.crop_size
     refs = torch.rand(2, 3, S, S, generator=g) * 2 - 1

@@ -132,7 +132,8 @@ def test_build_engines_uses_and_refreshes_the_cache(fake_trt, engines, tiny_bund
     plans = tensorrt_build.build_engines(tiny_bundle, engines, progress=messages.append)
     assert set(plans) == {"restorer", "enroller"}
     for graph, path in plans.items():
-        key = bt.engine_key(graph, bundle.bundle_id, "fp16", DEFAULT_PROFILE, fake_trt.__version__, "NVIDIA H100", "9.0")
+        target = engine_cache.BuildTarget(fake_trt.__version__, "NVIDIA H100", "9.0")
+        key = bt.engine_key(graph, bundle.bundle_id, "fp16", DEFAULT_PROFILE, target)
         folder = _folder(engines, key)
         assert path == key.path("plan", folder) and engine_cache.find_artifact(key, "plan", folder, verify_hash=True) == path
         assert list(json.loads(path.read_bytes())["inputs"]) == names[graph]

@@ -31,6 +31,7 @@ from instantrestore.runtime.backends.onnxruntime_backend import (
     OnnxGraphNotFoundError,
     OnnxRuntimeBackend,
     OnnxRuntimeError,
+    OnnxRuntimeOptions,
     choose_providers,
 )
 from instantrestore.runtime.backends.torch_backend import TorchBackend
@@ -259,7 +260,8 @@ def test_io_binding_path_matches(ort_restorer, tiny_bundle, onnx_home):
     from instantrestore.runtime.restorer import Restorer
 
     bundle = load_bundle(tiny_bundle)
-    bound = Restorer(bundle, OnnxRuntimeBackend(bundle, onnx_home, device="cpu", dtype=torch.float32, io_binding=True))
+    bound = Restorer(bundle, OnnxRuntimeBackend(bundle, onnx_home, device="cpu", dtype=torch.float32,
+                                                options=OnnxRuntimeOptions(io_binding=True)))
     S = bundle.crop_size
     g = torch.Generator().manual_seed(7)
     refs = torch.rand(3, 3, S, S, generator=g) * 2 - 1

@@ -16,7 +16,7 @@ from instantrestore.runtime import bundle as bundle_module
 from instantrestore.runtime import files, load_bundle
 from instantrestore.runtime.bundle import CONFIG_NAME, WEIGHTS_NAME, BundleError, content_id
 from instantrestore.runtime.files import sha256_file
-from instantrestore.runtime.network import ModelConfig
+from instantrestore.runtime.model_config import ModelConfig
 
 from tests.support.damage import data_offset, patch_bytes
 
@@ -170,7 +170,7 @@ def test_an_old_format_bundle_still_loads(tmp_path):
 
 
 def exporters_bundle_id(config, weights) -> str:
-    """The id export/checkpoint.py writes: the config without its source notes and id, then the weights' hash."""
+    """The id export/bundle_writer.py writes: the config without its source notes and id, then the weights' hash."""
     identity = {k: v for k, v in config.items() if k not in ("source", "bundle_id")}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
     digest.update(files.sha256_file(weights).encode())

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from instantrestore.runtime import align, composite
-from instantrestore.runtime.composite import CompositeError, face_mask, match_color, paste_back
+from instantrestore.runtime.composite import Blending, CompositeError, face_mask, match_color, paste_back
 from instantrestore.runtime.tracking import FaceDetector
 
 from tests.support.media_helpers import MEDIAPIPE_TIMEOUT_S, astronaut, placed_face
@@ -54,7 +54,7 @@ def test_mask_is_feathered_and_zero_at_the_crop_border(crop_size):
 def test_pixels_outside_the_mask_are_bit_exact(aligned):
     frame, face = aligned
     original = frame.copy()
-    out = paste_back(frame, 255 - face.crop, face.matrix, original_crop=face.crop, color_match=False)
+    out = paste_back(frame, 255 - face.crop, face.matrix, original_crop=face.crop, blending=Blending(color_match=False))
     np.testing.assert_array_equal(frame, original)  # input untouched
     inside = warped_mask(face, frame.shape) > 0
     changed = np.any(out != frame, axis=2)
@@ -71,23 +71,23 @@ def test_pixels_outside_the_mask_stay_exact_with_colour_matching_and_blend(align
     frame, face = aligned
     inside = warped_mask(face, frame.shape) > 0
     for blend in (1.0, 0.6):
-        out = paste_back(frame, 255 - face.crop, face.matrix, original_crop=face.crop, blend=blend)
+        out = paste_back(frame, 255 - face.crop, face.matrix, original_crop=face.crop, blending=Blending(blend))
         np.testing.assert_array_equal(out[~inside], frame[~inside])
 
 
 def test_blend_strength(aligned):
     frame, face = aligned
     restored = np.full_like(face.crop, 250)
-    zero = paste_back(frame, restored, face.matrix, blend=0.0, color_match=False)
+    zero = paste_back(frame, restored, face.matrix, blending=Blending(0.0, False))
     np.testing.assert_array_equal(zero, frame)
-    full = paste_back(frame, restored, face.matrix, blend=1.0, color_match=False).astype(float)
-    half = paste_back(frame, restored, face.matrix, blend=0.5, color_match=False).astype(float)
+    full = paste_back(frame, restored, face.matrix, blending=Blending(1.0, False)).astype(float)
+    half = paste_back(frame, restored, face.matrix, blending=Blending(0.5, False)).astype(float)
     core = warped_mask(face, frame.shape) > 0.99
     full_change = (full - frame)[core].mean()
     half_change = (half - frame)[core].mean()
     assert half_change == pytest.approx(full_change / 2, rel=0.05)
     with pytest.raises(CompositeError):
-        paste_back(frame, restored, face.matrix, blend=1.5)
+        paste_back(frame, restored, face.matrix, blending=Blending(1.5))
 
 
 def test_pasting_the_unrestored_crop_changes_almost_nothing(aligned):

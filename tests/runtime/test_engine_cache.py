@@ -33,7 +33,7 @@ OTHER_BID = "cd" * 32
 
 
 def _key(graph="restorer", bundle_id=BID, precision="fp16", profile=None, trt="10.3.0", gpu="NVIDIA H100", cc="9.0"):
-    return bt.engine_key(graph, bundle_id, precision, profile or DEFAULT_PROFILE, trt, gpu, cc)
+    return bt.engine_key(graph, bundle_id, precision, profile or DEFAULT_PROFILE, engine_cache.BuildTarget(trt, gpu, cc))
 
 
 # ------------------------------------------------------------------------------------------ cache keys
@@ -49,7 +49,8 @@ def test_engine_keys_cover_every_field(engines):
     assert len(digests) == len(variants) + 1
     names = {base.filename("plan")} | {k.filename("plan") for k in variants}
     assert len(names) == len(variants) + 1
-    assert bt.engine_key("restorer", BID, torch.float16, DEFAULT_PROFILE, "10.3.0", "NVIDIA H100", (9, 0)) == base
+    target = engine_cache.BuildTarget("10.3.0", "NVIDIA H100", (9, 0))
+    assert bt.engine_key("restorer", BID, torch.float16, DEFAULT_PROFILE, target) == base
     assert base.path("plan", _folder(engines, base)).parent == engine_cache.bundle_cache_dir(engines, BID)
     assert base.filename("plan").startswith("trt-restorer-fp16-b1-1-4_r1-4-8-")
     with pytest.raises(engine_cache.ArtifactError):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from instantrestore.runtime.identity import MATCH_DISTANCE, Identities, shared_recognizer
-from instantrestore.runtime.frames.pipeline import FramePipeline
+from instantrestore.runtime.frames.pipeline import FramePipeline, PipelineOptions
 from instantrestore.runtime.tracking import FaceDetector, Tracker
 
 from tests.support.media_helpers import MEDIAPIPE_TIMEOUT_S
@@ -43,7 +43,8 @@ def test_threshold_keeps_every_degraded_stranger_out():
 
 def run_two_people(restore: dict, gallery: dict, frames):
     tracker = Tracker(FaceDetector(mode="video", timeout_s=MEDIAPIPE_TIMEOUT_S))
-    pipeline = FramePipeline(restore, 128, tracker=tracker, color_match=False, identities=Identities(gallery))
+    pipeline = FramePipeline(restore, 128, tracker=tracker, identities=Identities(gallery),
+                             options=PipelineOptions(color_match=False))
     try:
         return [pipeline.process(frame, index / 25.0) for index, frame in enumerate(frames)], pipeline
     finally:
@@ -125,7 +126,7 @@ def test_live_recognition_runs_beside_the_frames():
     tracker = Tracker(FaceDetector(mode="video", timeout_s=MEDIAPIPE_TIMEOUT_S))
     identities = Identities(gallery, recognizer=Held(), background=True)
     pipeline = FramePipeline({"eileen": lambda crops: 255 - crops}, 128, tracker=tracker, identities=identities,
-                             color_match=False)
+                             options=PipelineOptions(color_match=False))
     astronaut_box, _ = face_boxes(frame)
     try:
         first = [pipeline.process(frame, index / 25.0) for index in range(3)]  # returned while it is held

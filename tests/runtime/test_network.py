@@ -1,5 +1,5 @@
-"""The method's parts in runtime/network.py on their own: the model config, the two attention processors,
-both halves of AdaIN, FreeU, the reference padding and the noise rule."""
+"""The method's parts in runtime/network.py on their own: the model config (model_config.py), the two attention
+processors, both halves of AdaIN, FreeU, the reference padding and the noise rule."""
 
 import dataclasses
 import json
@@ -11,11 +11,9 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from instantrestore.export.random_bundle import SD_TURBO_SCHEDULER
 from instantrestore.runtime.errors import InstantRestoreError
+from instantrestore.runtime.model_config import FreeUFactors, ModelConfig, ModelConfigError
 from instantrestore.runtime.network import (
     FreeU,
-    FreeUFactors,
-    ModelConfig,
-    ModelConfigError,
     RecordAttnProcessor,
     SharedAttnProcessor,
     enroll_noise,

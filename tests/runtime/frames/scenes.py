@@ -4,7 +4,7 @@ where a paste changed the picture."""
 import numpy as np
 
 from instantrestore.runtime.frames.file_run import run_file
-from instantrestore.runtime.frames.pipeline import FramePipeline
+from instantrestore.runtime.frames.pipeline import FramePipeline, PipelineOptions
 from instantrestore.runtime.identity import Identities
 from instantrestore.runtime.media import MemorySource
 from instantrestore.runtime.tracking import FaceDetector, Tracker
@@ -17,8 +17,8 @@ SCENE_CROP, FPS = 128, 25.0
 
 def pipeline_for(gallery, tracker=None, record=None):
     tracker = tracker or Tracker(FaceDetector(mode="video", timeout_s=MEDIAPIPE_TIMEOUT_S))
-    pipeline = FramePipeline({"eileen": lambda crops: 255 - crops}, SCENE_CROP, tracker=tracker, color_match=False,
-                             identities=Identities(gallery))
+    pipeline = FramePipeline({"eileen": lambda crops: 255 - crops}, SCENE_CROP, tracker=tracker,
+                             identities=Identities(gallery), options=PipelineOptions(color_match=False))
     if record is not None:  # where each face was pasted, per frame
         composite = pipeline.composite_batch
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import pyvirtualcam
 
-from instantrestore.runtime.frames.live_run import run_live
+from instantrestore.runtime.frames.live_run import LiveOptions, run_live
 from instantrestore.runtime.media import FileSource, SteadyCamera, VirtualCameraSink
 
 from tests.support.media_helpers import (
@@ -75,7 +75,7 @@ def test_live_mode_tracks_the_next_frame_while_the_model_restores():
 
     pipeline.tracker.update = counted_update
     try:
-        report = run_live(pipeline, FakeCamera(face_frames(12), fps=30.0), RecordingSink(), max_frames=8)
+        report = run_live(pipeline, FakeCamera(face_frames(12), fps=30.0), RecordingSink(), LiveOptions(max_frames=8))
     finally:
         close_all(pipeline)
     assert report.processed >= 3 and all(overlapped[:3])
@@ -101,7 +101,7 @@ def test_live_mode_plays_a_file_at_its_own_rate(face_clip):
     pipeline = make_pipeline()
     try:
         start = time.monotonic()
-        report = run_live(pipeline, source, sink, max_frames=15)
+        report = run_live(pipeline, source, sink, LiveOptions(max_frames=15))
         elapsed = time.monotonic() - start
     finally:
         close_all(pipeline)
@@ -138,7 +138,7 @@ def test_live_mode_keeps_the_virtual_camera_going_while_the_camera_hangs(capsys)
     source = SteadyCamera(open_camera, stall_s=stall_s, notify=say)
     pipeline = make_pipeline()
     try:
-        report = run_live(pipeline, source, sink, max_frames=40)
+        report = run_live(pipeline, source, sink, LiveOptions(max_frames=40))
     finally:
         close_all(pipeline)
         sink.close()
@@ -195,7 +195,7 @@ def test_live_mode_stops_on_halt_and_shows_each_new_frame_to_on_frame():
     sink = RecordingSink()
     pipeline = make_pipeline()
     try:
-        report = run_live(pipeline, FakeCamera(frames, fps=20.0), sink, halt=halt, on_frame=on_frame)
+        report = run_live(pipeline, FakeCamera(frames, fps=20.0), sink, LiveOptions(halt=halt, on_frame=on_frame))
     finally:
         close_all(pipeline)
     assert len(seen) == 4 and report.captured < len(frames)
@@ -222,7 +222,7 @@ def test_live_preview_sees_the_raw_frame_unpasted():
     frames = face_frames(10)
     try:
         run_live(pipeline, FakeCamera(frames, fps=20.0), RecordingSink(),
-                 on_frame=lambda raw, shown, latency: seen.append((raw.copy(), raw, shown)))
+                 LiveOptions(on_frame=lambda raw, shown, latency: seen.append((raw.copy(), raw, shown))))
     finally:
         close_all(pipeline)
     assert seen
@@ -257,7 +257,8 @@ def test_live_latency_runs_from_the_capture_to_the_frame_leaving_the_sink_with_i
     pipeline = make_pipeline()
     try:
         report = run_live(pipeline, TimedCamera(frames, fps=fps), sink,
-                          on_frame=lambda raw, image, latency_s: shown.append((int(raw[0, 0, 0]), latency_s)))
+                          LiveOptions(on_frame=lambda raw, image, latency_s: shown.append((int(raw[0, 0, 0]),
+                                                                                            latency_s))))
     finally:
         close_all(pipeline)
     assert len(shown) >= 10

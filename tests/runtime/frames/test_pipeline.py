@@ -8,7 +8,7 @@ import pytest
 from instantrestore.runtime import align
 from instantrestore.runtime.composite import face_mask
 from instantrestore.runtime.frames.file_run import run_file
-from instantrestore.runtime.frames.pipeline import FramePipeline
+from instantrestore.runtime.frames.pipeline import FramePipeline, PipelineOptions
 from instantrestore.runtime.frames.work import PipelineError
 from instantrestore.runtime.identity import Identities
 from instantrestore.runtime.media import MemorySource
@@ -150,8 +150,8 @@ def test_file_mode_restores_a_face_far_from_the_camera(gallery):
     frame = np.full((720, 1280, 3), 120, np.uint8)
     frame[100:540, 400:840] = cv2.resize(astronaut(), (440, 440), interpolation=cv2.INTER_AREA)
     frames = [frame] * 6
-    far = FramePipeline({"eileen": lambda crops: 255 - crops}, SCENE_CROP, color_match=False, far=True,
-                        identities=Identities(gallery))
+    far = FramePipeline({"eileen": lambda crops: 255 - crops}, SCENE_CROP, identities=Identities(gallery),
+                        options=PipelineOptions(color_match=False, far=True))
     try:
         sink = RecordingSink()
         run_file(far, MemorySource(frames, FPS), sink)
@@ -170,7 +170,7 @@ def test_overlapping_faces_blend_without_seams():
     restored red, the other blue. Where both masks weigh, the result does not depend on their order (each face by
     its own weight); pasting one over the other (as before) let the later one cover the first's edge."""
     from instantrestore.runtime.align import alignment_matrix, warp_to_crop
-    from instantrestore.runtime.composite import Compositor, paste_back
+    from instantrestore.runtime.composite import Blending, Compositor, paste_back
 
     her = np.ascontiguousarray(astronaut()[40:230, 130:320])
     frame = np.full((200, 300, 3), 120, np.uint8)
@@ -184,7 +184,7 @@ def test_overlapping_faces_blend_without_seams():
         pastes.append((np.full((SCENE_CROP, SCENE_CROP, 3), colour, np.uint8), matrix,
                        warp_to_crop(frame, matrix, SCENE_CROP), 1.0))
         white = np.full((SCENE_CROP, SCENE_CROP, 3), 255, np.uint8)
-        weights.append(paste_back(np.zeros_like(frame), white, matrix, color_match=False)[:, :, 0] / 255.0)
+        weights.append(paste_back(np.zeros_like(frame), white, matrix, blending=Blending(color_match=False))[:, :, 0] / 255.0)
     both = (weights[0] > 0.05) & (weights[1] > 0.05)
     assert both.sum() > 50, both.sum()  # the masks do overlap
     compositor = Compositor(color_match=False)
