@@ -85,6 +85,7 @@ def test_recognition_runs_per_track_not_per_frame():
     frames = [two_people() for _ in range(20)] + [two_people(shift=60) for _ in range(3)]
     with FaceDetector(mode="image", timeout_s=MEDIAPIPE_TIMEOUT_S) as detector:
         gallery = {"eileen": descriptor(astronaut(), detector)[None]}
+
     class CountingRecognizer:  # the real recogniser, counting the faces it is asked to describe
         faces = 0
 
