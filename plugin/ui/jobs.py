@@ -29,9 +29,9 @@ class Job(Progress):
     """One command run on a thread of its own, and the progress it reports through, as the page shows it: its
     lines (the last 50), how far its work is (done of total frames, counted from the first: the model load is not
     part of the rate), a cancel honoured at the next frame, the latest (raw, restored) frames for the preview, its
-    one-line error, and whether it is still running. `work(progress)` is the command's run, its options given."""
+    one-line error, and whether it is still running. `run(progress)` is the command's run, its options given."""
 
-    def __init__(self, work, shown_names: Optional[dict] = None):
+    def __init__(self, run, shown_names: Optional[dict] = None):
         self.lines: collections.deque = collections.deque(maxlen=50)
         self.error: Optional[str] = None
         self.shown_names = shown_names or {}  # server path -> the name the user knows it by (an upload's own)
@@ -40,12 +40,12 @@ class Job(Progress):
         self.cancel = threading.Event()
         self.done, self.total, self.started = 0, 0, time.monotonic()
         self.ended: Optional[float] = None  # time.monotonic() when it finished
-        self._thread = threading.Thread(target=self._run, args=(work,), name="instantrestore-panel-job", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(run,), name="instantrestore-panel-job", daemon=True)
         self._thread.start()
 
-    def _run(self, work):
+    def _run(self, run):
         try:
-            self.result = work(self).value
+            self.result = run(self).value
         except Cancelled:
             self.error = "cancelled; nothing was written"
         except Exception as error:  # noqa: BLE001 - shown in the page as the CLI's one line; the server goes on
