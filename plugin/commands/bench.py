@@ -68,7 +68,7 @@ class Options:
             if not 0 <= self.stand_in_ms <= 10_000:
                 raise PluginError(f"--stand-in-ms must be within 0..10000, got {self.stand_in_ms:g}")
         if self.compile and compile_option(self.backend) is None:
-            compiling = [name for name, cls in BACKENDS.items() if getattr(cls, "compile_option", None)]
+            compiling = [name for name in BACKENDS if compile_option(name)]
             raise PluginError(f"--compile: the {self.backend} backend has nothing to compile (it applies to "
                               f"--backend {' or '.join(compiling) or 'none here'})")
 
