@@ -189,10 +189,13 @@ def shots(tmp_path_factory):
 
 
 def wait_for(driver, condition, timeout=120, what="the page"):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # Gradio redraws what it shows: an element found a moment ago may be gone, so a stale one means look again
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.25, ignored_exceptions=(StaleElementReferenceException,))
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.25).until(lambda _: condition())
+        return wait.until(lambda _: condition())
     except Exception as error:
         raise AssertionError(f"waiting for {what}: page says {visible_lines(driver)}") from error
 

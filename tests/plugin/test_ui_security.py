@@ -270,26 +270,28 @@ def test_in_the_browser_the_page_asks_for_the_password_then_shows_the_panel(loca
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
         options.add_argument(flag)
     chrome = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    body = lambda: chrome.find_element("tag name", "body").text  # noqa: E731
+    # Gradio redraws the page as it loads and again after signing in: an element found a moment ago may be gone,
+    # so each wait looks again instead of failing on a stale element.
+    wait = WebDriverWait(chrome, 60, ignored_exceptions=(StaleElementReferenceException,))
+
+    def page_holding(words):  # the page's text, once it holds these words
+        return wait.until(lambda _: text if words in (text := chrome.find_element("tag name", "body").text) else None)
+
     try:
         chrome.set_page_load_timeout(60)
         chrome.get(f"http://localhost:{local_panel.port}/")
-        WebDriverWait(chrome, 60).until(lambda _: len(chrome.find_elements("css selector", "input")) >= 2)
-        assert "Enroll" not in body()  # nothing of the panel before signing in
+        wait.until(lambda _: len(chrome.find_elements("css selector", "input")) >= 2)
+        assert "Enroll" not in page_holding("")  # nothing of the panel before signing in
 
-        def sign_in(_):  # the login form may still redraw once after it first appears: find it afresh then
-            try:
-                fields = chrome.find_elements("css selector", "input")
-                fields[0].clear(), fields[0].send_keys("instantrestore")
-                fields[1].clear(), fields[1].send_keys(PASSWORD)
-                chrome.find_elements("css selector", "button")[-1].click()
-                return True
-            except StaleElementReferenceException:
-                return False
+        def sign_in(_):
+            fields = chrome.find_elements("css selector", "input")
+            fields[0].clear(), fields[0].send_keys("instantrestore")
+            fields[1].clear(), fields[1].send_keys(PASSWORD)
+            chrome.find_elements("css selector", "button")[-1].click()
+            return True
 
-        WebDriverWait(chrome, 60).until(sign_in)
-        WebDriverWait(chrome, 60).until(lambda _: "Recordings" in body())
-        assert "Give 1 to 8 photos of your face" in body()
+        wait.until(sign_in)
+        assert "Give 1 to 8 photos of your face" in page_holding("Recordings")
     finally:
         chrome.quit()
 
