@@ -75,21 +75,23 @@ def tiny_restorer(tiny_bundle):
     return load_restorer(tiny_bundle)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def onnx_home(tmp_path_factory):
-    """A private engine cache folder for this module."""
+    """The engine cache folder the exported ONNX graphs below live in, apart from the state folder's."""
     return tmp_path_factory.mktemp("ir-home") / "engines"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fp32_graphs(onnx_home, tiny_bundle):
-    """fp32 graphs exported once into the cache with the default (dynamo) exporter."""
+    """fp32 graphs exported once into the cache with the default (dynamo) exporter, for the whole session: a
+    dynamo export takes over a minute on a 2-core runner (the real ones through the commands are in
+    tests/plugin/test_cli.py and test_engine.py)."""
     messages = []
     paths = export_onnx(tiny_bundle, engines=onnx_home, dtype="float32", progress=messages.append)
     return paths, messages
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ort_restorer(fp32_graphs, onnx_home, tiny_bundle):
     return load_restorer(tiny_bundle, backend="onnxruntime", device="cpu", dtype=torch.float32, engines=onnx_home)
 
