@@ -160,7 +160,7 @@ class LiveControl:
     def set_blend(self, blend: float) -> None:
         self.blend = check_blend(blend)
         if self.pipeline is not None:
-            self.pipeline.compositor.blend = float(blend)  # read at every frame's paste
+            self.pipeline.compositor.blend = self.blend  # read at every frame's paste
 
     def attach(self, pipeline, engine, bundle) -> None:
         """The camera is live: `pipeline` restores with `engine`; a strength set meanwhile applies now."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import webbrowser
 from typing import Optional
@@ -60,12 +61,14 @@ def run(options: Options, progress: Progress = TERMINAL) -> Outcome:
     from ..ui.widgets import import_gradio
 
     host = options.host
-    temp = serving.PrivateTemp()  # before Gradio is imported: it reads GRADIO_TEMP_DIR once
-    try:
+    with contextlib.ExitStack() as stack:  # closed last in, first out: the server, the panel, the temporaries
+        temp = serving.PrivateTemp()  # before Gradio is imported: it reads GRADIO_TEMP_DIR once
+        stack.callback(temp.close)
         import_gradio()  # the install hint comes before anything else
         auth, made_up = serving.credentials(host, options.insecure_no_auth)
         warn_off_loopback(host, options.port, auth, progress)
         panel = Panel(temp.path, serving.allowed_dirs(host, options.allow_dir))
+        stack.callback(panel.close)
 
         def announce(url):
             progress(f"control panel: {url} (Ctrl+C stops it)")
@@ -75,17 +78,9 @@ def run(options: Options, progress: Progress = TERMINAL) -> Outcome:
             if not options.no_browser:
                 webbrowser.open(url)
 
-        try:
-            served = launch(panel, host, options.port, auth=auth, allowed_hosts=options.allow_host,
-                            on_serving=announce)
-            try:
-                wait_until_stopped(served, progress)
-            finally:
-                served.close()
-        finally:
-            panel.close()
-    finally:
-        temp.close()
+        served = launch(panel, host, options.port, auth=auth, allowed_hosts=options.allow_host, on_serving=announce)
+        stack.callback(served.close)
+        wait_until_stopped(served, progress)
     return Outcome()
 
 
