@@ -184,8 +184,9 @@ def parser_error_text(error) -> str:
     return f"{where}{error.desc()} [{error.code().name}]"
 
 
-def timing_cache_path(engines, trt_version: str, gpu_name: str, compute_capability: str) -> Path:
-    key = f"{trt_version}|{gpu_name}|{compute_capability}"
+def timing_cache_path(engines, target: engine_cache.BuildTarget) -> Path:
+    """TensorRT's timing cache for this TensorRT version and GPU, shared by every bundle's builds."""
+    key = f"{target.trt_version}|{target.gpu_name}|{target.compute_capability}"
     import hashlib  # noqa: PLC0415
 
     return engine_cache.timing_cache_dir(engines) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.cache"
@@ -230,9 +231,9 @@ def build_engines(bundle_dir, engines, *, progress: Progress = None, **settings)
         graphs = export_onnx(bundle_dir, out_dir=options.onnx_dir, engines=engines, dtype=precision, device=dev,
                              progress=progress)
 
-    tcache = timing_cache_path(engines, trt.__version__, gpu_name, cc)
-    folder = engine_cache.bundle_cache_dir(engines, bundle.bundle_id)
     target = engine_cache.BuildTarget(trt.__version__, gpu_name, cc)
+    tcache = timing_cache_path(engines, target)
+    folder = engine_cache.bundle_cache_dir(engines, bundle.bundle_id)
     out = {}
     for graph in GRAPHS:
         key = engine_key(graph, bundle.bundle_id, precision, profile, target)
